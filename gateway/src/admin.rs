@@ -1,0 +1,150 @@
+//! The admin API: endpoint registry CRUD, for admin identities only. Shapes follow Temporal's
+//! operator service (`{"spec": ...}` in, `{"endpoint": ...}` out).
+//!
+//! - `POST   /api/v1/nexus/endpoints`                 `{"spec"}` → 200 `{"endpoint"}`
+//! - `GET    /api/v1/nexus/endpoints?pageSize=&nextPageToken=&name=` → `{"endpoints", "nextPageToken"}`
+//! - `GET    /api/v1/nexus/endpoints/{id}`            → `{"endpoint"}`
+//! - `PUT    /api/v1/nexus/endpoints/{id}`            `{"version", "spec"}` → `{"endpoint"}`
+//! - `DELETE /api/v1/nexus/endpoints/{id}?version=N`  → `{}`
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, header};
+use hyper::body::Incoming;
+use nexus_certs::Identity;
+use nexus_registry::EndpointSpec;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::body::{Body, full};
+use crate::error::GatewayError;
+use crate::nexus::decode_segment;
+use crate::operations::form_pairs;
+use crate::routes;
+use crate::server::Peer;
+use crate::state::State;
+
+pub const PREFIX: &str = "/api/v1/nexus/endpoints";
+pub const PREFIX_SLASH: &str = "/api/v1/nexus/endpoints/";
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    spec: EndpointSpec,
+}
+
+#[derive(Deserialize)]
+struct UpdateRequest {
+    #[serde(deserialize_with = "number_or_string")]
+    version: u64,
+    spec: EndpointSpec,
+}
+
+pub async fn handle(
+    state: &State,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    match routes::identity(peer)? {
+        Identity::Admin(_) => {}
+        other => {
+            return Err(GatewayError::unauthorized(format!(
+                "{other} may not manage endpoints: an admin certificate is required"
+            )));
+        }
+    }
+    let path = request.uri().path().to_owned();
+    let query: Vec<(String, String)> = request
+        .uri()
+        .query()
+        .map(|q| form_pairs(q).collect())
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let id = match path.strip_prefix(PREFIX_SLASH) {
+        None | Some("") => None,
+        Some(id) if !id.contains('/') => Some(decode_segment(id, "endpoint id")?),
+        Some(_) => return Err(GatewayError::not_found(format!("no route for {path}"))),
+    };
+    let registry = &state.registry;
+    match (request.method().clone(), id) {
+        (Method::POST, None) => {
+            let body: CreateRequest = read_json(state, request).await?;
+            let endpoint = registry.create(body.spec)?;
+            Ok(json(&serde_json::json!({ "endpoint": endpoint })))
+        }
+        (Method::GET, None) => {
+            let page_size = match param("pageSize") {
+                Some(v) => v.parse::<usize>().map_err(|_| {
+                    GatewayError::bad_request(format!("invalid pageSize {v:?}: expected a number"))
+                })?,
+                None => 0,
+            };
+            let page = registry.list(
+                page_size,
+                param("nextPageToken").filter(|t| !t.is_empty()),
+                param("name"),
+            )?;
+            let mut out = serde_json::json!({ "endpoints": page.endpoints });
+            if let Some(token) = page.next_page_token {
+                out["nextPageToken"] = token.into();
+            }
+            Ok(json(&out))
+        }
+        (Method::GET, Some(id)) => Ok(json(&serde_json::json!({ "endpoint": registry.get(&id)? }))),
+        (Method::PUT, Some(id)) => {
+            let body: UpdateRequest = read_json(state, request).await?;
+            let endpoint = registry.update(&id, body.version, body.spec)?;
+            Ok(json(&serde_json::json!({ "endpoint": endpoint })))
+        }
+        (Method::DELETE, Some(id)) => {
+            let version = param("version").ok_or_else(|| {
+                GatewayError::bad_request(
+                    "missing version query parameter: delete needs the version you read",
+                )
+            })?;
+            let version = version.parse::<u64>().map_err(|_| {
+                GatewayError::bad_request(format!("invalid version {version:?}: expected a number"))
+            })?;
+            registry.delete(&id, version)?;
+            Ok(json(&serde_json::json!({})))
+        }
+        (method, _) => Err(GatewayError::bad_request(format!(
+            "invalid request method {method} for {path}"
+        ))),
+    }
+}
+
+/// Temporal's JSON encodes int64 as a string; accept either.
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Version {
+        Number(u64),
+        Text(String),
+    }
+    match Version::deserialize(d)? {
+        Version::Number(n) => Ok(n),
+        Version::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<T, GatewayError> {
+    let body = routes::read_body(state, request.into_body()).await?;
+    serde_json::from_slice(&body)
+        .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(value.to_string())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

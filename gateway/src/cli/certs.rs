@@ -1,0 +1,75 @@
+//! `nexus-gateway certs init|issue`: a dev PKI for trying the gateway and for tests. With your
+//! own CA, skip this and pass your PEM files to `serve`.
+
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Subcommand};
+use nexus_certs::{DevPki, Identity};
+
+use super::Failure;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a CA and the gateway's server certificate in DIR (kept if already there).
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// DNS names and IP addresses the server certificate is valid for (repeatable).
+        #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1", "::1"])]
+        server_names: Vec<String>,
+    },
+    /// Issue a client certificate from the CA in DIR.
+    Issue(IssueArgs),
+}
+
+#[derive(ClapArgs)]
+pub struct IssueArgs {
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    #[command(flatten)]
+    who: Who,
+    #[arg(long, default_value = crate::config::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+}
+
+#[derive(ClapArgs)]
+#[group(required = true, multiple = false)]
+pub struct Who {
+    /// A namespace identity: calls endpoints, polls its own task queues.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// An admin identity: manages endpoints.
+    #[arg(long)]
+    admin: Option<String>,
+    /// A metering identity: reads attribution.
+    #[arg(long)]
+    metering: Option<String>,
+}
+
+pub fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Init { dir, server_names } => {
+            let pki = DevPki::init(&dir, &server_names)?;
+            let server = pki.server_files();
+            println!("CA:          {}", pki.ca_path().display());
+            println!("server cert: {}", server.cert.display());
+            println!("server key:  {}", server.key.display());
+            Ok(())
+        }
+        Command::Issue(args) => {
+            let identity = match (args.who.namespace, args.who.admin, args.who.metering) {
+                (Some(ns), _, _) => Identity::Namespace(ns),
+                (_, Some(name), _) => Identity::Admin(name),
+                (_, _, Some(name)) => Identity::Metering(name),
+                _ => unreachable!("clap requires one identity"),
+            };
+            let pki = DevPki::open(&args.dir)?;
+            let files = pki.issue(&identity, &args.trust_domain)?;
+            println!("identity: {}", identity.uri(&args.trust_domain));
+            println!("cert:     {}", files.cert.display());
+            println!("key:      {}", files.key.display());
+            println!("ca:       {}", files.ca.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Command-line interface. Each subcommand lives in its own module.
+
+mod certs;
+mod conn;
+mod dev;
+mod endpoint;
+mod serve;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "nexus-gateway",
+    version,
+    about = "Cross-namespace Nexus RPC gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local gateway with its own dev certificates and data directory; no setup needed.
+    Dev(dev::Args),
+    /// Run the gateway with your own certificates.
+    Serve(serve::Args),
+    /// Make a dev CA, server certificate and client certificates.
+    #[command(subcommand)]
+    Certs(certs::Command),
+    /// Manage Nexus endpoints through the admin API (needs an admin certificate).
+    #[command(subcommand)]
+    Endpoint(endpoint::Command),
+    /// Serve a task queue by forwarding its tasks to a Nexus HTTP handler at a URL.
+    Worker(worker::Args),
+}
+
+/// A failed command: the message is printed and the process exits with `code`.
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure {
+            message: error.to_string(),
+            code: 1,
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Certs(command) => certs::run(command),
+            Command::Endpoint(command) => endpoint::run(command).await,
+            Command::Worker(args) => worker::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

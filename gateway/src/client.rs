@@ -1,0 +1,37 @@
+//! The HTTP client the gateway's own tools use: the worker bridge, the admin CLI and, for
+//! external targets, the proxy. HTTPS with a client certificate, or plain HTTP where allowed.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use nexus_certs::{CertError, TlsMaterial};
+
+/// A pooled client speaking HTTP/1.1 or HTTP/2 (by ALPN) over TLS, and HTTP/1.1 in the clear.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Which HTTP versions the client offers over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersions {
+    /// HTTP/2 when the server offers it, else HTTP/1.1.
+    #[default]
+    Any,
+    Http1Only,
+}
+
+pub fn http_client(tls: &TlsMaterial, versions: HttpVersions) -> Result<HttpClient, CertError> {
+    let config = nexus_certs::client_config(tls, &[])?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    let connector = match versions {
+        HttpVersions::Any => builder.enable_all_versions().wrap_connector(http),
+        HttpVersions::Http1Only => builder.enable_http1().wrap_connector(http),
+    };
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}

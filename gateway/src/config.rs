@@ -1,0 +1,77 @@
+//! Typed settings for one gateway process. The CLI fills them from flags; every field has a
+//! documented default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nexus_certs::TlsMaterial;
+
+use crate::matching::MatchingSettings;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data port: mTLS, Nexus + worker + admin APIs (default 127.0.0.1:7443).
+    pub listen: SocketAddr,
+    /// Ops port: plain HTTP, `/healthz`, `/readyz`, `/metrics` (default 127.0.0.1:7080).
+    pub ops_listen: SocketAddr,
+    /// The gateway's server certificate and key, and the CA that client certificates chain to.
+    pub tls: TlsMaterial,
+    /// SPIFFE trust domain of client identities (default `nexus-gateway`).
+    pub trust_domain: String,
+    /// Holds the registry database and, later, logs and spools.
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub matching: MatchingSettings,
+    /// How long SIGTERM waits for in-flight requests before closing them (default 30 s).
+    pub shutdown_grace: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:7080";
+pub const DEFAULT_TRUST_DOMAIN: &str = "nexus-gateway";
+
+impl Config {
+    pub fn new(tls: TlsMaterial, data_dir: PathBuf) -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            ops_listen: DEFAULT_OPS_LISTEN.parse().expect("valid default"),
+            tls,
+            trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+            data_dir,
+            limits: Limits::default(),
+            matching: MatchingSettings::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Protection against oversized and slow input.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body (default 2 MiB, Temporal's limit); larger ones get 400.
+    pub max_body_bytes: usize,
+    /// Time to finish the TLS handshake (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Time to receive a request's headers on HTTP/1.1 (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Time to receive a request's whole body (default 30 s); slower clients get 408.
+    pub body_read_timeout: Duration,
+    /// Most headers in one HTTP/1.1 request (default 100); more get 431.
+    pub max_headers: usize,
+    /// Largest header block (default 16 KiB); larger gets 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 2 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Nexus RPC over HTTP: header names, the path grammar below an endpoint prefix, timeouts and
+//! the rules for which headers cross the gateway. See NEXUS-PROTOCOL.md.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+
+use crate::error::GatewayError;
+
+pub mod headers {
+    use http::HeaderName;
+
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("nexus-request-id");
+    pub const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("request-timeout");
+    pub const OPERATION_TOKEN: HeaderName = HeaderName::from_static("nexus-operation-token");
+    pub const OPERATION_ID: HeaderName = HeaderName::from_static("nexus-operation-id");
+    pub const OPERATION_STATE: HeaderName = HeaderName::from_static("nexus-operation-state");
+    pub const REQUEST_RETRYABLE: HeaderName = HeaderName::from_static("nexus-request-retryable");
+    /// Set by the gateway from the verified certificate; a caller-supplied value is dropped.
+    pub const CALLER_NAMESPACE: HeaderName = HeaderName::from_static("nexus-caller-namespace");
+    /// Gateway-internal headers of the worker API all start with this prefix.
+    pub const TASK_PREFIX: &str = "nexus-task-";
+    pub const TASK_TOKEN: HeaderName = HeaderName::from_static("nexus-task-token");
+    pub const TASK_PATH: HeaderName = HeaderName::from_static("nexus-task-path");
+    pub const TASK_KIND: HeaderName = HeaderName::from_static("nexus-task-kind");
+    pub const TASK_ENDPOINT: HeaderName = HeaderName::from_static("nexus-task-endpoint");
+    pub const TASK_ENDPOINT_ID: HeaderName = HeaderName::from_static("nexus-task-endpoint-id");
+    pub const TASK_STATUS: HeaderName = HeaderName::from_static("nexus-task-status");
+}
+
+/// Limits from Temporal's Nexus implementation.
+pub const MAX_NAME_LEN: usize = 1000;
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// What a POST below an endpoint prefix asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperationKind {
+    Start,
+    /// `token` is set for the legacy `/{service}/{operation}/{token}/cancel` form.
+    Cancel {
+        path_token: Option<String>,
+    },
+}
+
+impl OperationKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OperationKind::Start => "start",
+            OperationKind::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+/// A parsed `/nexus/endpoints/{endpoint}/services/{service}/{operation}[...]` request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationPath {
+    /// Endpoint id or name, percent-decoded.
+    pub endpoint: String,
+    pub service: String,
+    pub operation: String,
+    pub kind: OperationKind,
+    /// The raw path (and query) below `/services`, as the handler would see it below its prefix.
+    pub below_prefix: String,
+}
+
+pub const ENDPOINTS_PREFIX: &str = "/nexus/endpoints/";
+
+/// Parses the raw path of a Nexus request. Splits on `/` first, then percent-decodes each
+/// segment, so `%2F` inside a name never splits it.
+pub fn parse_operation_path(
+    path: &str,
+    query: Option<&str>,
+) -> Result<OperationPath, GatewayError> {
+    let rest = path
+        .strip_prefix(ENDPOINTS_PREFIX)
+        .ok_or_else(|| GatewayError::not_found(format!("no route for path {path:?}")))?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.len() < 4 || segments[1] != "services" {
+        return Err(GatewayError::not_found(format!(
+            "no route for path {path:?}: expected /nexus/endpoints/{{endpoint}}/services/{{service}}/{{operation}}"
+        )));
+    }
+    let endpoint = decode_segment(segments[0], "endpoint")?;
+    let service = decode_segment(segments[2], "service")?;
+    let operation = decode_segment(segments[3], "operation")?;
+    let kind = match &segments[4..] {
+        [] => OperationKind::Start,
+        ["cancel"] => OperationKind::Cancel { path_token: None },
+        [token, "cancel"] => OperationKind::Cancel {
+            path_token: Some(decode_segment(token, "operation token")?),
+        },
+        _ => {
+            return Err(GatewayError::not_found(format!(
+                "no route for path {path:?}: expected .../{{service}}/{{operation}} or .../{{operation}}/cancel"
+            )));
+        }
+    };
+    let prefix_len = ENDPOINTS_PREFIX.len() + segments[0].len() + "/services".len();
+    let mut below_prefix = path[prefix_len..].to_string();
+    if let Some(query) = query {
+        below_prefix.push('?');
+        below_prefix.push_str(query);
+    }
+    Ok(OperationPath {
+        endpoint,
+        service,
+        operation,
+        kind,
+        below_prefix,
+    })
+}
+
+/// Strict percent-decoding of one path segment: every `%` must start a valid escape and the
+/// result must be UTF-8.
+pub fn decode_segment(segment: &str, what: &str) -> Result<String, GatewayError> {
+    if segment.is_empty() {
+        return Err(GatewayError::bad_request(format!("{what} name is empty")));
+    }
+    let bytes = segment.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let valid = bytes.len() > i + 2
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit();
+            if !valid {
+                return Err(GatewayError::bad_request(format!(
+                    "malformed percent-encoding in {what} {segment:?}"
+                )));
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| {
+            GatewayError::bad_request(format!("{what} {segment:?} is not UTF-8 when decoded"))
+        })?;
+    if decoded.len() > MAX_NAME_LEN {
+        return Err(GatewayError::bad_request(format!(
+            "{what} name is longer than {MAX_NAME_LEN} bytes"
+        )));
+    }
+    Ok(decoded.into_owned())
+}
+
+/// Parses a Nexus duration (`Request-Timeout`, `Operation-Timeout`): `^\d+(\.\d+)?(ms|s|m)$`.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let (number, unit_ms) = if let Some(n) = value.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1_000.0)
+    } else if let Some(n) = value.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return None;
+    };
+    let (whole, fraction) = match number.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (number, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || fraction.is_some_and(|f| !digits(f)) {
+        return None;
+    }
+    let millis: f64 = number.parse().ok()?;
+    let millis = millis * unit_ms;
+    if !millis.is_finite() || millis > 1e12 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(millis / 1_000.0))
+}
+
+/// The caller's `Request-Timeout`, if any; a value that does not parse is a 400.
+pub fn request_timeout(headers: &HeaderMap) -> Result<Option<Duration>, GatewayError> {
+    let Some(value) = headers.get(headers::REQUEST_TIMEOUT) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(parse_duration)
+        .map(Some)
+        .ok_or_else(|| {
+            GatewayError::bad_request(format!(
+                "invalid Request-Timeout header {:?}: expected a duration like 500ms, 2.5s or 1m",
+                String::from_utf8_lossy(value.as_bytes())
+            ))
+        })
+}
+
+/// Formats a remaining time the way Temporal's callers send it: whole milliseconds.
+pub fn format_timeout(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// Whether a header from one side may be relayed to the other. Drops hop-by-hop headers
+/// (and those a `Connection` header names), the length (the gateway frames bodies itself),
+/// `Host`, credentials, the caller-namespace header (only the gateway sets it) and the
+/// gateway-internal `Nexus-Task-*` headers.
+pub fn is_relayed(name: &HeaderName, connection_listed: &[HeaderName]) -> bool {
+    let n = name.as_str();
+    !(matches!(
+        n,
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "authorization"
+            | "request-timeout"
+            | "nexus-caller-namespace"
+    ) || n.starts_with("proxy-")
+        || n.starts_with(headers::TASK_PREFIX)
+        || connection_listed.contains(name))
+}
+
+/// Copies the headers that may cross the gateway from `from` to `to`.
+pub fn copy_relayed(from: &HeaderMap, to: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = from
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for (name, value) in from {
+        if is_relayed(name, &listed) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_start_and_cancel_paths() {
+        let p = parse_operation_path(
+            "/nexus/endpoints/payments/services/billing/charge",
+            Some("callback=http%3A%2F%2Fx"),
+        )
+        .unwrap();
+        assert_eq!(p.endpoint, "payments");
+        assert_eq!(
+            (p.service.as_str(), p.operation.as_str()),
+            ("billing", "charge")
+        );
+        assert_eq!(p.kind, OperationKind::Start);
+        assert_eq!(p.below_prefix, "/billing/charge?callback=http%3A%2F%2Fx");
+
+        let p = parse_operation_path("/nexus/endpoints/e/services/s/o/cancel", None).unwrap();
+        assert_eq!(p.kind, OperationKind::Cancel { path_token: None });
+        assert_eq!(p.below_prefix, "/s/o/cancel");
+
+        let p =
+            parse_operation_path("/nexus/endpoints/e/services/s/o/tok%2F1/cancel", None).unwrap();
+        assert_eq!(
+            p.kind,
+            OperationKind::Cancel {
+                path_token: Some("tok/1".into())
+            }
+        );
+    }
+
+    #[test]
+    fn splits_before_decoding() {
+        let p = parse_operation_path("/nexus/endpoints/e/services/a%2Fb/op%20x", None).unwrap();
+        assert_eq!(p.service, "a/b");
+        assert_eq!(p.operation, "op x");
+        assert_eq!(p.below_prefix, "/a%2Fb/op%20x");
+    }
+
+    #[test]
+    fn rejects_malformed_paths() {
+        let e = parse_operation_path("/nexus/endpoints/e/services/s%zz/o", None).unwrap_err();
+        assert_eq!(e.kind.status(), 400);
+        assert!(
+            e.message.contains("malformed percent-encoding"),
+            "{}",
+            e.message
+        );
+        let e = parse_operation_path("/nexus/endpoints/e/services/s/%FF", None).unwrap_err();
+        assert_eq!(e.kind.status(), 400);
+        let e = parse_operation_path("/nexus/endpoints/e/services/s", None).unwrap_err();
+        assert_eq!(e.kind.status(), 404);
+        let e = parse_operation_path("/nexus/endpoints/e/other/s/o", None).unwrap_err();
+        assert_eq!(e.kind.status(), 404);
+        let e = parse_operation_path("/nexus/endpoints/e/services/s/o/t/result", None).unwrap_err();
+        assert_eq!(e.kind.status(), 404);
+        let e = parse_operation_path("/nexus/endpoints/e/services//o", None).unwrap_err();
+        assert_eq!(e.kind.status(), 400);
+    }
+
+    #[test]
+    fn durations_follow_the_grammar() {
+        assert_eq!(parse_duration("9998ms"), Some(Duration::from_millis(9998)));
+        assert_eq!(parse_duration("2.5s"), Some(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        for bad in ["", "10", "1.s", ".5s", "-1s", "1h", "1 s", "abcms", "1e3ms"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn drops_hop_by_hop_and_internal_headers() {
+        let mut from = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "5"),
+            ("content-type", "application/json"),
+            ("nexus-caller-namespace", "forged"),
+            ("nexus-task-token", "forged"),
+            ("nexus-link", "<a>; type=\"x\""),
+            ("authorization", "secret"),
+            ("proxy-authorization", "secret"),
+        ] {
+            from.append(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        let mut to = HeaderMap::new();
+        copy_relayed(&from, &mut to);
+        let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "nexus-link"]);
+    }
+}

@@ -1,0 +1,25 @@
+//! The ops port: liveness, readiness and metrics, plain HTTP on localhost.
+
+use std::sync::atomic::Ordering;
+
+use http::{Request, Response, StatusCode, header};
+
+use crate::body::{Body, full};
+use crate::state::State;
+
+pub fn handle<B>(state: &State, request: &Request<B>) -> Response<Body> {
+    let (status, text) = match request.uri().path() {
+        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+        "/readyz" if state.ready.load(Ordering::SeqCst) => (StatusCode::OK, "ready\n".into()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/metrics" => (StatusCode::OK, crate::metrics::render(state)),
+        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}

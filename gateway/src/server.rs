@@ -1,0 +1,266 @@
+//! The listeners: the mTLS data port and the plain ops port, with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use nexus_certs::{IdentityError, PeerIdentity};
+use nexus_registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::matching::Matching;
+use crate::metrics::Metrics;
+use crate::routes;
+use crate::state::State;
+
+/// Who is on the other end of a connection, as its certificate says.
+pub type Peer = Result<PeerIdentity, IdentityError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] nexus_certs::CertError),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("registry: {0}")]
+    Registry(#[from] nexus_registry::RegistryError),
+}
+
+/// A gateway with its ports bound, ready to [`App::run`].
+pub struct App {
+    data: TcpListener,
+    ops: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    config: Config,
+}
+
+impl App {
+    /// Opens the registry and binds every port before returning, so callers (and tests) can
+    /// read the real addresses.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let registry = Arc::new(Registry::open(&config.data_dir.join("registry.redb"))?);
+        let tls = nexus_certs::server_config(&config.tls)?;
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let data = bind(config.listen).await?;
+        let ops = bind(config.ops_listen).await?;
+        let state = Arc::new(State {
+            registry,
+            matching: Matching::new(config.matching.clone()),
+            limits: config.limits.clone(),
+            trust_domain: config.trust_domain.clone(),
+            metrics: Metrics::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            ready: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            in_flight: tokio::sync::watch::channel(0).0,
+        });
+        Ok(App {
+            data,
+            ops,
+            acceptor,
+            state,
+            config,
+        })
+    }
+
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data.local_addr().expect("bound listener")
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.local_addr().expect("bound listener")
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.state.registry.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+    /// within the grace period, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let App {
+            data,
+            ops,
+            acceptor,
+            state,
+            config,
+        } = self;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.limits.header_read_timeout)
+            .max_headers(config.limits.max_headers)
+            .max_buf_size(config.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(config.limits.max_header_bytes as u32)
+            .max_concurrent_streams(1000);
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        let ops_task = tokio::spawn(serve_ops(ops, state.clone()));
+        state.ready.store(true, Ordering::SeqCst);
+        info!(data = %data.local_addr().expect("bound"), "serving");
+
+        tokio::pin!(shutdown);
+        // Draining keeps accepting connections: workers must still be able to deliver the
+        // answers of in-flight operations, and may still pick up tasks already queued.
+        let mut drain_until = None;
+        loop {
+            tokio::select! {
+                accepted = data.accept() => {
+                    let (tcp, remote) = match accepted {
+                        Ok(pair) => pair,
+                        Err(error) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            warn!(%error, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let conn = serve_connection(
+                        tcp, remote, acceptor.clone(), state.clone(), builder.clone(),
+                        graceful.watcher(),
+                    );
+                    tokio::spawn(conn.instrument(info_span!("conn", %remote)));
+                }
+                () = &mut shutdown, if drain_until.is_none() => {
+                    info!("shutting down: refusing new operations, draining in-flight ones");
+                    state.ready.store(false, Ordering::SeqCst);
+                    state.draining.store(true, Ordering::SeqCst);
+                    drain_until = Some(tokio::time::Instant::now() + config.shutdown_grace);
+                }
+                () = state.operations_idle(), if drain_until.is_some() => break,
+                () = sleep_until_some(drain_until) => {
+                    warn!(grace = ?config.shutdown_grace, "grace period over; closing remaining requests");
+                    break;
+                }
+            }
+        }
+        drop(data);
+        // Long polls end now (answered 204) so workers reconnect elsewhere.
+        state.shutdown.cancel();
+        let close_within = drain_until
+            .map(|t| t.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or_default()
+            .max(std::time::Duration::from_secs(1));
+        if tokio::time::timeout(close_within, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("connections still open at the end of the grace period; closing them");
+        }
+        ops_task.abort();
+        let _ = ops_task.await;
+        info!("stopped");
+    }
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            debug!(%remote, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    let peer: Peer = nexus_certs::peer_identity_from_chain(
+        tls.get_ref().1.peer_certificates(),
+        &state.trust_domain,
+    );
+    match &peer {
+        Ok(p) => debug!(identity = %p.identity, "connected"),
+        Err(error) => debug!(%error, "connected without a recognised identity"),
+    }
+    let peer = Arc::new(peer);
+    let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let state = state.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(state, peer, request).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    if let Err(error) = watcher.watch(conn.into_owned()).await {
+        debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Plain HTTP on localhost for probes and scrapes; never exposes the data APIs.
+async fn serve_ops(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(crate::ops::handle(&state, &request)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+impl From<nexus_registry::RegistryError> for GatewayError {
+    fn from(error: nexus_registry::RegistryError) -> Self {
+        use nexus_registry::RegistryError as E;
+        let message = error.to_string();
+        match error {
+            E::Invalid(_) => GatewayError::bad_request(message),
+            E::NotFound(_) => GatewayError::not_found(message),
+            E::AlreadyExists(_) | E::VersionConflict { .. } => GatewayError::conflict(message),
+            E::Storage(_) => GatewayError::internal(message),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nexus_registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::matching::Matching;
+use crate::metrics::Metrics;
+
+pub struct State {
+    pub registry: Arc<Registry>,
+    pub matching: Matching,
+    pub limits: Limits,
+    pub trust_domain: String,
+    pub metrics: Metrics,
+    /// Cancelled when shutdown begins: long polls end at once.
+    pub shutdown: CancellationToken,
+    /// False until the ports serve and again once shutdown begins (`/readyz`).
+    pub ready: AtomicBool,
+    /// Set when shutdown begins: new operations are refused while in-flight ones finish.
+    pub draining: AtomicBool,
+    /// Nexus operations in flight; shutdown waits for it to reach zero.
+    pub in_flight: tokio::sync::watch::Sender<usize>,
+}
+
+impl State {
+    /// Counts an operation in flight until the guard drops.
+    pub fn track_operation(&self) -> InFlight<'_> {
+        self.in_flight.send_modify(|n| *n += 1);
+        InFlight(self)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no operation is in flight.
+    pub async fn operations_idle(&self) {
+        let mut rx = self.in_flight.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+pub struct InFlight<'a>(&'a State);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.send_modify(|n| *n -= 1);
+    }
+}

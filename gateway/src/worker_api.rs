@@ -1,0 +1,113 @@
+//! The worker API: workers of a namespace long-poll its task queues for Nexus tasks and post
+//! back the HTTP answer a Nexus handler would have given.
+//!
+//! - `POST /api/v1/namespaces/{ns}/task-queues/{tq}/nexus-tasks/poll` → 200 with a task, or
+//!   204 when none came within the poll's wait (`Request-Timeout`, at most 60 s).
+//! - `POST /api/v1/nexus-tasks/{token}/response` with `Nexus-Task-Status` → 200.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{Body, empty, full};
+use crate::error::GatewayError;
+use crate::matching::{QueueKey, TaskResponse};
+use crate::nexus::{self, decode_segment, headers};
+use crate::routes;
+use crate::server::Peer;
+use crate::state::State;
+
+pub async fn poll(
+    state: &State,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let namespace = routes::namespace(peer, "poll task queues")?;
+    let path = request.uri().path();
+    let key = match routes::segments_after(path, "/api/v1/namespaces/").as_slice() {
+        [ns, "task-queues", tq, "nexus-tasks", "poll"] => QueueKey {
+            namespace: decode_segment(ns, "namespace")?,
+            task_queue: decode_segment(tq, "task queue")?,
+        },
+        _ => return Err(GatewayError::not_found(format!("no route for {path}"))),
+    };
+    routes::require_method(&request, &[Method::POST])?;
+    if key.namespace != namespace {
+        return Err(GatewayError::unauthorized(format!(
+            "namespace {namespace:?} may not poll task queues of namespace {:?}",
+            key.namespace
+        )));
+    }
+    let max = state.matching.settings().max_poll;
+    let wait = nexus::request_timeout(request.headers())?.map_or(max, |t| t.min(max));
+    let task = tokio::select! {
+        task = state.matching.poll(&key, wait) => task,
+        () = state.shutdown.cancelled() => None,
+    };
+    let Some(task) = task else {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        return Ok(response);
+    };
+    let mut response = Response::new(full(task.body));
+    *response.headers_mut() = task.headers;
+    // The worker gets what is left of the gateway's own wait, so its answer arrives in time.
+    let left = task
+        .deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    response.headers_mut().insert(
+        headers::REQUEST_TIMEOUT,
+        HeaderValue::from_str(&nexus::format_timeout(left)).expect("ascii"),
+    );
+    Ok(response)
+}
+
+pub async fn respond(
+    state: &State,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let namespace = routes::namespace(peer, "answer Nexus tasks")?.to_owned();
+    let path = request.uri().path();
+    let token = match routes::segments_after(path, "/api/v1/nexus-tasks/").as_slice() {
+        [token, "response"] => decode_segment(token, "task token")?,
+        _ => return Err(GatewayError::not_found(format!("no route for {path}"))),
+    };
+    routes::require_method(&request, &[Method::POST])?;
+    let status = task_status(request.headers())?;
+    let (parts, body) = request.into_parts();
+    let body = routes::read_body(state, body).await?;
+    let mut relayed = HeaderMap::new();
+    nexus::copy_relayed(&parts.headers, &mut relayed);
+    state.matching.complete(
+        &token,
+        &namespace,
+        TaskResponse {
+            status,
+            headers: relayed,
+            body,
+        },
+    )?;
+    Ok(Response::new(empty()))
+}
+
+fn task_status(h: &HeaderMap) -> Result<StatusCode, GatewayError> {
+    let value = h.get(headers::TASK_STATUS).ok_or_else(|| {
+        GatewayError::bad_request("missing Nexus-Task-Status header: the handler's HTTP status")
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .filter(|code| (200..=599).contains(code))
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| {
+            GatewayError::bad_request(format!(
+                "invalid Nexus-Task-Status {:?}: expected an HTTP status from 200 to 599",
+                String::from_utf8_lossy(value.as_bytes())
+            ))
+        })
+}

@@ -1,0 +1,352 @@
+//! The in-memory, lock-free view of the store that the request path reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::model::{Endpoint, EndpointSpec, RegistryError, url_prefix};
+use crate::store::{RedbStore, Store};
+
+/// Page size used when the caller asks for 0.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Larger page sizes are clamped to this.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// One page of [`Registry::list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Set when more endpoints follow; pass it back to get the next page.
+    pub next_page_token: Option<String>,
+    /// The table version the page was read at.
+    pub table_version: u64,
+}
+
+/// An immutable copy of the whole table. Keys are `Arc<str>` so rebuilding
+/// after a write copies pointers, not strings.
+#[derive(Clone, Default)]
+struct Snapshot {
+    table_version: u64,
+    by_id: HashMap<Arc<str>, Arc<Endpoint>>,
+    by_name: HashMap<Arc<str>, Arc<Endpoint>>,
+    /// Id order, for stable pagination.
+    ordered: BTreeMap<Arc<str>, Arc<Endpoint>>,
+}
+
+impl Snapshot {
+    fn new(table_version: u64, endpoints: Vec<Endpoint>) -> Self {
+        let mut snapshot = Snapshot {
+            table_version,
+            ..Snapshot::default()
+        };
+        for endpoint in endpoints {
+            snapshot.insert(Arc::new(endpoint));
+        }
+        snapshot
+    }
+
+    fn insert(&mut self, endpoint: Arc<Endpoint>) {
+        let id: Arc<str> = endpoint.id.as_str().into();
+        self.by_name
+            .insert(endpoint.spec.name.as_str().into(), endpoint.clone());
+        self.by_id.insert(id.clone(), endpoint.clone());
+        self.ordered.insert(id, endpoint);
+    }
+
+    fn remove(&mut self, endpoint: &Endpoint) {
+        self.by_name.remove(endpoint.spec.name.as_str());
+        self.by_id.remove(endpoint.id.as_str());
+        self.ordered.remove(endpoint.id.as_str());
+    }
+}
+
+/// The registry of Nexus endpoints: a durable [`Store`] plus a snapshot of it
+/// that readers load without locking.
+///
+/// Writers are serialized by a mutex, write to the store first and publish a
+/// new snapshot before returning, so a lookup that starts after a write call
+/// returns sees that write.
+pub struct Registry {
+    store: Box<dyn Store>,
+    snapshot: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.snapshot.load();
+        f.debug_struct("Registry")
+            .field("endpoints", &snapshot.by_id.len())
+            .field("table_version", &snapshot.table_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Loads everything in `store` into memory.
+    pub fn new(store: impl Store) -> Result<Registry, RegistryError> {
+        let (table_version, endpoints) = store.load()?;
+        Ok(Registry {
+            store: Box::new(store),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(table_version, endpoints)),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// A registry on the redb database at `path` (created if missing).
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        Registry::new(RedbStore::open(path)?)
+    }
+
+    /// The endpoint with id `id_or_name`, else the one named so. Lock-free:
+    /// one atomic snapshot load and at most two hash lookups.
+    pub fn resolve(&self, id_or_name: &str) -> Option<Arc<Endpoint>> {
+        let snapshot = self.snapshot.load();
+        snapshot
+            .by_id
+            .get(id_or_name)
+            .or_else(|| snapshot.by_name.get(id_or_name))
+            .cloned()
+    }
+
+    /// The endpoint with id `id`.
+    pub fn get(&self, id: &str) -> Result<Arc<Endpoint>, RegistryError> {
+        self.snapshot
+            .load()
+            .by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotFound(id.into()))
+    }
+
+    /// Endpoints in id order. `page_size` 0 means [`DEFAULT_PAGE_SIZE`];
+    /// larger than [`MAX_PAGE_SIZE`] is clamped. `name` filters on the exact
+    /// name (so yields at most one endpoint).
+    pub fn list(
+        &self,
+        page_size: usize,
+        next_page_token: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Page, RegistryError> {
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        // An empty token means "first page", as an unset protobuf field does.
+        let after = next_page_token
+            .filter(|t| !t.is_empty())
+            .map(decode_token)
+            .transpose()?;
+        let snapshot = self.snapshot.load();
+        let table_version = snapshot.table_version;
+        if let Some(name) = name {
+            let endpoints = snapshot
+                .by_name
+                .get(name)
+                .filter(|e| after.as_deref().is_none_or(|after| e.id.as_str() > after))
+                .cloned()
+                .into_iter()
+                .collect();
+            return Ok(Page {
+                endpoints,
+                next_page_token: None,
+                table_version,
+            });
+        }
+        // Resuming after the last id returned (not at an offset) keeps pages
+        // stable while endpoints are created or deleted in between.
+        let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut rest = snapshot
+            .ordered
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(_, e)| e);
+        let endpoints: Vec<_> = rest.by_ref().take(page_size).cloned().collect();
+        let next_page_token = match (rest.next(), endpoints.last()) {
+            (Some(_), Some(last)) => Some(encode_token(&last.id)),
+            _ => None,
+        };
+        Ok(Page {
+            endpoints,
+            next_page_token,
+            table_version,
+        })
+    }
+
+    /// Creates an endpoint at version 1 with a new random id.
+    pub fn create(&self, spec: EndpointSpec) -> Result<Arc<Endpoint>, RegistryError> {
+        spec.validate()?;
+        let _writer = self.lock_writer()?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now();
+        let endpoint = Endpoint {
+            url_prefix: url_prefix(&id),
+            id,
+            version: 1,
+            created_time: now.clone(),
+            last_modified_time: now,
+            spec,
+        };
+        let table_version = self.write(|store| store.put(&endpoint, None))?;
+        let endpoint = Arc::new(endpoint);
+        self.publish(table_version, |s| s.insert(endpoint.clone()));
+        Ok(endpoint)
+    }
+
+    /// Replaces the spec of endpoint `id`, which must be at `version`; the
+    /// result has `version + 1` and keeps its id and creation time.
+    pub fn update(
+        &self,
+        id: &str,
+        version: u64,
+        spec: EndpointSpec,
+    ) -> Result<Arc<Endpoint>, RegistryError> {
+        spec.validate()?;
+        let _writer = self.lock_writer()?;
+        // Under the writer lock the snapshot matches the store, so this check
+        // is exact; the store repeats it inside its transaction anyway.
+        let current = self.get(id)?;
+        if current.version != version {
+            return Err(RegistryError::VersionConflict {
+                id: id.into(),
+                expected: version,
+                actual: current.version,
+            });
+        }
+        let endpoint = Endpoint {
+            id: current.id.clone(),
+            version: version
+                .checked_add(1)
+                .ok_or_else(|| RegistryError::Invalid(format!("version {version} is too large")))?,
+            created_time: current.created_time.clone(),
+            last_modified_time: now(),
+            url_prefix: current.url_prefix.clone(),
+            spec,
+        };
+        let table_version = self.write(|store| store.put(&endpoint, Some(version)))?;
+        let endpoint = Arc::new(endpoint);
+        self.publish(table_version, |s| {
+            s.remove(&current);
+            s.insert(endpoint.clone());
+        });
+        Ok(endpoint)
+    }
+
+    /// Deletes endpoint `id`, which must be at `version`.
+    pub fn delete(&self, id: &str, version: u64) -> Result<(), RegistryError> {
+        let _writer = self.lock_writer()?;
+        let current = self.get(id)?;
+        let table_version = self.write(|store| store.delete(id, version))?;
+        self.publish(table_version, |s| s.remove(&current));
+        Ok(())
+    }
+
+    /// Bumped by every successful write.
+    pub fn table_version(&self) -> u64 {
+        self.snapshot.load().table_version
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot.load().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, ()>, RegistryError> {
+        match self.writer.lock() {
+            Ok(guard) => Ok(guard),
+            // A writer panicked, perhaps between its store write and its
+            // publish: resync from the store before trusting the snapshot.
+            Err(poisoned) => {
+                let guard = poisoned.into_inner();
+                self.reload()?;
+                self.writer.clear_poison();
+                Ok(guard)
+            }
+        }
+    }
+
+    /// Runs a store write. After a storage error the outcome is unknown
+    /// (e.g. a failed commit), so the snapshot is resynced from the store.
+    fn write(
+        &self,
+        op: impl FnOnce(&dyn Store) -> Result<u64, RegistryError>,
+    ) -> Result<u64, RegistryError> {
+        let result = op(self.store.as_ref());
+        if let Err(RegistryError::Storage(_)) = &result {
+            // Best effort: the original error is the one worth reporting.
+            let _ = self.reload();
+        }
+        result
+    }
+
+    fn reload(&self) -> Result<(), RegistryError> {
+        let (table_version, endpoints) = self.store.load()?;
+        self.snapshot
+            .store(Arc::new(Snapshot::new(table_version, endpoints)));
+        Ok(())
+    }
+
+    /// Copies the current snapshot, applies `change` and swaps it in. Only
+    /// called with the writer lock held.
+    fn publish(&self, table_version: u64, change: impl FnOnce(&mut Snapshot)) {
+        let mut next = Snapshot::clone(&self.snapshot.load());
+        next.table_version = table_version;
+        change(&mut next);
+        self.snapshot.store(Arc::new(next));
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Page tokens are the hex of the last id returned: opaque to clients, and
+/// any id round-trips.
+fn encode_token(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(token: &str) -> Result<String, RegistryError> {
+    let invalid = || {
+        let shown: String = token.chars().take(64).collect();
+        RegistryError::Invalid(format!(
+            "nextPageToken {shown:?} is invalid: must be a token returned by a previous list call"
+        ))
+    };
+    let bytes = token
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair)
+                .ok()
+                .filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))?;
+            u8::from_str_radix(pair, 16).ok()
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(invalid)?;
+    String::from_utf8(bytes).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip() {
+        let id = "0b7e-ü";
+        assert_eq!(decode_token(&encode_token(id)).unwrap(), id);
+        for bad in ["a", "zz", "ü0", "ff", "+f"] {
+            assert!(
+                matches!(decode_token(bad), Err(RegistryError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Test support for nexus-gateway's end-to-end tests: a gateway on 127.0.0.1:0 with a fresh
+//! PKI and data directory, clients with certificates of any identity, a reference Nexus HTTP
+//! handler, and bounded request helpers. Every wait here is bounded.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use nexus_certs::{Ca, Identity, TlsMaterial};
+use nexus_gateway::client::{HttpClient, HttpVersions, http_client};
+use nexus_gateway::worker::{Worker, WorkerSettings, failure_response};
+use nexus_gateway::{App, Config, ErrorType, GatewayError};
+use nexus_registry::{Endpoint, EndpointSpec, Registry, Target};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const TRUST_DOMAIN: &str = nexus_gateway::config::DEFAULT_TRUST_DOMAIN;
+/// Upper bound for any single request in a test.
+pub const REQUEST_BOUND: Duration = Duration::from_secs(30);
+
+/// A CA that issues server and client certificates for one test.
+pub struct Pki {
+    pub ca: Ca,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Pki {
+            ca: Ca::generate("nexus-gateway test CA").expect("CA"),
+        }
+    }
+
+    pub fn server(&self) -> TlsMaterial {
+        let names = ["localhost", "127.0.0.1"].map(String::from);
+        self.ca
+            .issue_server(&names)
+            .expect("server cert")
+            .material(&self.ca)
+            .expect("material")
+    }
+
+    pub fn client_material(&self, identity: &Identity) -> TlsMaterial {
+        self.uri_material(&identity.uri(TRUST_DOMAIN))
+    }
+
+    /// A client certificate with an arbitrary URI SAN (for identity errors).
+    pub fn uri_material(&self, uri: &str) -> TlsMaterial {
+        self.ca
+            .issue_client(uri)
+            .expect("client cert")
+            .material(&self.ca)
+            .expect("material")
+    }
+
+    pub fn client(&self, identity: &Identity) -> HttpClient {
+        http_client(&self.client_material(identity), HttpVersions::Any).expect("client")
+    }
+
+    /// Writes the CA and a certificate for `identity` as PEM files into `dir`; returns
+    /// (ca, cert, key) paths.
+    pub fn write_files(&self, dir: &Path, identity: &Identity) -> (PathBuf, PathBuf, PathBuf) {
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, self.ca.cert_pem()).expect("write ca");
+        let name = format!("{}-{}", identity.kind(), identity.name());
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}-key.pem"));
+        self.ca
+            .issue_client(&identity.uri(TRUST_DOMAIN))
+            .expect("client cert")
+            .save(&cert, &key)
+            .expect("save");
+        (ca, cert, key)
+    }
+}
+
+pub fn ns(name: &str) -> Identity {
+    Identity::Namespace(name.into())
+}
+
+pub fn admin() -> Identity {
+    Identity::Admin("root".into())
+}
+
+/// A gateway serving in this process on loopback ports chosen by the OS.
+pub struct TestGateway {
+    pub data_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    pub pki: Arc<Pki>,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_path_buf();
+        let mut gw = Self::start_in(Arc::new(Pki::new()), &data_dir, tweak).await;
+        gw._dir = Some(dir);
+        gw
+    }
+
+    /// Starts on an existing data directory (restarts keep the registry).
+    pub async fn start_in(pki: Arc<Pki>, data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::new(pki.server(), data_dir.to_path_buf());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.ops_listen = "127.0.0.1:0".parse().unwrap();
+        config.shutdown_grace = Duration::from_secs(5);
+        tweak(&mut config);
+        let app = App::build(config).await.expect("gateway starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let data_addr = app.data_addr();
+        let ops_addr = app.ops_addr();
+        let registry = app.registry();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            data_addr,
+            ops_addr,
+            registry,
+            pki,
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the gateway and waits (bounded) until it has shut down; keeps the data directory.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("gateway stops in time")
+                .expect("gateway task");
+        }
+    }
+
+    pub fn base(&self) -> Uri {
+        format!("https://localhost:{}", self.data_addr.port())
+            .parse()
+            .unwrap()
+    }
+
+    pub fn uri(&self, path: &str) -> Uri {
+        format!("https://localhost:{}{path}", self.data_addr.port())
+            .parse()
+            .unwrap()
+    }
+
+    pub fn client(&self, identity: &Identity) -> HttpClient {
+        self.pki.client(identity)
+    }
+
+    /// Creates an endpoint targeting task queue `task_queue` of `namespace`.
+    pub fn worker_endpoint(
+        &self,
+        name: &str,
+        namespace: &str,
+        task_queue: &str,
+        callers: &[&str],
+    ) -> Arc<Endpoint> {
+        self.registry
+            .create(EndpointSpec {
+                name: name.into(),
+                description: String::new(),
+                target: Target::Worker {
+                    namespace: namespace.into(),
+                    task_queue: task_queue.into(),
+                },
+                allowed_caller_namespaces: callers.iter().map(|c| c.to_string()).collect(),
+            })
+            .expect("create endpoint")
+    }
+
+    /// Runs a worker of `namespace` on `task_queue` serving [`reference_handler`].
+    pub fn start_worker(&self, namespace: &str, task_queue: &str) -> WorkerHandle {
+        let mut settings = WorkerSettings::new(self.base(), namespace, task_queue);
+        settings.concurrency = 4;
+        settings.poll_timeout = Duration::from_secs(5);
+        let worker = Worker::new(settings, self.client(&ns(namespace)));
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            worker
+                .run(tower::service_fn(reference_handler), token)
+                .await;
+        });
+        WorkerHandle {
+            stop,
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct WorkerHandle {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub version: http::Version,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `message` of a Nexus failure body.
+    pub fn message(&self) -> String {
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// `details.type` of a gateway HandlerError.
+    pub fn error_type(&self) -> String {
+        self.json()["details"]["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends a request and reads the whole answer, within [`REQUEST_BOUND`].
+pub async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> Reply {
+    try_send(client, request).await.expect("request failed")
+}
+
+pub async fn try_send(client: &HttpClient, request: Request<Full<Bytes>>) -> Result<Reply, String> {
+    tokio::time::timeout(REQUEST_BOUND, async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            version: parts.version,
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    })
+    .await
+    .map_err(|_| "request not answered in time".to_string())?
+}
+
+/// A POST with a body and headers.
+pub fn post(uri: Uri, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut builder = Request::post(uri);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(Full::new(body.into())).unwrap()
+}
+
+/// The reference Nexus HTTP handler used by the tests, mounted below an endpoint prefix.
+/// Service `svc`:
+/// - `echo`: 200, the input and its content type
+/// - `headers`: 200, JSON `{"path": ..., "headers": {name: value}}` of what it received
+/// - `async`: 201 `{"token":"op-<request id>","state":"running"}`
+/// - `fail` / `cancelled`: 424 with a Failure and `Nexus-Operation-State: failed|canceled`
+/// - `error-<TYPE>`: a typed HandlerError of that type with its status
+/// - `slow`: waits `x-delay-ms` then 200
+/// - `{op}/cancel` and `{op}/{token}/cancel`: 202, echoing the token in `x-seen-token`
+pub async fn reference_handler(
+    request: Request<Full<Bytes>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut response = Response::new(Bytes::new());
+    match segments.as_slice() {
+        ["svc", "echo"] => {
+            *response.body_mut() = body;
+            if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, ct.clone());
+            }
+        }
+        ["svc", "headers"] => {
+            let mut seen = serde_json::Map::new();
+            for (k, v) in &parts.headers {
+                seen.insert(k.to_string(), String::from_utf8_lossy(v.as_bytes()).into());
+            }
+            let out = serde_json::json!({"path": path, "query": query, "headers": seen, "body": String::from_utf8_lossy(&body)});
+            *response.body_mut() = Bytes::from(out.to_string());
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        }
+        ["svc", "async"] => {
+            let id = parts
+                .headers
+                .get("nexus-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none");
+            *response.status_mut() = StatusCode::CREATED;
+            *response.body_mut() = Bytes::from(
+                serde_json::json!({"token": format!("op-{id}"), "state": "running"}).to_string(),
+            );
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            response.headers_mut().insert("nexus-link", "<temporal:///namespaces/h/workflows/w>; type=\"temporal.api.common.v1.Link.WorkflowEvent\"".parse().unwrap());
+        }
+        ["svc", state @ ("fail" | "cancelled")] => {
+            let state = if *state == "fail" {
+                "failed"
+            } else {
+                "canceled"
+            };
+            *response.status_mut() = StatusCode::from_u16(424).unwrap();
+            *response.body_mut() = Bytes::from(serde_json::json!({"message": format!("operation {state}"), "details": {"code": 7}}).to_string());
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            response
+                .headers_mut()
+                .insert("nexus-operation-state", state.parse().unwrap());
+        }
+        ["svc", op] if op.starts_with("error-") => {
+            let kind = error_type(&op["error-".len()..]).unwrap_or(ErrorType::Internal);
+            response = failure_response(GatewayError::new(
+                kind,
+                format!("handler says {}", kind.as_str()),
+            ));
+            response
+                .headers_mut()
+                .insert("temporal-nexus-failure-source", "handler".parse().unwrap());
+        }
+        ["svc", "slow"] => {
+            let ms = parts
+                .headers
+                .get("x-delay-ms")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            *response.body_mut() = Bytes::from_static(b"done");
+        }
+        ["svc", _, "cancel"] | ["svc", _, _, "cancel"] => {
+            *response.status_mut() = StatusCode::ACCEPTED;
+            let token = match segments.as_slice() {
+                ["svc", _, token, "cancel"] => Some(token.to_string()),
+                _ => parts
+                    .headers
+                    .get("nexus-operation-token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            };
+            if let Some(token) = token {
+                response
+                    .headers_mut()
+                    .insert("x-seen-token", token.parse().unwrap());
+            }
+        }
+        _ => {
+            response = failure_response(GatewayError::not_found(format!("no operation at {path}")))
+        }
+    }
+    Ok(response.map(Full::new))
+}
+
+pub fn error_type(name: &str) -> Option<ErrorType> {
+    ALL_ERROR_TYPES.iter().copied().find(|t| t.as_str() == name)
+}
+
+pub const ALL_ERROR_TYPES: [ErrorType; 11] = [
+    ErrorType::BadRequest,
+    ErrorType::Unauthenticated,
+    ErrorType::Unauthorized,
+    ErrorType::NotFound,
+    ErrorType::RequestTimeout,
+    ErrorType::Conflict,
+    ErrorType::ResourceExhausted,
+    ErrorType::Internal,
+    ErrorType::NotImplemented,
+    ErrorType::Unavailable,
+    ErrorType::UpstreamTimeout,
+];
+
+/// Serves [`reference_handler`] over plain HTTP/1.1 on 127.0.0.1:0, as an ordinary Nexus HTTP
+/// handler would be deployed. Returns its address; stops when the handle is dropped.
+pub async fn serve_reference_handler() -> (SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                () = token.cancelled() => break,
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: Request<hyper::body::Incoming>| async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        reference_handler(Request::from_parts(parts, Full::new(body))).await
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, stop)
+}
+
+/// Waits (bounded) until `probe` returns true, checking every 20 ms.
+pub async fn eventually(what: &str, bound: Duration, mut probe: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < deadline {
+        if probe().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not true within {bound:?}");
+}

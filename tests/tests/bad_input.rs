@@ -1,0 +1,411 @@
+//! Every bad input gets a clear Nexus failure (or a refused handshake) and breaks nothing else.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use nexus_certs::Identity;
+use nexus_e2e::*;
+use nexus_gateway::client::{HttpVersions, http_client};
+
+fn op(gw: &TestGateway, rest: &str) -> http::Uri {
+    gw.uri(&format!("/nexus/endpoints/payments/services/{rest}"))
+}
+
+async fn gateway() -> TestGateway {
+    let gw = TestGateway::start().await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    gw
+}
+
+/// A client that presents no certificate at all.
+fn anonymous_client(gw: &TestGateway) -> nexus_gateway::client::HttpClient {
+    let roots = {
+        let mut store = rustls::RootCertStore::empty();
+        store.add(gw.pki.ca.cert_der()).unwrap();
+        store
+    };
+    let config = rustls::ClientConfig::builder_with_provider(nexus_certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
+#[tokio::test]
+async fn no_client_certificate_fails_the_handshake() {
+    let gw = gateway().await;
+    let result = try_send(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
+    assert!(
+        result.is_err(),
+        "got an answer without a client certificate: {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_fails_the_handshake() {
+    let gw = gateway().await;
+    let stranger = Pki::new();
+    let mut material = stranger.client_material(&ns("orders"));
+    material.ca = vec![gw.pki.ca.cert_der()];
+    let client = http_client(&material, HttpVersions::Any).unwrap();
+    let result = try_send(&client, post(op(&gw, "svc/echo"), &[], "")).await;
+    assert!(
+        result.is_err(),
+        "got an answer with an untrusted certificate: {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn certificate_without_a_recognised_identity_gets_401() {
+    let gw = gateway().await;
+    for (uri, expect) in [
+        ("spiffe://other-domain/ns/orders", "trust domain"),
+        (
+            "spiffe://nexus-gateway/workload/orders",
+            "spiffe://nexus-gateway/ns/",
+        ),
+    ] {
+        let client = http_client(&gw.pki.uri_material(uri), HttpVersions::Any).unwrap();
+        let reply = send(&client, post(op(&gw, "svc/echo"), &[], "")).await;
+        assert_eq!(reply.status, 401, "{uri}");
+        assert_eq!(reply.error_type(), "UNAUTHENTICATED");
+        assert!(
+            reply.message().contains(expect),
+            "{uri}: {}",
+            reply.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn caller_not_allowed_gets_403_and_admin_cannot_call() {
+    let gw = gateway().await;
+    let reply = send(
+        &gw.client(&ns("intruder")),
+        post(op(&gw, "svc/echo"), &[], ""),
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(
+        reply.message(),
+        r#"namespace "intruder" is not allowed to call endpoint "payments""#
+    );
+    let reply = send(&gw.client(&admin()), post(op(&gw, "svc/echo"), &[], "")).await;
+    assert_eq!(reply.status, 403);
+    assert!(
+        reply
+            .message()
+            .contains("a namespace certificate is required"),
+        "{}",
+        reply.message()
+    );
+}
+
+#[tokio::test]
+async fn unknown_endpoint_gets_404() {
+    let gw = gateway().await;
+    let reply = send(
+        &gw.client(&ns("orders")),
+        post(gw.uri("/nexus/endpoints/nope/services/svc/echo"), &[], ""),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.message(), r#"endpoint "nope" not found"#);
+}
+
+#[tokio::test]
+async fn malformed_paths_methods_and_timeouts_get_400_or_404() {
+    let gw = gateway().await;
+    let caller = gw.client(&ns("orders"));
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case; 6] = [
+        ("svc%zz/echo", &[], 400, "malformed percent-encoding"),
+        ("svc/%C3%28", &[], 400, "not UTF-8"),
+        ("svc", &[], 404, "no route"),
+        ("svc/echo/x/y/z", &[], 404, "no route"),
+        (
+            "svc/echo",
+            &[("request-timeout", "10 seconds")],
+            400,
+            "invalid Request-Timeout header",
+        ),
+        (
+            "svc/echo",
+            &[("request-timeout", "5h")],
+            400,
+            "invalid Request-Timeout header",
+        ),
+    ];
+    for (rest, headers, status, message) in cases {
+        let reply = send(&caller, post(op(&gw, rest), headers, "")).await;
+        assert_eq!(reply.status, status, "{rest}");
+        assert!(
+            reply.message().contains(message),
+            "{rest}: {}",
+            reply.message()
+        );
+    }
+    let get = Request::get(op(&gw, "svc/echo"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = send(&caller, get).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.message().contains("invalid request method GET"),
+        "{}",
+        reply.message()
+    );
+}
+
+#[tokio::test]
+async fn body_over_the_cap_is_rejected_and_the_gateway_keeps_serving() {
+    let gw = gateway().await;
+    let _worker = gw.start_worker("billing", "charges");
+    let caller = gw.client(&ns("orders"));
+    let big = vec![b'x'; 2 * 1024 * 1024 + 1];
+    let reply = send(&caller, post(op(&gw, "svc/echo"), &[], big)).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        reply.message(),
+        "request body exceeds the limit of 2097152 bytes"
+    );
+    let ok = send(&caller, post(op(&gw, "svc/echo"), &[], "still fine")).await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn no_worker_before_the_deadline_gets_retryable_520() {
+    let gw = gateway().await;
+    let reply = send(
+        &gw.client(&ns("orders")),
+        post(op(&gw, "svc/echo"), &[("request-timeout", "3s")], ""),
+    )
+    .await;
+    assert_eq!(reply.status, 520);
+    assert_eq!(reply.error_type(), "UPSTREAM_TIMEOUT");
+    assert!(
+        reply
+            .message()
+            .contains("no worker of namespace \"billing\""),
+        "{}",
+        reply.message()
+    );
+    assert_eq!(reply.json()["details"]["retryableOverride"], true);
+}
+
+#[tokio::test]
+async fn full_task_queue_backlog_gets_429_with_retry_after() {
+    let gw = TestGateway::start_with(|c| c.matching.max_waiting_tasks = 1).await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let caller = gw.client(&ns("orders"));
+    let waiting = tokio::spawn({
+        let caller = caller.clone();
+        let uri = op(&gw, "svc/echo");
+        async move { send(&caller, post(uri, &[("request-timeout", "4s")], "")).await }
+    });
+    let gw_ref = &gw;
+    eventually("first task queued", Duration::from_secs(5), async || {
+        gw_ref.registry.len() == 1
+            && metrics(gw_ref).await.contains(
+                "nexus_gateway_task_queue_backlog{namespace=\"billing\",task_queue=\"charges\"} 1",
+            )
+    })
+    .await;
+    let reply = send(&caller, post(op(&gw, "svc/echo"), &[], "")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.error_type(), "RESOURCE_EXHAUSTED");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(waiting.await.unwrap().status, 520);
+}
+
+async fn metrics(gw: &TestGateway) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let uri: http::Uri = format!("http://{}/metrics", gw.ops_addr).parse().unwrap();
+    let response = tokio::time::timeout(REQUEST_BOUND, client.get(uri))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test]
+async fn workers_are_confined_to_their_namespace() {
+    let gw = gateway().await;
+    let poll_uri = gw.uri("/api/v1/namespaces/billing/task-queues/charges/nexus-tasks/poll");
+    // Polling another namespace's queue.
+    let reply = send(&gw.client(&ns("intruder")), post(poll_uri.clone(), &[], "")).await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(
+        reply.message(),
+        r#"namespace "intruder" may not poll task queues of namespace "billing""#
+    );
+
+    // Answering another namespace's task: the real worker polls by hand to learn the token.
+    let caller = gw.client(&ns("orders"));
+    let call = tokio::spawn({
+        let uri = op(&gw, "svc/echo");
+        async move { send(&caller, post(uri, &[("request-timeout", "10s")], "hi")).await }
+    });
+    let owner = gw.client(&ns("billing"));
+    let task = send(&owner, post(poll_uri, &[("request-timeout", "5s")], "")).await;
+    assert_eq!(task.status, 200);
+    assert_eq!(task.body, "hi");
+    assert_eq!(task.header("nexus-task-path"), Some("/svc/echo"));
+    assert_eq!(task.header("nexus-task-kind"), Some("start"));
+    assert_eq!(task.header("nexus-caller-namespace"), Some("orders"));
+    let token = task.header("nexus-task-token").unwrap().to_owned();
+    let respond = gw.uri(&format!("/api/v1/nexus-tasks/{token}/response"));
+    let forged = send(
+        &gw.client(&ns("intruder")),
+        post(respond.clone(), &[("nexus-task-status", "200")], "forged"),
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+    assert!(
+        forged
+            .message()
+            .contains("may not answer a task of namespace \"billing\""),
+        "{}",
+        forged.message()
+    );
+    let bad_status = send(
+        &owner,
+        post(respond.clone(), &[("nexus-task-status", "99")], ""),
+    )
+    .await;
+    assert_eq!(bad_status.status, 400);
+    assert!(bad_status.message().contains("invalid Nexus-Task-Status"));
+    let missing_status = send(&owner, post(respond.clone(), &[], "")).await;
+    assert_eq!(missing_status.status, 400);
+    let real = send(
+        &owner,
+        post(respond.clone(), &[("nexus-task-status", "200")], "real"),
+    )
+    .await;
+    assert_eq!(real.status, 200);
+    let answered = call.await.unwrap();
+    assert_eq!(
+        (answered.status.as_u16(), answered.body),
+        (200, Bytes::from("real"))
+    );
+    // The same token again is late.
+    let late = send(
+        &owner,
+        post(respond, &[("nexus-task-status", "200")], "again"),
+    )
+    .await;
+    assert_eq!(late.status, 404);
+    assert!(
+        late.message()
+            .contains("unknown or its caller stopped waiting")
+    );
+}
+
+#[tokio::test]
+async fn unknown_task_token_gets_404_and_unknown_route_404() {
+    let gw = gateway().await;
+    let owner = gw.client(&ns("billing"));
+    let reply = send(
+        &owner,
+        post(
+            gw.uri("/api/v1/nexus-tasks/deadbeef/response"),
+            &[("nexus-task-status", "200")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    let reply = send(&owner, post(gw.uri("/somewhere/else"), &[], "")).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.error_type(), "NOT_FOUND");
+}
+
+/// Writes raw HTTP/1.1 over mTLS and returns the status line of the answer.
+async fn raw_status_line(gw: &TestGateway, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config =
+        nexus_certs::client_config(&gw.pki.client_material(&ns("orders")), &[b"http/1.1"]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(gw.data_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(REQUEST_BOUND, read)
+        .await
+        .expect("answer in time");
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn oversized_or_too_many_headers_get_431() {
+    let gw = gateway().await;
+    let path = "/nexus/endpoints/payments/services/svc/echo";
+    let huge = "x".repeat(20 * 1024);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nx-huge: {huge}\r\ncontent-length: 0\r\n\r\n"
+    );
+    assert!(
+        raw_status_line(&gw, request)
+            .await
+            .starts_with("HTTP/1.1 431")
+    );
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let request =
+        format!("POST {path} HTTP/1.1\r\nhost: localhost\r\n{many}content-length: 0\r\n\r\n");
+    assert!(
+        raw_status_line(&gw, request)
+            .await
+            .starts_with("HTTP/1.1 431")
+    );
+    // The gateway keeps serving.
+    let reply = send(
+        &gw.client(&ns("orders")),
+        post(op(&gw, "svc/echo"), &[("request-timeout", "2500ms")], ""),
+    )
+    .await;
+    assert_eq!(reply.status, 520);
+}
+
+#[tokio::test]
+async fn identity_from_metering_cannot_poll() {
+    let gw = gateway().await;
+    let metering = gw.client(&Identity::Metering("billing".into()));
+    let reply = send(
+        &metering,
+        post(
+            gw.uri("/api/v1/namespaces/billing/task-queues/charges/nexus-tasks/poll"),
+            &[],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+}

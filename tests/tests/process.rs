@@ -1,0 +1,677 @@
+//! The `nexus-gateway` command as a user runs it: `dev`, `certs`, `serve`, `endpoint`,
+//! `worker --handler-url`, SIGTERM draining and `kill -9` of the registry.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use http::Method;
+use nexus_e2e::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nexus-gateway-e2e");
+
+/// A child process whose output lines are collected in the background.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], dir: &Path) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nexus-gateway");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for an output line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("process did not exit in time");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command to completion (bounded); returns (exit code, stdout, stderr).
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], dir: &Path) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "command did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn port_after(line: &str, marker: &str) -> u16 {
+    let rest = &line[line.find(marker).expect("marker") + marker.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().expect("port")
+}
+
+/// `certs init` + `serve` on free ports; returns the process and its data-port port.
+fn serve(dir: &Path) -> (Proc, u16) {
+    let (code, _, err) = run(&["certs", "init", "--dir", "certs"], dir);
+    assert_eq!(code, 0, "{err}");
+    let mut gw = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "data",
+            "--tls-ca",
+            "certs/ca.pem",
+            "--tls-cert",
+            "certs/server.pem",
+            "--tls-key",
+            "certs/server-key.pem",
+            "--shutdown-grace",
+            "10",
+        ],
+        dir,
+    );
+    let line = gw.wait_for("data https://");
+    (gw, port_after(&line, "127.0.0.1:"))
+}
+
+#[test]
+fn dev_starts_from_nothing_and_the_printed_call_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Proc::spawn(
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    let line = dev.wait_for("data port (mTLS): https://localhost:");
+    let port = port_after(&line, "https://localhost:");
+    dev.wait_for("curl --cacert");
+    let certs = dir.path().join(".nexus-dev/certs");
+    for file in [
+        "ca.pem",
+        "server.pem",
+        "ns-caller.pem",
+        "ns-caller-key.pem",
+        "admin-admin.pem",
+    ] {
+        assert!(certs.join(file).exists(), "{file} missing");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let material = nexus_certs::TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("ns-caller.pem"),
+            key: certs.join("ns-caller-key.pem"),
+        }
+        .load()
+        .unwrap();
+        let client = nexus_gateway::client::http_client(&material, Default::default()).unwrap();
+        let uri: http::Uri =
+            format!("https://localhost:{port}/nexus/endpoints/demo/services/echo/echo")
+                .parse()
+                .unwrap();
+        let reply = send(
+            &client,
+            post(
+                uri,
+                &[("content-type", "application/json")],
+                r#"{"hello":"nexus"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.body, r#"{"hello":"nexus"}"#);
+    });
+    // The CLI finds the dev certificates by itself.
+    let (code, out, err) = run(
+        &[
+            "endpoint",
+            "list",
+            "--gateway",
+            &format!("https://localhost:{port}"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("demo") && out.contains("handler/demo") && out.contains("caller"),
+        "{out}"
+    );
+    dev.signal("TERM");
+    assert_eq!(dev.wait_exit(), Some(0));
+}
+
+#[test]
+fn certs_serve_and_endpoint_cli_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut gw, port) = serve(d);
+    let (code, out, err) = run(&["certs", "issue", "--dir", "certs", "--admin", "ops"], d);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("spiffe://nexus-gateway/admin/ops"), "{out}");
+    let url = format!("https://localhost:{port}");
+    let conn = [
+        "--gateway",
+        url.as_str(),
+        "--ca",
+        "certs/ca.pem",
+        "--cert",
+        "certs/admin-ops.pem",
+        "--key",
+        "certs/admin-ops-key.pem",
+    ];
+    let with = |args: &[&'static str]| -> Vec<String> {
+        args.iter()
+            .chain(conn.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+
+    let (code, out, err) = run(
+        &with(&[
+            "endpoint",
+            "create",
+            "--name",
+            "payments",
+            "--target-namespace",
+            "billing",
+            "--target-task-queue",
+            "charges",
+            "--allow-caller",
+            "orders",
+            "--allow-caller",
+            "shipping",
+            "--description",
+            "Charge cards",
+        ]),
+        d,
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["version"], 1);
+    assert_eq!(
+        created["spec"]["allowedCallerNamespaces"],
+        serde_json::json!(["orders", "shipping"])
+    );
+
+    let (code, out, _) = run(&with(&["endpoint", "list"]), d);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("payments")
+            && out.contains("billing/charges")
+            && out.contains("orders,shipping"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(
+        &with(&[
+            "endpoint",
+            "update",
+            "--name",
+            "payments",
+            "--allow-caller",
+            "orders",
+            "--target-url",
+            "https://handler.internal/nexus",
+        ]),
+        d,
+    );
+    assert_eq!(code, 0, "{err}");
+    let updated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(updated["version"], 2);
+    assert_eq!(
+        updated["spec"]["target"]["external"]["url"],
+        "https://handler.internal/nexus"
+    );
+    assert_eq!(updated["spec"]["description"], "Charge cards");
+
+    let (code, out, _) = run(&with(&["endpoint", "get", "--name", "payments"]), d);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"version\": 2"), "{out}");
+
+    let (code, _, err) = run(
+        &with(&[
+            "endpoint",
+            "create",
+            "--name",
+            "9lives",
+            "--target-url",
+            "https://x",
+        ]),
+        d,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("400") && err.contains("^[a-zA-Z][a-zA-Z0-9-]*[a-zA-Z0-9]$"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &with(&[
+            "endpoint",
+            "create",
+            "--name",
+            "payments",
+            "--target-url",
+            "https://x",
+        ]),
+        d,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("409"), "{err}");
+
+    let (code, out, _) = run(&with(&["endpoint", "delete", "--name", "payments"]), d);
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted endpoint payments"), "{out}");
+    let (code, _, err) = run(&with(&["endpoint", "get", "--name", "payments"]), d);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+
+    // A namespace certificate cannot manage endpoints.
+    run(
+        &["certs", "issue", "--dir", "certs", "--namespace", "orders"],
+        d,
+    );
+    let (code, _, err) = run(
+        &[
+            "endpoint",
+            "list",
+            "--gateway",
+            &url,
+            "--ca",
+            "certs/ca.pem",
+            "--cert",
+            "certs/ns-orders.pem",
+            "--key",
+            "certs/ns-orders-key.pem",
+        ],
+        d,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("403"), "{err}");
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(), Some(0));
+}
+
+#[tokio::test]
+async fn worker_bridge_serves_a_nexus_http_handler() {
+    let gw = TestGateway::start().await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let (handler, _stop) = serve_reference_handler().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = gw.pki.write_files(dir.path(), &ns("billing"));
+    let gateway_url = gw.base().to_string();
+    let handler_url = format!("http://{handler}");
+    let mut worker = Proc::spawn(
+        &[
+            "worker",
+            "--gateway",
+            gateway_url.trim_end_matches('/'),
+            "--ca",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--namespace",
+            "billing",
+            "--task-queue",
+            "charges",
+            "--handler-url",
+            &handler_url,
+            "--concurrency",
+            "4",
+        ],
+        dir.path(),
+    );
+    worker.wait_for("worker polling");
+    let caller = gw.client(&ns("orders"));
+    let op = |rest: &str| gw.uri(&format!("/nexus/endpoints/payments/services/{rest}"));
+
+    let sync = send(
+        &caller,
+        post(
+            op("svc/echo"),
+            &[("content-type", "application/json")],
+            r#"{"a":1}"#,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (sync.status.as_u16(), sync.body.as_ref()),
+        (200, br#"{"a":1}"#.as_ref())
+    );
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let bin = send(
+        &caller,
+        post(
+            op("svc/echo"),
+            &[("content-type", "application/octet-stream")],
+            binary.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(bin.body.as_ref(), binary.as_slice());
+    let started = send(
+        &caller,
+        post(op("svc/async"), &[("nexus-request-id", "r9")], ""),
+    )
+    .await;
+    assert_eq!(
+        (started.status.as_u16(), started.json()["token"].as_str()),
+        (201, Some("op-r9"))
+    );
+    let failed = send(&caller, post(op("svc/fail"), &[], "")).await;
+    assert_eq!(
+        (
+            failed.status.as_u16(),
+            failed.header("nexus-operation-state")
+        ),
+        (424, Some("failed"))
+    );
+    let canceled = send(&caller, post(op("svc/cancelled"), &[], "")).await;
+    assert_eq!(
+        (
+            canceled.status.as_u16(),
+            canceled.header("nexus-operation-state")
+        ),
+        (424, Some("canceled"))
+    );
+    for kind in ALL_ERROR_TYPES {
+        let reply = send(
+            &caller,
+            post(op(&format!("svc/error-{}", kind.as_str())), &[], ""),
+        )
+        .await;
+        assert_eq!(
+            (reply.status, reply.error_type()),
+            (kind.status(), kind.as_str().to_owned())
+        );
+    }
+    let cancel = send(
+        &caller,
+        post(
+            op("svc/charge/cancel"),
+            &[("nexus-operation-token", "t-1")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(
+        (cancel.status.as_u16(), cancel.header("x-seen-token")),
+        (202, Some("t-1"))
+    );
+    let seen = send(
+        &caller,
+        post(
+            op("svc/headers?callback=http%3A%2F%2Fcb"),
+            &[("nexus-callback-x", "y"), ("nexus-link", "<l>; type=\"t\"")],
+            "",
+        ),
+    )
+    .await;
+    let h = &seen.json()["headers"];
+    assert_eq!(
+        (
+            h["nexus-callback-x"].as_str(),
+            h["nexus-link"].as_str(),
+            h["nexus-caller-namespace"].as_str()
+        ),
+        (Some("y"), Some("<l>; type=\"t\""), Some("orders"))
+    );
+    assert_eq!(seen.json()["query"], "callback=http%3A%2F%2Fcb");
+    let slow = send(
+        &caller,
+        post(
+            op("svc/slow"),
+            &[("request-timeout", "1500ms"), ("x-delay-ms", "4000")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(slow.status, 520);
+
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (mut gw, port) = tokio::task::spawn_blocking(move || serve(&d))
+        .await
+        .unwrap();
+    let pki_dir = dir.path().join("certs");
+    let files = |name: &str| {
+        nexus_certs::DevPki::open(&pki_dir)
+            .unwrap()
+            .issue(&nexus_certs::Identity::Namespace(name.into()), TRUST_DOMAIN)
+            .unwrap()
+            .load()
+            .unwrap()
+    };
+    let admin_files = nexus_certs::DevPki::open(&pki_dir)
+        .unwrap()
+        .issue(&admin(), TRUST_DOMAIN)
+        .unwrap()
+        .load()
+        .unwrap();
+    let admin = nexus_gateway::client::http_client(&admin_files, Default::default()).unwrap();
+    let base: http::Uri = format!("https://localhost:{port}").parse().unwrap();
+    let create = http::Request::builder().method(Method::POST).uri(format!("{base}api/v1/nexus/endpoints"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(serde_json::json!({"spec": {"name": "payments", "target": {"worker": {"namespace": "billing", "taskQueue": "charges"}}, "allowedCallerNamespaces": ["orders"]}}).to_string()))).unwrap();
+    assert_eq!(send(&admin, create).await.status, 200);
+
+    let worker_client =
+        nexus_gateway::client::http_client(&files("billing"), Default::default()).unwrap();
+    let mut settings =
+        nexus_gateway::worker::WorkerSettings::new(base.clone(), "billing", "charges");
+    settings.poll_timeout = Duration::from_secs(5);
+    let worker = nexus_gateway::worker::Worker::new(settings, worker_client);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run(tower::service_fn(reference_handler), stop).await }
+    });
+
+    let caller = nexus_gateway::client::http_client(&files("orders"), Default::default()).unwrap();
+    let uri: http::Uri = format!("{base}nexus/endpoints/payments/services/svc/slow")
+        .parse()
+        .unwrap();
+    let in_flight = tokio::spawn({
+        let caller = caller.clone();
+        async move {
+            send(
+                &caller,
+                post(
+                    uri,
+                    &[("x-delay-ms", "1500"), ("request-timeout", "20s")],
+                    "",
+                ),
+            )
+            .await
+        }
+    });
+    // Give the slow call time to reach the worker, then ask the gateway to stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.signal("TERM");
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "in-flight request finished during drain");
+    assert_eq!(reply.body, "done");
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    stop.cancel();
+}
+
+#[test]
+fn registry_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut gw, port) = serve(d);
+    run(&["certs", "issue", "--dir", "certs", "--admin", "ops"], d);
+    let url = format!("https://localhost:{port}");
+    let conn = [
+        "--gateway",
+        url.as_str(),
+        "--ca",
+        "certs/ca.pem",
+        "--cert",
+        "certs/admin-ops.pem",
+        "--key",
+        "certs/admin-ops-key.pem",
+    ];
+    let mut acknowledged = Vec::new();
+    for i in 0..8 {
+        let name = format!("endpoint-{i}");
+        let (code, _, err) = run(
+            &[
+                &[
+                    "endpoint",
+                    "create",
+                    "--name",
+                    &name,
+                    "--target-namespace",
+                    "b",
+                    "--target-task-queue",
+                    "q",
+                ][..],
+                &conn[..],
+            ]
+            .concat(),
+            d,
+        );
+        assert_eq!(code, 0, "{err}");
+        acknowledged.push(name);
+    }
+    gw.signal("KILL");
+    gw.wait_exit();
+    let (_gw, port) = {
+        let mut gw = Proc::spawn(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "data",
+                "--tls-ca",
+                "certs/ca.pem",
+                "--tls-cert",
+                "certs/server.pem",
+                "--tls-key",
+                "certs/server-key.pem",
+            ],
+            d,
+        );
+        let line = gw.wait_for("data https://");
+        let port = port_after(&line, "127.0.0.1:");
+        (gw, port)
+    };
+    let url = format!("https://localhost:{port}");
+    let conn = [
+        "--gateway",
+        url.as_str(),
+        "--ca",
+        "certs/ca.pem",
+        "--cert",
+        "certs/admin-ops.pem",
+        "--key",
+        "certs/admin-ops-key.pem",
+    ];
+    let (code, out, err) = run(&[&["endpoint", "list"][..], &conn[..]].concat(), d);
+    assert_eq!(code, 0, "{err}");
+    for name in acknowledged {
+        assert!(out.contains(&name), "{name} lost after kill -9:\n{out}");
+    }
+}
