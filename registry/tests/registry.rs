@@ -2,7 +2,6 @@
 
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::{Duration, Instant};
 
 use nexus_registry::{Endpoint, EndpointSpec, RedbStore, Registry, RegistryError, Store, Target};
 
@@ -335,7 +334,7 @@ fn writes_are_visible_to_the_next_lookup_from_any_thread() {
 }
 
 #[test]
-fn resolve_is_fast_with_10k_endpoints() {
+fn resolves_every_endpoint_of_10k_by_id_or_name() {
     let endpoints: Vec<Endpoint> = (0..10_000)
         .map(|i| endpoint(i, &format!("name{i}")))
         .collect();
@@ -353,18 +352,11 @@ fn resolve_is_fast_with_10k_endpoints() {
     let registry = Registry::new(FixedStore(endpoints)).unwrap();
     assert_eq!(registry.len(), 10_000);
 
-    let rounds = 20;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        for key in &keys {
-            assert!(registry.resolve(key).is_some());
-        }
+    // Speed is measured in the bench (scenario S6), never asserted here.
+    for key in &keys {
+        assert!(registry.resolve(key).is_some(), "{key}");
     }
-    let per_lookup = start.elapsed() / (rounds * keys.len()) as u32;
-    println!("resolve: {per_lookup:?} per lookup with 10k endpoints");
-    // The 150 ns target is for release builds; this only catches gross
-    // regressions (e.g. a linear scan) in an unoptimized test build.
-    assert!(per_lookup < Duration::from_micros(5), "{per_lookup:?}");
+    assert!(registry.resolve("missing").is_none());
 }
 
 /// A read-only store preloaded with endpoints, to build big registries fast.
