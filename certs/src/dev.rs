@@ -216,7 +216,11 @@ impl Ca {
         let mut params = CertificateParams::new(names.to_vec())
             .map_err(rcgen_err(format!("invalid server name in {names:?}")))?;
         params.distinguished_name = subject(first);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Client auth too: the gateway presents this certificate to external handlers.
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.sign(params, "the server")
     }
 

@@ -12,6 +12,9 @@ use nexus_certs::{CertError, TlsMaterial};
 /// A pooled client speaking HTTP/1.1 or HTTP/2 (by ALPN) over TLS, and HTTP/1.1 in the clear.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// The same with streamed bodies, for proxying.
+pub type ProxyClient = Client<HttpsConnector<HttpConnector>, crate::body::Body>;
+
 /// Which HTTP versions the client offers over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HttpVersions {
@@ -21,7 +24,15 @@ pub enum HttpVersions {
     Http1Only,
 }
 
-pub fn http_client(tls: &TlsMaterial, versions: HttpVersions) -> Result<HttpClient, CertError> {
+pub fn http_client<B>(
+    tls: &TlsMaterial,
+    versions: HttpVersions,
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, CertError>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let config = nexus_certs::client_config(tls, &[])?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -33,5 +44,7 @@ pub fn http_client(tls: &TlsMaterial, versions: HttpVersions) -> Result<HttpClie
         HttpVersions::Any => builder.enable_all_versions().wrap_connector(http),
         HttpVersions::Http1Only => builder.enable_http1().wrap_connector(http),
     };
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build(connector))
 }

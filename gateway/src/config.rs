@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use nexus_certs::TlsMaterial;
 
+use nexus_outbound_queue::QueueSettings;
+
+use crate::callbacks::CallbackSettings;
+use crate::external::PlainHttp;
 use crate::matching::MatchingSettings;
 
 #[derive(Debug, Clone)]
@@ -21,8 +25,15 @@ pub struct Config {
     pub trust_domain: String,
     /// Holds the registry database and, later, logs and spools.
     pub data_dir: PathBuf,
+    /// The gateway's URL as handlers reach it, for rewritten callback URLs (default
+    /// `https://localhost:<data port>` on loopback, else `https://<listen address>`).
+    pub public_url: Option<String>,
     pub limits: Limits,
     pub matching: MatchingSettings,
+    /// Per-destination outbound lanes (Temporal's defaults; see nexus-outbound-queue).
+    pub outbound: QueueSettings,
+    pub upstream: UpstreamSettings,
+    pub callbacks: CallbackSettings,
     /// How long SIGTERM waits for in-flight requests before closing them (default 30 s).
     pub shutdown_grace: Duration,
 }
@@ -39,11 +50,24 @@ impl Config {
             tls,
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
             data_dir,
+            public_url: None,
             limits: Limits::default(),
             matching: MatchingSettings::default(),
+            outbound: QueueSettings::default(),
+            upstream: UpstreamSettings::default(),
+            callbacks: CallbackSettings::default(),
             shutdown_grace: Duration::from_secs(30),
         }
     }
+}
+
+/// How the gateway reaches external handlers and callers' callback URLs.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamSettings {
+    /// CA certificates trusted for upstream HTTPS (default: the gateway's client CA bundle).
+    pub ca: Option<Vec<nexus_certs::CertificateDer<'static>>>,
+    /// When plain `http://` upstreams are allowed (default: loopback hosts only).
+    pub plain_http: PlainHttp,
 }
 
 /// Protection against oversized and slow input.

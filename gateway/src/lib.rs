@@ -20,11 +20,14 @@
 
 pub mod admin;
 pub mod body;
+pub mod callback_token;
+pub mod callbacks;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod external;
 pub mod matching;
 pub mod metrics;
 pub mod nexus;

@@ -89,6 +89,8 @@ pub fn render(state: &State) -> String {
         "nexus_gateway_tasks_pending {}",
         state.matching.pending_tasks()
     );
+    render_lanes(state, &mut out);
+    render_callbacks(state, &mut out);
     out.push_str("# HELP nexus_gateway_registry_endpoints Endpoints in the registry.\n");
     out.push_str("# TYPE nexus_gateway_registry_endpoints gauge\n");
     let _ = writeln!(
@@ -97,6 +99,106 @@ pub fn render(state: &State) -> String {
         state.registry.len()
     );
     out
+}
+
+fn render_lanes(state: &State, out: &mut String) {
+    let lanes = state.outbound.stats();
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&nexus_outbound_queue::LaneStats) -> f64,
+    );
+    let gauges: [Gauge; 7] = [
+        (
+            "nexus_gateway_lane_queued",
+            "Requests waiting for a slot in an outbound lane.",
+            |l| l.queued as f64,
+        ),
+        (
+            "nexus_gateway_lane_in_flight",
+            "Requests in flight to a destination.",
+            |l| l.in_flight as f64,
+        ),
+        (
+            "nexus_gateway_lane_rejected_full_total",
+            "Requests refused because the lane was full.",
+            |l| l.rejected_full as f64,
+        ),
+        (
+            "nexus_gateway_lane_rejected_open_total",
+            "Requests refused because the breaker was open.",
+            |l| l.rejected_open as f64,
+        ),
+        (
+            "nexus_gateway_lane_successes_total",
+            "Attempts the destination answered (healthy).",
+            |l| l.successes as f64,
+        ),
+        (
+            "nexus_gateway_lane_failures_total",
+            "Attempts that found the destination down.",
+            |l| l.failures as f64,
+        ),
+        (
+            "nexus_gateway_lane_breaker_open",
+            "Circuit breaker state: 0 closed, 1 open, 0.5 half-open.",
+            |l| match l.breaker {
+                nexus_outbound_queue::BreakerState::Closed => 0.0,
+                nexus_outbound_queue::BreakerState::Open => 1.0,
+                nexus_outbound_queue::BreakerState::HalfOpen => 0.5,
+            },
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for lane in &lanes {
+            let _ = writeln!(
+                out,
+                "{name}{{kind=\"{}\",source=\"{}\",destination=\"{}\"}} {}",
+                lane.key.kind,
+                escape(&lane.key.source),
+                escape(&lane.key.destination),
+                value(lane)
+            );
+        }
+    }
+}
+
+fn render_callbacks(state: &State, out: &mut String) {
+    let c = &state.callbacks;
+    let rows = [
+        (
+            "nexus_gateway_completions_pending",
+            "gauge",
+            "Completions accepted and not yet delivered.",
+            c.pending.load(Ordering::Relaxed).max(0) as u64,
+        ),
+        (
+            "nexus_gateway_completions_failed",
+            "gauge",
+            "Completions given up on, kept for an operator.",
+            c.failed.load(Ordering::Relaxed).max(0) as u64,
+        ),
+        (
+            "nexus_gateway_completions_delivered_total",
+            "counter",
+            "Completions delivered to callers.",
+            c.delivered.load(Ordering::Relaxed),
+        ),
+        (
+            "nexus_gateway_completion_attempts_total",
+            "counter",
+            "Delivery attempts made.",
+            c.attempts.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
 }
 
 fn escape(value: &str) -> String {

@@ -3,13 +3,16 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use nexus_registry::{Endpoint, Target};
 use tokio::time::Instant;
 
-use crate::body::{Body, full};
+use crate::body::{Body, BoxError, full};
+use crate::callback_token::CallbackClaims;
 use crate::error::GatewayError;
+use crate::external;
 use crate::matching::{QueueKey, Task};
 use crate::nexus::{self, OperationKind, OperationPath, headers};
 use crate::routes;
@@ -51,32 +54,40 @@ pub async fn handle(
         )?),
     };
     let (parts, body) = request.into_parts();
-    let body = routes::read_body(state, body).await?;
+    let mut forwarded = HeaderMap::new();
+    nexus::copy_relayed(&parts.headers, &mut forwarded);
+    if let Some(token) = cancel_token {
+        forwarded.insert(
+            headers::OPERATION_TOKEN,
+            header_value(&token, "operation token")?,
+        );
+    }
+    let mut below_prefix = path.below_prefix.clone();
+    if path.kind == OperationKind::Start {
+        seal_callback(
+            state,
+            &caller,
+            &endpoint,
+            &path,
+            &mut below_prefix,
+            &mut forwarded,
+        )?;
+    }
+    let wait = wait_budget(timeout, state);
     match &endpoint.spec.target {
         Target::Worker {
             namespace,
             task_queue,
         } => {
+            let body = routes::read_body(state, body).await?;
             let key = QueueKey {
                 namespace: namespace.clone(),
                 task_queue: task_queue.clone(),
             };
-            let wait = wait_budget(timeout, state);
-            let mut task_headers = HeaderMap::new();
-            nexus::copy_relayed(&parts.headers, &mut task_headers);
-            if let Some(token) = cancel_token {
-                task_headers.insert(
-                    headers::OPERATION_TOKEN,
-                    header_value(&token, "operation token")?,
-                );
-            }
-            add_task_headers(&mut task_headers, &caller, &endpoint, &path)?;
+            let token = add_task_headers(&mut forwarded, &caller, &endpoint, &path, &below_prefix)?;
             let task = Task {
-                token: task_headers[headers::TASK_TOKEN]
-                    .to_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                headers: task_headers,
+                token,
+                headers: forwarded,
                 body,
                 deadline: received + wait,
             };
@@ -86,14 +97,147 @@ pub async fn handle(
             nexus::copy_relayed(&answer.headers, response.headers_mut());
             Ok(response)
         }
-        Target::External { url } => Err(GatewayError::new(
-            crate::error::ErrorType::NotImplemented,
-            format!(
-                "endpoint {:?} targets external handler {url}, which this gateway build does not proxy",
-                endpoint.spec.name
-            ),
-        )),
+        Target::External { url } => {
+            forwarded.insert(
+                headers::CALLER_NAMESPACE,
+                header_value(&caller, "caller namespace")?,
+            );
+            let max = state.limits.max_body_bytes;
+            let body = Limited::new(body, max)
+                .map_err(move |e| -> BoxError {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        format!("request body exceeds the limit of {max} bytes").into()
+                    } else {
+                        e
+                    }
+                })
+                .boxed();
+            external::forward(
+                state,
+                external::Forward {
+                    kind: path.kind.as_str(),
+                    caller: &caller,
+                    endpoint_name: &endpoint.spec.name,
+                    base_url: url,
+                    below_prefix: &below_prefix,
+                    headers: forwarded,
+                    body,
+                    deadline: received + wait,
+                },
+            )
+            .await
+        }
     }
+}
+
+/// Replaces the caller's `callback` URL with a sealed gateway URL and removes the caller's
+/// `Nexus-Callback-*` headers, which travel inside the seal.
+fn seal_callback(
+    state: &State,
+    caller: &str,
+    endpoint: &Endpoint,
+    path: &OperationPath,
+    below_prefix: &mut String,
+    forwarded: &mut HeaderMap,
+) -> Result<(), GatewayError> {
+    let Some((raw_path, query)) = below_prefix.split_once('?') else {
+        return Ok(());
+    };
+    let Some(callback) = form_pairs(query)
+        .find(|(k, _)| k == "callback")
+        .map(|(_, v)| v)
+    else {
+        return Ok(());
+    };
+    validate_callback_url(state, &callback)?;
+    let callback_headers: Vec<(String, String)> = forwarded
+        .iter()
+        .filter_map(|(name, value)| {
+            let stripped = name.as_str().strip_prefix(CALLBACK_PREFIX)?;
+            Some((stripped.to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let names: Vec<HeaderName> = forwarded
+        .keys()
+        .filter(|n| n.as_str().starts_with(CALLBACK_PREFIX))
+        .cloned()
+        .collect();
+    for name in names {
+        forwarded.remove(name);
+    }
+    let now = crate::callbacks::now_ms();
+    let target_namespace = match &endpoint.spec.target {
+        Target::Worker { namespace, .. } => Some(namespace.clone()),
+        Target::External { .. } => None,
+    };
+    let claims = CallbackClaims {
+        url: callback,
+        headers: callback_headers,
+        caller_namespace: caller.to_owned(),
+        target_namespace,
+        endpoint: endpoint.spec.name.clone(),
+        endpoint_id: endpoint.id.clone(),
+        service: path.service.clone(),
+        operation: path.operation.clone(),
+        request_id: forwarded
+            .get(headers::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        start_ms: now,
+        expires_ms: now + state.callbacks.settings.expiry.as_millis() as u64,
+    };
+    let sealed = state.callbacks.callback_url(&claims)?;
+    let rewritten: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            if key == "callback" {
+                format!("callback={}", form_encode(&sealed))
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    *below_prefix = format!("{raw_path}?{}", rewritten.join("&"));
+    Ok(())
+}
+
+const CALLBACK_PREFIX: &str = "nexus-callback-";
+
+fn validate_callback_url(state: &State, url: &str) -> Result<(), GatewayError> {
+    const MAX: usize = 1000;
+    if url.len() > MAX {
+        return Err(GatewayError::bad_request(format!(
+            "callback URL is longer than {MAX} characters"
+        )));
+    }
+    let uri: http::Uri = url.parse().map_err(|_| {
+        GatewayError::bad_request(format!("callback URL {url:?} is not a valid URL"))
+    })?;
+    let plain_ok = match state.upstream.plain_http {
+        external::PlainHttp::Never => false,
+        external::PlainHttp::Always => true,
+        external::PlainHttp::Loopback => uri.host().is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+    };
+    match uri.scheme_str() {
+        Some("https") if uri.authority().is_some() => Ok(()),
+        Some("http") if uri.authority().is_some() && plain_ok => Ok(()),
+        Some("http") if uri.authority().is_some() => Err(GatewayError::bad_request(format!(
+            "callback URL {url:?} must use https"
+        ))),
+        _ => Err(GatewayError::bad_request(format!(
+            "callback URL {url:?} must be an absolute http(s) URL"
+        ))),
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// How long the gateway waits for the target: the caller's `Request-Timeout` less a buffer,
@@ -165,13 +309,11 @@ fn add_task_headers(
     caller: &str,
     endpoint: &Endpoint,
     path: &OperationPath,
-) -> Result<(), GatewayError> {
+    below_prefix: &str,
+) -> Result<String, GatewayError> {
     let token = uuid::Uuid::new_v4().simple().to_string();
     h.insert(headers::TASK_TOKEN, header_value(&token, "task token")?);
-    h.insert(
-        headers::TASK_PATH,
-        header_value(&path.below_prefix, "path")?,
-    );
+    h.insert(headers::TASK_PATH, header_value(below_prefix, "path")?);
     h.insert(
         headers::TASK_KIND,
         HeaderValue::from_static(path.kind.as_str()),
@@ -188,5 +330,5 @@ fn add_task_headers(
         headers::CALLER_NAMESPACE,
         header_value(caller, "caller namespace")?,
     );
-    Ok(())
+    Ok(token)
 }

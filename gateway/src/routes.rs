@@ -15,7 +15,7 @@ use crate::body::Body;
 use crate::error::{ErrorType, GatewayError};
 use crate::server::Peer;
 use crate::state::State;
-use crate::{admin, operations, worker_api};
+use crate::{admin, callbacks, operations, worker_api};
 
 /// Answers one request; never fails: every error becomes a Nexus failure response here.
 pub async fn handle(
@@ -31,6 +31,13 @@ pub async fn handle(
     let result = async {
         match route {
             "operation" => operations::handle(&state, &peer, request).await,
+            "completion" => callbacks::complete(&state, &peer, request).await,
+            "callbacks-admin" => match identity(&peer)? {
+                Identity::Admin(_) => callbacks::admin(&state, request).await,
+                other => Err(GatewayError::unauthorized(format!(
+                    "{other} may not manage completions: an admin certificate is required"
+                ))),
+            },
             "poll" => worker_api::poll(&state, &peer, request).await,
             "respond" => worker_api::respond(&state, &peer, request).await,
             "admin" => admin::handle(&state, &peer, request).await,
@@ -54,6 +61,10 @@ pub async fn handle(
 fn route_name(path: &str) -> &'static str {
     if path.starts_with(crate::nexus::ENDPOINTS_PREFIX) {
         "operation"
+    } else if path.starts_with(callbacks::PREFIX) {
+        "completion"
+    } else if path == callbacks::ADMIN_PREFIX || path.starts_with("/api/v1/callbacks/") {
+        "callbacks-admin"
     } else if path.starts_with("/api/v1/namespaces/") {
         "poll"
     } else if path.starts_with("/api/v1/nexus-tasks/") {

@@ -42,6 +42,8 @@ pub enum StartError {
     },
     #[error("registry: {0}")]
     Registry(#[from] nexus_registry::RegistryError),
+    #[error("callbacks: {0}")]
+    Callbacks(String),
 }
 
 /// A gateway with its ports bound, ready to [`App::run`].
@@ -71,12 +73,38 @@ impl App {
         };
         let data = bind(config.listen).await?;
         let ops = bind(config.ops_listen).await?;
+        let data_addr = data.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let public_url = config.public_url.clone().unwrap_or_else(|| {
+            if data_addr.ip().is_loopback() {
+                format!("https://localhost:{}", data_addr.port())
+            } else {
+                format!("https://{data_addr}")
+            }
+        });
+        let callbacks = crate::callbacks::Callbacks::open(
+            &config.data_dir,
+            public_url,
+            config.callbacks.clone(),
+        )
+        .map_err(StartError::Callbacks)?;
+        let mut upstream_tls = config.tls.clone();
+        if let Some(ca) = &config.upstream.ca {
+            upstream_tls.ca = ca.clone();
+        }
+        let proxy = crate::client::http_client(&upstream_tls, crate::client::HttpVersions::Any)?;
         let state = Arc::new(State {
             registry,
             matching: Matching::new(config.matching.clone()),
             limits: config.limits.clone(),
             trust_domain: config.trust_domain.clone(),
             metrics: Metrics::default(),
+            outbound: nexus_outbound_queue::OutboundQueue::new(config.outbound.clone()),
+            proxy,
+            upstream: config.upstream.clone(),
+            callbacks,
             shutdown: tokio_util::sync::CancellationToken::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -128,6 +156,8 @@ impl App {
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let ops_task = tokio::spawn(serve_ops(ops, state.clone()));
+        crate::callbacks::Callbacks::resume(&state);
+        let evict_task = tokio::spawn(evict_idle_lanes(state.clone()));
         state.ready.store(true, Ordering::SeqCst);
         info!(data = %data.local_addr().expect("bound"), "serving");
 
@@ -180,8 +210,19 @@ impl App {
             warn!("connections still open at the end of the grace period; closing them");
         }
         ops_task.abort();
+        evict_task.abort();
         let _ = ops_task.await;
+        let _ = evict_task.await;
         info!("stopped");
+    }
+}
+
+/// Drops lanes of destinations not used for a while, so memory stays bounded.
+async fn evict_idle_lanes(state: Arc<State>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        state.outbound.evict_idle();
     }
 }
 

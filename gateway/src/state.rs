@@ -6,7 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nexus_registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Limits;
+use nexus_outbound_queue::OutboundQueue;
+
+use crate::callbacks::Callbacks;
+use crate::client::ProxyClient;
+use crate::config::{Limits, UpstreamSettings};
 use crate::matching::Matching;
 use crate::metrics::Metrics;
 
@@ -16,6 +20,12 @@ pub struct State {
     pub limits: Limits,
     pub trust_domain: String,
     pub metrics: Metrics,
+    /// Lanes to external handlers and callback receivers.
+    pub outbound: OutboundQueue,
+    /// Pooled HTTPS client (the gateway's certificate) for external targets and callbacks.
+    pub proxy: ProxyClient,
+    pub upstream: UpstreamSettings,
+    pub callbacks: Callbacks,
     /// Cancelled when shutdown begins: long polls end at once.
     pub shutdown: CancellationToken,
     /// False until the ports serve and again once shutdown begins (`/readyz`).

@@ -14,7 +14,8 @@
 //!
 //! Flow: `gateway -> OutboundQueue::acquire(key) -> send -> Permit::finish(outcome)`.
 //! Idle lanes are dropped by [`OutboundQueue::evict_idle`] so memory stays
-//! bounded with many destinations; [`Backoff`] computes retry delays.
+//! bounded with many destinations; [`Backoff`] computes retry delays; [`Spool`]
+//! keeps deliveries that must survive a crash.
 //!
 //! This crate knows nothing about HTTP or Nexus; all time is
 //! `tokio::time::Instant`, so behaviour is testable with paused time.
@@ -23,6 +24,7 @@ mod backoff;
 mod breaker;
 mod lane;
 mod rate;
+mod spool;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +37,7 @@ use tokio::time::Instant;
 
 pub use backoff::Backoff;
 pub use lane::Permit;
+pub use spool::{EntryState, Spool, SpoolEntry, SpoolError};
 
 use lane::{Admission, Lane};
 

@@ -494,3 +494,145 @@ pub async fn eventually(what: &str, bound: Duration, mut probe: impl AsyncFnMut(
     }
     panic!("{what}: not true within {bound:?}");
 }
+
+impl TestGateway {
+    /// Creates an endpoint targeting an external Nexus HTTP handler at `url`.
+    pub fn external_endpoint(&self, name: &str, url: &str, callers: &[&str]) -> Arc<Endpoint> {
+        self.registry
+            .create(EndpointSpec {
+                name: name.into(),
+                description: String::new(),
+                target: Target::External { url: url.into() },
+                allowed_caller_namespaces: callers.iter().map(|c| c.to_string()).collect(),
+            })
+            .expect("create endpoint")
+    }
+}
+
+/// A request captured by a [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Captured {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// An HTTP server on 127.0.0.1 that records every request and answers with the status that
+/// `status` currently holds (a caller's callback receiver, say). Stops on drop.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub status: Arc<std::sync::atomic::AtomicU16>,
+    pub captured: tokio::sync::mpsc::UnboundedReceiver<Captured>,
+    stop: CancellationToken,
+}
+
+impl Receiver {
+    pub async fn start(status: u16) -> Receiver {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), status).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, status: u16) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let (tx, captured) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let answer = status.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    () = token.cancelled() => break,
+                };
+                let tx = tx.clone();
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let tx = tx.clone();
+                            let code = answer.load(std::sync::atomic::Ordering::SeqCst);
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|c| c.to_bytes())
+                                    .unwrap_or_default();
+                                let _ = tx.send(Captured {
+                                    path: parts.uri.to_string(),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                let mut response = Response::new(Full::new(Bytes::new()));
+                                *response.status_mut() = StatusCode::from_u16(code).unwrap();
+                                Ok::<_, Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            status,
+            captured,
+            stop,
+        }
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next captured request, waiting at most `bound`.
+    pub async fn next(&mut self, bound: Duration) -> Option<Captured> {
+        tokio::time::timeout(bound, self.captured.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A destination that accepts connections and never answers. Returns its address and a
+/// counter of connections accepted.
+pub async fn stalled_server() -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    CancellationToken,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let (count, token) = (accepted.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                Ok((tcp, _)) = listener.accept() => {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    held.push(tcp);
+                }
+                () = token.cancelled() => break,
+            }
+        }
+    });
+    (addr, accepted, stop)
+}

@@ -67,7 +67,7 @@ async fn binary_payload_by_endpoint_id_is_byte_for_byte() {
 }
 
 #[tokio::test]
-async fn worker_sees_caller_headers_callback_and_verified_namespace() {
+async fn worker_sees_caller_headers_sealed_callback_and_verified_namespace() {
     let (gw, _worker) = setup().await;
     let reply = send(
         &gw.client(&ns("orders")),
@@ -101,10 +101,13 @@ async fn worker_sees_caller_headers_callback_and_verified_namespace() {
     let seen = reply.json();
     let h = &seen["headers"];
     assert_eq!(seen["path"], "/svc/headers");
-    assert_eq!(
-        seen["query"],
-        "callback=https%3A%2F%2Fcaller.example%2Fcb%3Fx%3D1"
+    // The callback is sealed: the handler gets the gateway's callback URL instead.
+    let query = seen["query"].as_str().unwrap();
+    let sealed = format!(
+        "callback=https%3A%2F%2Flocalhost%3A{}%2Fnexus%2Fcallbacks%2F",
+        gw.data_addr.port()
     );
+    assert!(query.starts_with(&sealed), "{query}");
     assert_eq!(
         h["nexus-caller-namespace"], "orders",
         "the gateway sets it from the certificate"
@@ -117,7 +120,10 @@ async fn worker_sees_caller_headers_callback_and_verified_namespace() {
         h["nexus-link"],
         "<temporal:///namespaces/orders/workflows/wf/run>; type=\"x\""
     );
-    assert_eq!(h["nexus-callback-temporal-callback-token"], "secret-token");
+    assert!(
+        h.get("nexus-callback-temporal-callback-token").is_none(),
+        "sealed, not forwarded"
+    );
     assert_eq!(h["operation-timeout"], "1m");
     assert_eq!(h["temporal-nexus-failure-support"], "true");
     assert_eq!(h["user-agent"], "temporalio/server");

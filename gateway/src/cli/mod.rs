@@ -1,5 +1,6 @@
 //! Command-line interface. Each subcommand lives in its own module.
 
+mod callbacks;
 mod certs;
 mod conn;
 mod dev;
@@ -36,6 +37,9 @@ enum Command {
     Endpoint(endpoint::Command),
     /// Serve a task queue by forwarding its tasks to a Nexus HTTP handler at a URL.
     Worker(worker::Args),
+    /// Inspect, retry or drop async completions not yet delivered to callers.
+    #[command(subcommand)]
+    Callbacks(callbacks::Command),
 }
 
 /// A failed command: the message is printed and the process exits with `code`.
@@ -73,6 +77,7 @@ pub fn main() -> ExitCode {
             Command::Certs(command) => certs::run(command),
             Command::Endpoint(command) => endpoint::run(command).await,
             Command::Worker(args) => worker::run(args).await,
+            Command::Callbacks(command) => callbacks::run(command).await,
         }
     });
     match result {

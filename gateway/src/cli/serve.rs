@@ -36,6 +36,16 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// The gateway's URL as handlers reach it (for rewritten callback URLs).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// CA bundle (PEM) trusted for HTTPS to external handlers and callback receivers
+    /// (default: --tls-ca).
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
+    /// When plain-HTTP upstream URLs are allowed: never, loopback, always.
+    #[arg(long, default_value = "loopback")]
+    plain_http_upstreams: crate::external::PlainHttp,
     /// Seconds to drain in-flight requests on SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
@@ -54,6 +64,11 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     config.trust_domain = args.trust_domain;
     config.limits.max_body_bytes = args.max_body_bytes;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.public_url = args.public_url;
+    config.upstream.plain_http = args.plain_http_upstreams;
+    if let Some(path) = &args.upstream_ca {
+        config.upstream.ca = Some(nexus_certs::load_certs(path)?);
+    }
     let app = App::build(config).await?;
     eprintln!(
         "nexus-gateway: data https://{}  ops http://{}",

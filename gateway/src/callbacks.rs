@@ -1,0 +1,568 @@
+//! Async completions: handlers post them to `/nexus/callbacks/<token>`; the gateway checks the
+//! token and sender, writes the completion to the durable spool, answers 200, and then delivers
+//! it to the caller's original callback URL with the caller's callback headers, through a lane
+//! keyed (callback, handler namespace, caller host), retrying with backoff until success, a
+//! non-retryable answer or expiry. Undeliverable completions stay in the spool for an operator.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use nexus_outbound_queue::{Backoff, EntryState, LaneKey, Outcome, Spool, SpoolEntry};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::body::{Body, empty, full};
+use crate::callback_token::{CallbackClaims, CallbackKeys};
+use crate::error::GatewayError;
+use crate::nexus::{decode_segment, headers};
+use crate::routes;
+use crate::server::Peer;
+use crate::state::State;
+
+pub const PREFIX: &str = "/nexus/callbacks/";
+
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    /// How long a callback token, and so a pending completion, stays valid (default 60 days,
+    /// longer than any Temporal operation's default timeout).
+    pub expiry: Duration,
+    /// Time for one delivery attempt (default 10 s).
+    pub attempt_timeout: Duration,
+    /// Delay between attempts: 1 s doubling to 1 h, 80-100 % jitter.
+    pub backoff: Backoff,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            expiry: Duration::from_secs(60 * 24 * 3600),
+            attempt_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// What a spooled completion holds besides its body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Delivery {
+    url: String,
+    headers: Vec<(String, String)>,
+    caller_namespace: String,
+    handler_namespace: String,
+    endpoint: String,
+    service: String,
+    operation: String,
+    operation_state: String,
+}
+
+pub struct Callbacks {
+    keys: CallbackKeys,
+    spool: Arc<Spool>,
+    pub settings: CallbackSettings,
+    public_url: String,
+    /// Deliveries running in this process, to wake one on `retry`.
+    active: DashMap<u64, Arc<Notify>>,
+    pub pending: AtomicI64,
+    pub failed: AtomicI64,
+    pub delivered: AtomicU64,
+    pub attempts: AtomicU64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Callbacks {
+    pub fn open(
+        data_dir: &std::path::Path,
+        public_url: String,
+        settings: CallbackSettings,
+    ) -> Result<Callbacks, String> {
+        let keys = CallbackKeys::load_or_create(data_dir).map_err(|e| e.to_string())?;
+        let spool = Spool::open(&data_dir.join("callbacks.redb")).map_err(|e| e.to_string())?;
+        let entries = spool.list(None).map_err(|e| e.to_string())?;
+        let failed = entries
+            .iter()
+            .filter(|e| e.state == EntryState::Failed)
+            .count() as i64;
+        Ok(Callbacks {
+            keys,
+            spool: Arc::new(spool),
+            settings,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            active: DashMap::new(),
+            pending: AtomicI64::new(entries.len() as i64 - failed),
+            failed: AtomicI64::new(failed),
+            delivered: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+        })
+    }
+
+    /// The URL handed to the handler in place of the caller's.
+    pub fn callback_url(&self, claims: &CallbackClaims) -> Result<String, GatewayError> {
+        Ok(format!(
+            "{}{PREFIX}{}",
+            self.public_url,
+            self.keys.seal(claims)?
+        ))
+    }
+
+    /// Starts delivering every pending completion (after a restart).
+    pub fn resume(state: &Arc<State>) {
+        let pending = match state.callbacks.spool.list(Some(EntryState::Pending)) {
+            Ok(pending) => pending,
+            Err(error) => {
+                warn!(%error, "cannot read the completion spool");
+                return;
+            }
+        };
+        if !pending.is_empty() {
+            info!(
+                count = pending.len(),
+                "resuming delivery of pending completions"
+            );
+        }
+        for entry in pending {
+            spawn_delivery(state, entry.id);
+        }
+    }
+}
+
+/// `POST /nexus/callbacks/{token}`: a handler completes an async operation.
+pub async fn complete(
+    state: &Arc<State>,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let sender = routes::namespace(peer, "complete operations")?.to_owned();
+    let path = request.uri().path();
+    let token = match routes::segments_after(path, PREFIX).as_slice() {
+        [token] => decode_segment(token, "callback token")?,
+        _ => return Err(GatewayError::not_found(format!("no route for {path}"))),
+    };
+    routes::require_method(&request, &[Method::POST])?;
+    let claims = state.callbacks.keys.open(&token, now_ms())?;
+    if let Some(target) = &claims.target_namespace
+        && *target != sender
+    {
+        return Err(GatewayError::unauthorized(format!(
+            "namespace {sender:?} may not complete operations handled by namespace {target:?}"
+        )));
+    }
+    let operation_state = request
+        .headers()
+        .get(headers::OPERATION_STATE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| matches!(*s, "succeeded" | "failed" | "canceled"))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            GatewayError::bad_request(
+                "missing or invalid Nexus-Operation-State header: expected succeeded, failed or canceled",
+            )
+        })?;
+    let (parts, body) = request.into_parts();
+    let body = routes::read_body(state, body).await?;
+    let delivery = Delivery {
+        headers: completion_headers(&claims, &parts.headers),
+        url: claims.url,
+        caller_namespace: claims.caller_namespace,
+        handler_namespace: sender,
+        endpoint: claims.endpoint,
+        service: claims.service,
+        operation: claims.operation,
+        operation_state,
+    };
+    let payload = encode(&delivery, &body);
+    let spool = state.callbacks.spool.clone();
+    let expires = claims.expires_ms;
+    // The 200 goes out only once the completion is on disk.
+    let entry = tokio::task::spawn_blocking(move || spool.push(&payload, now_ms(), expires))
+        .await
+        .map_err(|e| GatewayError::internal(e.to_string()))?
+        .map_err(|e| GatewayError::internal(format!("cannot store the completion: {e}")))?;
+    state.callbacks.pending.fetch_add(1, Ordering::Relaxed);
+    debug!(id = entry.id, "completion accepted");
+    spawn_delivery(state, entry.id);
+    Ok(Response::new(empty()))
+}
+
+/// Headers for the caller: its own callback headers, then the completion's Nexus headers.
+fn completion_headers(claims: &CallbackClaims, from: &HeaderMap) -> Vec<(String, String)> {
+    let mut out = claims.headers.clone();
+    for (name, value) in from {
+        let n = name.as_str();
+        let relayed = n.starts_with("content-") && n != "content-length"
+            || n.starts_with("nexus-operation-")
+            || n == "nexus-link";
+        if relayed && let Ok(v) = value.to_str() {
+            out.push((n.to_owned(), v.to_owned()));
+        }
+    }
+    let has = |out: &[(String, String)], name: &str| {
+        out.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+    };
+    // Old receivers read the deprecated id, new ones the token: send both.
+    let token = from
+        .get(headers::OPERATION_TOKEN)
+        .or(from.get(headers::OPERATION_ID));
+    if let Some(token) = token.and_then(|v| v.to_str().ok()).map(str::to_owned) {
+        for name in ["nexus-operation-token", "nexus-operation-id"] {
+            if !has(&out, name) {
+                out.push((name.to_owned(), token.clone()));
+            }
+        }
+    }
+    if !has(&out, "nexus-operation-start-time") {
+        out.push((
+            "nexus-operation-start-time".into(),
+            crate::callback_token::humantime_ms(claims.start_ms),
+        ));
+    }
+    out
+}
+
+fn encode(delivery: &Delivery, body: &[u8]) -> Vec<u8> {
+    let meta = serde_json::to_vec(delivery).expect("serializable");
+    let mut out = Vec::with_capacity(4 + meta.len() + body.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(body);
+    out
+}
+
+fn decode(payload: &[u8]) -> Option<(Delivery, Bytes)> {
+    let len = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+    let meta = serde_json::from_slice(payload.get(4..4 + len)?).ok()?;
+    Some((meta, Bytes::copy_from_slice(&payload[4 + len..])))
+}
+
+fn spawn_delivery(state: &Arc<State>, id: u64) {
+    use dashmap::mapref::entry::Entry;
+    let wake = match state.callbacks.active.entry(id) {
+        Entry::Occupied(running) => {
+            running.get().notify_one();
+            return;
+        }
+        Entry::Vacant(slot) => slot.insert(Arc::new(Notify::new())).clone(),
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        deliver(&state, id, &wake).await;
+        state.callbacks.active.remove(&id);
+    });
+}
+
+enum Attempt {
+    Delivered,
+    Retry { reason: String, at_least: Duration },
+    GiveUp(String),
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+async fn deliver(state: &Arc<State>, id: u64, wake: &Notify) {
+    let callbacks = &state.callbacks;
+    loop {
+        let spool = callbacks.spool.clone();
+        let Some(Ok(Some(mut entry))) = blocking(move || spool.get(id)).await else {
+            return; // dropped by an operator, or the spool is unreadable
+        };
+        if entry.state == EntryState::Failed {
+            return;
+        }
+        let now = now_ms();
+        if now >= entry.expires_ms {
+            give_up(state, entry, "expired before it could be delivered".into()).await;
+            return;
+        }
+        if entry.next_attempt_ms > now {
+            let wait = Duration::from_millis(entry.next_attempt_ms.min(entry.expires_ms) - now);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = wake.notified() => {}
+                () = state.shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let Some((delivery, body)) = decode(&entry.payload) else {
+            give_up(state, entry, "stored completion is unreadable".into()).await;
+            return;
+        };
+        callbacks.attempts.fetch_add(1, Ordering::Relaxed);
+        match attempt(state, &delivery, body).await {
+            Attempt::Delivered => {
+                let spool = callbacks.spool.clone();
+                blocking(move || spool.remove(id)).await;
+                callbacks.pending.fetch_sub(1, Ordering::Relaxed);
+                callbacks.delivered.fetch_add(1, Ordering::Relaxed);
+                debug!(id, "completion delivered");
+                return;
+            }
+            Attempt::GiveUp(reason) => {
+                give_up(state, entry, reason).await;
+                return;
+            }
+            Attempt::Retry { reason, at_least } => {
+                let delay = callbacks
+                    .settings
+                    .backoff
+                    .delay(entry.attempts)
+                    .max(at_least);
+                entry.attempts += 1;
+                entry.next_attempt_ms = now_ms() + delay.as_millis() as u64;
+                debug!(id, %reason, retry_in = ?delay, "completion delivery failed");
+                entry.last_error = Some(reason);
+                let spool = callbacks.spool.clone();
+                blocking(move || spool.update(&entry)).await;
+            }
+        }
+    }
+}
+
+async fn give_up(state: &State, mut entry: SpoolEntry, reason: String) {
+    warn!(id = entry.id, %reason, "completion undeliverable; kept for `nexus-gateway callbacks`");
+    entry.state = EntryState::Failed;
+    entry.last_error = Some(reason);
+    let spool = state.callbacks.spool.clone();
+    blocking(move || spool.update(&entry)).await;
+    state.callbacks.pending.fetch_sub(1, Ordering::Relaxed);
+    state.callbacks.failed.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
+    let timeout = state.callbacks.settings.attempt_timeout;
+    let uri: http::Uri = match delivery.url.parse() {
+        Ok(uri) => uri,
+        Err(e) => return Attempt::GiveUp(format!("callback URL is invalid: {e}")),
+    };
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let lane = LaneKey {
+        kind: "callback",
+        source: delivery.handler_namespace.clone(),
+        destination: host.clone(),
+    };
+    let permit = match tokio::time::timeout(timeout, state.outbound.acquire(&lane)).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(rejection)) => {
+            return Attempt::Retry {
+                reason: format!("{host}: {rejection}"),
+                at_least: rejection.retry_after(),
+            };
+        }
+        Err(_) => {
+            return Attempt::Retry {
+                reason: format!("{host}: lane saturated"),
+                at_least: Duration::ZERO,
+            };
+        }
+    };
+    let mut request = Request::post(uri).body(full(body)).expect("valid request");
+    for (name, value) in &delivery.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            request.headers_mut().append(n, v);
+        }
+    }
+    let sent = tokio::time::timeout(timeout, async {
+        let response = state.proxy.request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+    })
+    .await;
+    match sent {
+        Ok(Ok((status, _))) if status.is_success() => {
+            permit.finish(Outcome::Success);
+            Attempt::Delivered
+        }
+        Ok(Ok((status, body))) => {
+            let detail = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            if matches!(status.as_u16(), 408 | 429 | 500..=599) {
+                permit.finish(Outcome::DestinationDown);
+                Attempt::Retry {
+                    reason: format!("{host} answered {status}: {detail}"),
+                    at_least: Duration::ZERO,
+                }
+            } else {
+                permit.finish(Outcome::OperationFailed);
+                Attempt::GiveUp(format!("{host} answered {status}: {detail}"))
+            }
+        }
+        Ok(Err(error)) => {
+            permit.finish(Outcome::DestinationDown);
+            Attempt::Retry {
+                reason: format!("{host} unreachable: {error}"),
+                at_least: Duration::ZERO,
+            }
+        }
+        Err(_) => {
+            permit.finish(Outcome::DestinationDown);
+            Attempt::Retry {
+                reason: format!("{host} did not answer within {timeout:?}"),
+                at_least: Duration::ZERO,
+            }
+        }
+    }
+}
+
+/// Admin API for completions: `GET /api/v1/callbacks[?state=pending|failed]`,
+/// `POST /api/v1/callbacks/{id}/retry`, `DELETE /api/v1/callbacks/{id}`.
+pub const ADMIN_PREFIX: &str = "/api/v1/callbacks";
+
+pub async fn admin(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let path = request.uri().path().to_owned();
+    let rest = path.strip_prefix(ADMIN_PREFIX).unwrap_or_default();
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let parse_id = |s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| GatewayError::bad_request(format!("invalid completion id {s:?}")))
+    };
+    let spool = state.callbacks.spool.clone();
+    let io = |e: nexus_outbound_queue::SpoolError| GatewayError::internal(e.to_string());
+    match (request.method().clone(), segments.as_slice()) {
+        (Method::GET, []) => {
+            let filter = request
+                .uri()
+                .query()
+                .and_then(|q| crate::operations::form_pairs(q).find(|(k, _)| k == "state"))
+                .map(|(_, v)| v);
+            let filter = match filter.as_deref() {
+                None | Some("") => None,
+                Some("pending") => Some(EntryState::Pending),
+                Some("failed") => Some(EntryState::Failed),
+                Some(other) => {
+                    return Err(GatewayError::bad_request(format!(
+                        "invalid state {other:?}: expected pending or failed"
+                    )));
+                }
+            };
+            let entries = blocking(move || spool.list(filter))
+                .await
+                .unwrap_or(Ok(Vec::new()))
+                .map_err(io)?;
+            let list: Vec<_> = entries.iter().map(describe).collect();
+            Ok(json(&serde_json::json!({ "completions": list })))
+        }
+        (Method::POST, [id, "retry"]) => {
+            let id = parse_id(id)?;
+            let found = blocking(
+                move || -> Result<Option<SpoolEntry>, nexus_outbound_queue::SpoolError> {
+                    let Some(mut entry) = spool.get(id)? else {
+                        return Ok(None);
+                    };
+                    let was_failed = entry.state == EntryState::Failed;
+                    entry.state = EntryState::Pending;
+                    entry.next_attempt_ms = now_ms();
+                    // A fresh expiry: the operator asked for it.
+                    entry.expires_ms = entry.expires_ms.max(now_ms() + 24 * 3600 * 1000);
+                    spool.update(&entry)?;
+                    Ok(Some(SpoolEntry {
+                        state: if was_failed {
+                            EntryState::Failed
+                        } else {
+                            EntryState::Pending
+                        },
+                        ..entry
+                    }))
+                },
+            )
+            .await
+            .unwrap_or(Ok(None))
+            .map_err(io)?;
+            let Some(previous) = found else {
+                return Err(GatewayError::not_found(format!(
+                    "completion {id} not found"
+                )));
+            };
+            if previous.state == EntryState::Failed {
+                state.callbacks.failed.fetch_sub(1, Ordering::Relaxed);
+                state.callbacks.pending.fetch_add(1, Ordering::Relaxed);
+            }
+            spawn_delivery(state, id);
+            Ok(json(&serde_json::json!({})))
+        }
+        (Method::DELETE, [id]) => {
+            let id = parse_id(id)?;
+            let existing = {
+                let spool = spool.clone();
+                blocking(move || spool.get(id))
+                    .await
+                    .unwrap_or(Ok(None))
+                    .map_err(io)?
+            };
+            let Some(entry) = existing else {
+                return Err(GatewayError::not_found(format!(
+                    "completion {id} not found"
+                )));
+            };
+            blocking(move || spool.remove(id))
+                .await
+                .unwrap_or(Ok(false))
+                .map_err(io)?;
+            let counter = match entry.state {
+                EntryState::Pending => &state.callbacks.pending,
+                EntryState::Failed => &state.callbacks.failed,
+            };
+            counter.fetch_sub(1, Ordering::Relaxed);
+            if let Some(wake) = state.callbacks.active.get(&id) {
+                wake.notify_one();
+            }
+            Ok(json(&serde_json::json!({})))
+        }
+        (method, _) => Err(GatewayError::bad_request(format!(
+            "invalid request method {method} for {path}"
+        ))),
+    }
+}
+
+fn describe(entry: &SpoolEntry) -> serde_json::Value {
+    let delivery = decode(&entry.payload).map(|(d, _)| d);
+    let host = delivery
+        .as_ref()
+        .and_then(|d| d.url.parse::<http::Uri>().ok())
+        .and_then(|u| u.authority().map(|a| a.to_string()));
+    serde_json::json!({
+        "id": entry.id,
+        "state": match entry.state { EntryState::Pending => "pending", EntryState::Failed => "failed" },
+        "attempts": entry.attempts,
+        "nextAttempt": crate::callback_token::humantime_ms(entry.next_attempt_ms),
+        "expires": crate::callback_token::humantime_ms(entry.expires_ms),
+        "lastError": entry.last_error,
+        "callerHost": host,
+        "callerNamespace": delivery.as_ref().map(|d| d.caller_namespace.clone()),
+        "handlerNamespace": delivery.as_ref().map(|d| d.handler_namespace.clone()),
+        "endpoint": delivery.as_ref().map(|d| d.endpoint.clone()),
+        "service": delivery.as_ref().map(|d| d.service.clone()),
+        "operation": delivery.as_ref().map(|d| d.operation.clone()),
+        "operationState": delivery.as_ref().map(|d| d.operation_state.clone()),
+    })
+}
+
+fn json(value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(value.to_string())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,192 @@
+//! External targets: start and cancel proxied to a Nexus HTTP handler at a URL, through the
+//! destination's outbound lane (bounded buffer, concurrency, rate limit, circuit breaker).
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use nexus_outbound_queue::{LaneKey, Outcome, Rejection};
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::nexus::{self, headers};
+use crate::state::State;
+
+/// When plain `http://` upstream URLs may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlainHttp {
+    Never,
+    /// Only to loopback hosts (localhost, 127.0.0.0/8, ::1): traffic never leaves the machine.
+    #[default]
+    Loopback,
+    Always,
+}
+
+impl std::str::FromStr for PlainHttp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(PlainHttp::Never),
+            "loopback" => Ok(PlainHttp::Loopback),
+            "always" => Ok(PlainHttp::Always),
+            other => Err(format!("{other:?}: expected never, loopback or always")),
+        }
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// One request to forward.
+pub struct Forward<'a> {
+    pub kind: &'static str,
+    pub caller: &'a str,
+    pub endpoint_name: &'a str,
+    pub base_url: &'a str,
+    /// Raw path and query below the endpoint prefix (callback already rewritten).
+    pub below_prefix: &'a str,
+    /// Headers to send (already filtered), without `Request-Timeout`.
+    pub headers: HeaderMap,
+    pub body: Body,
+    /// When the gateway stops waiting.
+    pub deadline: Instant,
+}
+
+pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, GatewayError> {
+    let uri = upstream_uri(f.base_url, f.below_prefix)?;
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    if uri.scheme_str() == Some("http") {
+        let allowed = match state.upstream.plain_http {
+            PlainHttp::Never => false,
+            PlainHttp::Loopback => is_loopback(uri.host().unwrap_or_default()),
+            PlainHttp::Always => true,
+        };
+        if !allowed {
+            return Err(GatewayError::new(
+                crate::ErrorType::Unavailable,
+                format!(
+                    "endpoint {:?} targets plain-HTTP URL {}, which this gateway's upstream policy ({:?}) forbids",
+                    f.endpoint_name, f.base_url, state.upstream.plain_http
+                ),
+            ));
+        }
+    }
+    let lane = LaneKey {
+        kind: f.kind,
+        source: f.caller.to_owned(),
+        destination: host.clone(),
+    };
+    let permit = match tokio::time::timeout_at(f.deadline, state.outbound.acquire(&lane)).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(rejection)) => return Err(rejected(&host, rejection)),
+        Err(_) => {
+            return Err(GatewayError::upstream_timeout(format!(
+                "no slot to {host} before the deadline: its lane is saturated"
+            )));
+        }
+    };
+    let mut request = Request::post(uri).body(f.body).expect("valid request");
+    *request.headers_mut() = f.headers;
+    let left = f
+        .deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    request.headers_mut().insert(
+        headers::REQUEST_TIMEOUT,
+        HeaderValue::from_str(&nexus::format_timeout(left)).expect("ascii"),
+    );
+    let sent = tokio::time::timeout_at(f.deadline, state.proxy.request(request)).await;
+    let response = match sent {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            permit.finish(Outcome::DestinationDown);
+            return Err(GatewayError::unavailable(format!(
+                "external handler {host} unreachable: {}",
+                root_cause(&error)
+            )));
+        }
+        Err(_) => {
+            permit.finish(Outcome::DestinationDown);
+            return Err(GatewayError::upstream_timeout(format!(
+                "external handler {host} did not answer before the deadline"
+            )));
+        }
+    };
+    let status = response.status();
+    permit.finish(match status.as_u16() {
+        429 | 500..=599 => Outcome::DestinationDown,
+        200..=299 => Outcome::Success,
+        _ => Outcome::OperationFailed,
+    });
+    let (parts, body) = response.into_parts();
+    let mut out = Response::new(body.map_err(Into::into).boxed());
+    *out.status_mut() = status;
+    nexus::copy_relayed(&parts.headers, out.headers_mut());
+    Ok(out)
+}
+
+fn rejected(host: &str, rejection: Rejection) -> GatewayError {
+    let after = rejection.retry_after();
+    let error = match rejection {
+        Rejection::LaneFull { .. } => GatewayError::resource_exhausted(format!(
+            "too many requests waiting for {host}; retry later"
+        )),
+        Rejection::BreakerOpen { .. } => GatewayError::unavailable(format!(
+            "{host} is failing; requests to it are paused (circuit breaker open)"
+        )),
+    };
+    error.with_retry_after(after)
+}
+
+/// `base` (the endpoint's URL) with the path below the prefix appended.
+pub fn upstream_uri(base: &str, below_prefix: &str) -> Result<Uri, GatewayError> {
+    let joined = format!("{}{below_prefix}", base.trim_end_matches('/'));
+    joined
+        .parse()
+        .map_err(|e| GatewayError::internal(format!("cannot build upstream URL {joined:?}: {e}")))
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["localhost", "127.0.0.1", "127.9.9.9", "[::1]", "::1"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["example.com", "10.0.0.1", "[::2]"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn joins_base_and_path() {
+        let uri = upstream_uri(
+            "https://h:7243/namespaces/n/task-queues/q/nexus-services/",
+            "/svc/op?callback=x",
+        )
+        .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://h:7243/namespaces/n/task-queues/q/nexus-services/svc/op?callback=x"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Async completions: the caller's callback is sealed, the handler completes through the
+//! gateway, and the completion reaches the caller's receiver with the caller's headers, durably.
+
+use std::time::Duration;
+
+use nexus_e2e::*;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Starts an async operation whose handler reports what it saw; returns the callback URL the
+/// handler was given.
+async fn start_with_callback(gw: &TestGateway, receiver: &Receiver) -> String {
+    let caller = gw.client(&ns("orders"));
+    let callback = format!("http://{}/callback?run=42", receiver.addr);
+    let uri = gw.uri(&format!(
+        "/nexus/endpoints/payments/services/svc/headers?callback={}",
+        percent_encode(&callback)
+    ));
+    let reply = send(
+        &caller,
+        post(
+            uri,
+            &[
+                ("nexus-callback-temporal-callback-token", "caller-secret"),
+                ("nexus-request-id", "req-1"),
+            ],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let seen = reply.json();
+    let headers = seen["headers"].as_object().unwrap();
+    assert!(
+        !headers.keys().any(|k| k.starts_with("nexus-callback-")),
+        "the handler must not see the caller's callback headers: {headers:?}"
+    );
+    let query = seen["query"].as_str().unwrap();
+    let sealed = query.strip_prefix("callback=").expect("callback param");
+    let sealed = percent_encoding::percent_decode_str(sealed)
+        .decode_utf8()
+        .unwrap()
+        .into_owned();
+    assert!(
+        sealed.starts_with(&format!(
+            "https://localhost:{}/nexus/callbacks/",
+            gw.data_addr.port()
+        )),
+        "{sealed}"
+    );
+    assert!(!sealed.contains("caller-secret") && !sealed.contains(&receiver.addr.to_string()));
+    sealed
+}
+
+fn percent_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn completion(
+    url: &str,
+    state: &str,
+    body: &str,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    post(
+        url.parse().unwrap(),
+        &[
+            ("nexus-operation-state", state),
+            ("nexus-operation-token", "op-token-1"),
+            ("nexus-operation-close-time", "2026-11-23T01:00:00.000Z"),
+            (
+                "nexus-link",
+                "<temporal:///namespaces/billing/workflows/w/r>; type=\"x\"",
+            ),
+            ("content-type", "application/json"),
+        ],
+        body.to_owned(),
+    )
+}
+
+async fn setup() -> (TestGateway, WorkerHandle) {
+    let gw = TestGateway::start().await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let worker = gw.start_worker("billing", "charges");
+    (gw, worker)
+}
+
+#[tokio::test]
+async fn completion_reaches_the_caller_with_its_callback_headers() {
+    let (gw, _worker) = setup().await;
+    let mut receiver = Receiver::start(200).await;
+    let url = start_with_callback(&gw, &receiver).await;
+    let handler = gw.client(&ns("billing"));
+    let ack = send(
+        &handler,
+        completion(&url, "succeeded", r#"{"charged":true}"#),
+    )
+    .await;
+    assert_eq!(ack.status, 200);
+    let got = receiver.next(BOUND).await.expect("delivered");
+    assert_eq!(got.path, "/callback?run=42");
+    assert_eq!(got.header("temporal-callback-token"), Some("caller-secret"));
+    assert_eq!(got.header("nexus-operation-state"), Some("succeeded"));
+    assert_eq!(got.header("nexus-operation-token"), Some("op-token-1"));
+    assert_eq!(got.header("nexus-operation-id"), Some("op-token-1"));
+    assert!(got.header("nexus-operation-start-time").is_some());
+    assert_eq!(
+        got.header("nexus-operation-close-time"),
+        Some("2026-11-23T01:00:00.000Z")
+    );
+    assert!(got.header("nexus-link").unwrap().contains("workflows/w"));
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.body, r#"{"charged":true}"#);
+
+    // Failed and canceled completions travel the same way.
+    for state in ["failed", "canceled"] {
+        let url = start_with_callback(&gw, &receiver).await;
+        assert_eq!(
+            send(&handler, completion(&url, state, r#"{"message":"no"}"#))
+                .await
+                .status,
+            200
+        );
+        let got = receiver.next(BOUND).await.expect("delivered");
+        assert_eq!(got.header("nexus-operation-state"), Some(state));
+        assert_eq!(got.body, r#"{"message":"no"}"#);
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_and_senders_are_refused() {
+    let (gw, _worker) = setup().await;
+    let receiver = Receiver::start(200).await;
+    let url = start_with_callback(&gw, &receiver).await;
+    let handler = gw.client(&ns("billing"));
+
+    let mut tampered = url.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let reply = send(&handler, completion(&tampered, "succeeded", "")).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.message(),
+        "callback token is not valid for this gateway"
+    );
+
+    let reply = send(
+        &handler,
+        completion(
+            &gw.uri("/nexus/callbacks/garbage").to_string(),
+            "succeeded",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+
+    let foreign = send(&gw.client(&ns("orders")), completion(&url, "succeeded", "")).await;
+    assert_eq!(foreign.status, 403);
+    assert_eq!(
+        foreign.message(),
+        r#"namespace "orders" may not complete operations handled by namespace "billing""#
+    );
+
+    let admin = send(&gw.client(&admin()), completion(&url, "succeeded", "")).await;
+    assert_eq!(admin.status, 403);
+
+    let no_state = send(&handler, post(url.parse().unwrap(), &[], "")).await;
+    assert_eq!(no_state.status, 400);
+    assert!(no_state.message().contains("Nexus-Operation-State"));
+}
+
+#[tokio::test]
+async fn expired_token_is_refused() {
+    let gw = TestGateway::start_with(|c| c.callbacks.expiry = Duration::from_millis(1)).await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let _worker = gw.start_worker("billing", "charges");
+    let receiver = Receiver::start(200).await;
+    let url = start_with_callback(&gw, &receiver).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let reply = send(
+        &gw.client(&ns("billing")),
+        completion(&url, "succeeded", ""),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply.message().starts_with("callback token expired at"),
+        "{}",
+        reply.message()
+    );
+}
+
+#[tokio::test]
+async fn undeliverable_completions_are_kept_retried_and_dropped() {
+    let (gw, _worker) = setup().await;
+    let mut receiver = Receiver::start(400).await;
+    let handler = gw.client(&ns("billing"));
+    let admin = gw.client(&admin());
+    let list = |state: &str| post(gw.uri(&format!("/api/v1/callbacks?state={state}")), &[], "");
+    let list = |state: &'static str| {
+        let mut r = list(state);
+        *r.method_mut() = http::Method::GET;
+        r
+    };
+
+    // 400 is not retryable: the completion is kept as failed.
+    let url = start_with_callback(&gw, &receiver).await;
+    assert_eq!(
+        send(&handler, completion(&url, "succeeded", "first"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(receiver.next(BOUND).await.unwrap().body, "first");
+    let failed = {
+        let admin = admin.clone();
+        let mut found = serde_json::Value::Null;
+        eventually("completion marked failed", BOUND, async || {
+            found = send(&admin, list("failed")).await.json()["completions"][0].clone();
+            !found.is_null()
+        })
+        .await;
+        found
+    };
+    assert!(
+        failed["lastError"].as_str().unwrap().contains("400"),
+        "{failed}"
+    );
+    assert_eq!(failed["callerNamespace"], "orders");
+    let id = failed["id"].as_u64().unwrap();
+
+    // Retry once the receiver accepts.
+    receiver.set_status(200);
+    let retried = send(
+        &admin,
+        post(gw.uri(&format!("/api/v1/callbacks/{id}/retry")), &[], ""),
+    )
+    .await;
+    assert_eq!(retried.status, 200);
+    assert_eq!(receiver.next(BOUND).await.unwrap().body, "first");
+    let admin2 = admin.clone();
+    eventually("spool empty", BOUND, async || {
+        send(&admin2, list("pending")).await.json()["completions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+
+    // A pending one (receiver down with 503: retried with backoff) can be dropped.
+    receiver.set_status(503);
+    let url = start_with_callback(&gw, &receiver).await;
+    assert_eq!(
+        send(&handler, completion(&url, "succeeded", "second"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(receiver.next(BOUND).await.unwrap().body, "second");
+    let pending = send(&admin, list("pending")).await.json()["completions"][0].clone();
+    let id = pending["id"].as_u64().unwrap();
+    let mut delete = post(gw.uri(&format!("/api/v1/callbacks/{id}")), &[], "");
+    *delete.method_mut() = http::Method::DELETE;
+    assert_eq!(send(&admin, delete).await.status, 200);
+    assert!(
+        send(&admin, list("pending")).await.json()["completions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let forbidden = send(&handler, list("pending")).await;
+    assert_eq!(forbidden.status, 403);
+}
+
+#[tokio::test]
+async fn external_target_callbacks_are_sealed_too() {
+    let gw = TestGateway::start().await;
+    let (addr, _stop) = serve_reference_handler().await;
+    gw.external_endpoint("payments", &format!("http://{addr}"), &["orders"]);
+    let mut receiver = Receiver::start(200).await;
+    let url = start_with_callback(&gw, &receiver).await;
+    // Any namespace identity may complete an external target's operation.
+    let ack = send(
+        &gw.client(&ns("external-handler")),
+        completion(&url, "succeeded", "done"),
+    )
+    .await;
+    assert_eq!(ack.status, 200);
+    let got = receiver.next(BOUND).await.expect("delivered");
+    assert_eq!(got.header("temporal-callback-token"), Some("caller-secret"));
+    assert_eq!(got.body, "done");
+}
