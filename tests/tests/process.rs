@@ -683,3 +683,143 @@ fn registry_survives_kill_9() {
         assert!(out.contains(&name), "{name} lost after kill -9:\n{out}");
     }
 }
+
+#[tokio::test]
+async fn accepted_completions_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (mut gw, port) = tokio::task::spawn_blocking(move || serve(&d))
+        .await
+        .unwrap();
+    let pki = nexus_certs::DevPki::open(&dir.path().join("certs")).unwrap();
+    let client_for = |identity: &nexus_certs::Identity| {
+        let material = pki.issue(identity, TRUST_DOMAIN).unwrap().load().unwrap();
+        nexus_gateway::client::http_client(&material, Default::default()).unwrap()
+    };
+    let base = format!("https://localhost:{port}");
+    let create = post(
+        format!("{base}/api/v1/nexus/endpoints").parse().unwrap(),
+        &[],
+        serde_json::json!({"spec": {"name": "payments", "target": {"worker": {"namespace": "billing", "taskQueue": "charges"}}, "allowedCallerNamespaces": ["orders"]}}).to_string(),
+    );
+    assert_eq!(send(&client_for(&admin()), create).await.status, 200);
+
+    // The caller's receiver is down while the completions are accepted.
+    let receiver_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let caller = client_for(&ns("orders"));
+    let handler = client_for(&ns("billing"));
+    let poll = format!("{base}/api/v1/namespaces/billing/task-queues/charges/nexus-tasks/poll");
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        let callback = format!("http://{receiver_addr}/cb/{i}");
+        let uri: http::Uri = format!(
+            "{base}/nexus/endpoints/payments/services/svc/op?callback={}",
+            percent_encoding::utf8_percent_encode(&callback, percent_encoding::NON_ALPHANUMERIC)
+        )
+        .parse()
+        .unwrap();
+        let start = tokio::spawn({
+            let caller = caller.clone();
+            async move {
+                send(
+                    &caller,
+                    post(uri, &[("nexus-callback-token", &format!("secret-{i}"))], ""),
+                )
+                .await
+            }
+        });
+        // Act as the worker by hand: take the task, answer 201, then complete.
+        let task = send(
+            &handler,
+            post(poll.parse().unwrap(), &[("request-timeout", "10s")], ""),
+        )
+        .await;
+        assert_eq!(task.status, 200);
+        let path = task.header("nexus-task-path").unwrap();
+        let query = path.split_once('?').unwrap().1;
+        let sealed = percent_encoding::percent_decode_str(query.strip_prefix("callback=").unwrap())
+            .decode_utf8()
+            .unwrap()
+            .into_owned();
+        let token = task.header("nexus-task-token").unwrap();
+        let answer = post(
+            format!("{base}/api/v1/nexus-tasks/{token}/response")
+                .parse()
+                .unwrap(),
+            &[
+                ("nexus-task-status", "201"),
+                ("content-type", "application/json"),
+            ],
+            format!(r#"{{"token":"op-{i}","state":"running"}}"#),
+        );
+        assert_eq!(send(&handler, answer).await.status, 200);
+        assert_eq!(start.await.unwrap().status, 201);
+        let done = post(
+            sealed.parse().unwrap(),
+            &[
+                ("nexus-operation-state", "succeeded"),
+                ("nexus-operation-token", &format!("op-{i}")),
+            ],
+            format!("result-{i}"),
+        );
+        assert_eq!(
+            send(&handler, done).await.status,
+            200,
+            "completion {i} acknowledged"
+        );
+        expected.push((
+            format!("/cb/{i}"),
+            format!("secret-{i}"),
+            format!("result-{i}"),
+        ));
+    }
+    gw.signal("KILL");
+    tokio::task::spawn_blocking(move || gw.wait_exit())
+        .await
+        .unwrap();
+
+    let mut receiver = Receiver::start_on(receiver_addr, 200).await;
+    let d = dir.path().to_path_buf();
+    let _gw = tokio::task::spawn_blocking(move || {
+        let mut gw = Proc::spawn(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "data",
+                "--tls-ca",
+                "certs/ca.pem",
+                "--tls-cert",
+                "certs/server.pem",
+                "--tls-key",
+                "certs/server-key.pem",
+            ],
+            &d,
+        );
+        gw.wait_for("data https://");
+        gw
+    })
+    .await
+    .unwrap();
+    let mut delivered = Vec::new();
+    while delivered.len() < expected.len() {
+        let got = receiver
+            .next(Duration::from_secs(20))
+            .await
+            .expect("every accepted completion is delivered after the restart");
+        delivered.push((
+            got.path.clone(),
+            got.header("token").unwrap_or_default().to_owned(),
+            String::from_utf8_lossy(&got.body).into_owned(),
+        ));
+    }
+    delivered.sort();
+    expected.sort();
+    assert_eq!(delivered, expected);
+}
