@@ -21,6 +21,10 @@ pub struct Config {
     pub ops_listen: SocketAddr,
     /// The gateway's server certificate and key, and the CA that client certificates chain to.
     pub tls: TlsMaterial,
+    /// Where `tls` came from; when set, the files are watched and reloaded on change or SIGHUP.
+    pub tls_files: Option<nexus_certs::TlsFiles>,
+    /// How often the TLS files are checked for changes (default 2 s).
+    pub tls_reload_interval: Duration,
     /// SPIFFE trust domain of client identities (default `nexus-gateway`).
     pub trust_domain: String,
     /// Holds the registry database and, later, logs and spools.
@@ -48,6 +52,8 @@ impl Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             ops_listen: DEFAULT_OPS_LISTEN.parse().expect("valid default"),
             tls,
+            tls_files: None,
+            tls_reload_interval: Duration::from_secs(2),
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
             data_dir,
             public_url: None,

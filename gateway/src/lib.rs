@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod nexus;
 pub mod operations;
 pub mod ops;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -91,6 +91,19 @@ pub fn render(state: &State) -> String {
     );
     render_lanes(state, &mut out);
     render_callbacks(state, &mut out);
+    let reloads = &state.tls_reloads;
+    out.push_str("# HELP nexus_gateway_tls_reloads_total TLS certificate reloads by result.\n");
+    out.push_str("# TYPE nexus_gateway_tls_reloads_total counter\n");
+    let _ = writeln!(
+        out,
+        "nexus_gateway_tls_reloads_total{{result=\"ok\"}} {}",
+        reloads.succeeded.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "nexus_gateway_tls_reloads_total{{result=\"refused\"}} {}",
+        reloads.failed.load(Ordering::Relaxed)
+    );
     out.push_str("# HELP nexus_gateway_registry_endpoints Endpoints in the registry.\n");
     out.push_str("# TYPE nexus_gateway_registry_endpoints gauge\n");
     let _ = writeln!(

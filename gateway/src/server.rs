@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -50,7 +51,7 @@ pub enum StartError {
 pub struct App {
     data: TcpListener,
     ops: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
     state: Arc<State>,
     config: Config,
 }
@@ -64,8 +65,9 @@ impl App {
             source,
         })?;
         let registry = Arc::new(Registry::open(&config.data_dir.join("registry.redb"))?);
-        let tls = nexus_certs::server_config(&config.tls)?;
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let tls = Arc::new(ArcSwap::from_pointee(nexus_certs::server_config(
+            &config.tls,
+        )?));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -105,6 +107,7 @@ impl App {
             proxy,
             upstream: config.upstream.clone(),
             callbacks,
+            tls_reloads: Default::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -113,7 +116,7 @@ impl App {
         Ok(App {
             data,
             ops,
-            acceptor,
+            tls,
             state,
             config,
         })
@@ -137,7 +140,7 @@ impl App {
         let App {
             data,
             ops,
-            acceptor,
+            tls,
             state,
             config,
         } = self;
@@ -158,6 +161,14 @@ impl App {
         let ops_task = tokio::spawn(serve_ops(ops, state.clone()));
         crate::callbacks::Callbacks::resume(&state);
         let evict_task = tokio::spawn(evict_idle_lanes(state.clone()));
+        let reload_task = config.tls_files.clone().map(|files| {
+            tokio::spawn(crate::reload::watch(
+                files,
+                tls.clone(),
+                state.tls_reloads.clone(),
+                config.tls_reload_interval,
+            ))
+        });
         state.ready.store(true, Ordering::SeqCst);
         info!(data = %data.local_addr().expect("bound"), "serving");
 
@@ -177,8 +188,10 @@ impl App {
                             continue;
                         }
                     };
+                    // Each connection takes the certificate current at its accept.
+                    let acceptor = TlsAcceptor::from(tls.load_full());
                     let conn = serve_connection(
-                        tcp, remote, acceptor.clone(), state.clone(), builder.clone(),
+                        tcp, remote, acceptor, state.clone(), builder.clone(),
                         graceful.watcher(),
                     );
                     tokio::spawn(conn.instrument(info_span!("conn", %remote)));
@@ -211,6 +224,9 @@ impl App {
         }
         ops_task.abort();
         evict_task.abort();
+        if let Some(task) = reload_task {
+            task.abort();
+        }
         let _ = ops_task.await;
         let _ = evict_task.await;
         info!("stopped");

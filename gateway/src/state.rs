@@ -26,6 +26,7 @@ pub struct State {
     pub proxy: ProxyClient,
     pub upstream: UpstreamSettings,
     pub callbacks: Callbacks,
+    pub tls_reloads: Arc<crate::reload::ReloadStats>,
     /// Cancelled when shutdown begins: long polls end at once.
     pub shutdown: CancellationToken,
     /// False until the ports serve and again once shutdown begins (`/readyz`).

@@ -52,13 +52,13 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
-    let tls = TlsFiles {
+    let files = TlsFiles {
         ca: args.tls_ca,
         cert: args.tls_cert,
         key: args.tls_key,
-    }
-    .load()?;
-    let mut config = Config::new(tls, args.data_dir);
+    };
+    let mut config = Config::new(files.load()?, args.data_dir);
+    config.tls_files = Some(files);
     config.listen = args.listen;
     config.ops_listen = args.ops_listen;
     config.trust_domain = args.trust_domain;
