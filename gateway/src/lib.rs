@@ -25,6 +25,7 @@ pub mod callbacks;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod demo;
 pub mod error;
 pub mod external;

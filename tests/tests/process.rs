@@ -823,3 +823,45 @@ async fn accepted_completions_survive_kill_9() {
     expected.sort();
     assert_eq!(delivered, expected);
 }
+
+#[test]
+fn config_file_from_the_example_runs_and_a_bad_one_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, example, _) = run(&["config", "example"], d);
+    assert_eq!(code, 0);
+    assert!(example.contains("[outbound]") && example.contains("max_body_bytes = 2097152"));
+    let (code, _, err) = run(&["certs", "init", "--dir", "certs"], d);
+    assert_eq!(code, 0, "{err}");
+    let config = example
+        .replace("listen = \"127.0.0.1:7443\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "ops_listen = \"127.0.0.1:7080\"",
+            "ops_listen = \"127.0.0.1:0\"",
+        )
+        .replace(
+            "ca = \"\"\ncert = \"\"\nkey = \"\"",
+            "ca = \"certs/ca.pem\"\ncert = \"certs/server.pem\"\nkey = \"certs/server-key.pem\"",
+        );
+    std::fs::write(d.join("gateway.toml"), config).unwrap();
+    let mut gw = Proc::spawn(&["serve", "--config", "gateway.toml"], d);
+    gw.wait_for("data https://127.0.0.1:");
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(), Some(0));
+
+    std::fs::write(
+        d.join("bad.toml"),
+        "[server]\nlisten = \"nowhere\"\nshutdown_grace = 5\n[limits]\nmax_headers = 0\n[tls]\nca = \"x\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["serve", "--config", "bad.toml"], d);
+    assert_eq!(code, 64, "{err}");
+    for expected in [
+        "[server] listen",
+        "[server] shutdown_grace",
+        "[limits] max_headers",
+        "[tls] ca, cert and key go together",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
+    }
+}

@@ -37,9 +37,18 @@ enum Command {
     Endpoint(endpoint::Command),
     /// Serve a task queue by forwarding its tasks to a Nexus HTTP handler at a URL.
     Worker(worker::Args),
+    /// Configuration file helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Inspect, retry or drop async completions not yet delivered to callers.
     #[command(subcommand)]
     Callbacks(callbacks::Command),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a complete configuration file with every default and a comment for each.
+    Example,
 }
 
 /// A failed command: the message is printed and the process exits with `code`.
@@ -78,6 +87,10 @@ pub fn main() -> ExitCode {
             Command::Endpoint(command) => endpoint::run(command).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Callbacks(command) => callbacks::run(command).await,
+            Command::Config(ConfigCommand::Example) => {
+                print!("{}", crate::config_file::EXAMPLE);
+                Ok(())
+            }
         }
     });
     match result {

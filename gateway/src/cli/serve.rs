@@ -1,74 +1,124 @@
-//! `nexus-gateway serve`: run the gateway with your own certificates.
+//! `nexus-gateway serve`: run the gateway with your own certificates, from a config file
+//! and/or flags (flags win).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{App, Config};
 use clap::Args as ClapArgs;
 use nexus_certs::TlsFiles;
 
 use super::Failure;
+use crate::App;
+use crate::config_file::{self, FileConfig};
+
+/// Exit code for a bad configuration (EX_USAGE).
+const BAD_CONFIG: u8 = 64;
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// Data port (mTLS): Nexus, worker and admin APIs.
-    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// Ops port (plain HTTP): /healthz, /readyz, /metrics. Keep it on localhost.
-    #[arg(long, default_value = crate::config::DEFAULT_OPS_LISTEN)]
-    ops_listen: SocketAddr,
-    /// Data directory: the registry database.
+    /// TOML configuration file (see `nexus-gateway config example`).
     #[arg(long)]
-    data_dir: PathBuf,
+    config: Option<PathBuf>,
+    /// Data port (mTLS): Nexus, worker and admin APIs [default: 127.0.0.1:7443].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Ops port (plain HTTP): /healthz, /readyz, /metrics [default: 127.0.0.1:7080].
+    #[arg(long)]
+    ops_listen: Option<SocketAddr>,
+    /// Data directory: registry, callback keys, completion spool [default: data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// CA bundle (PEM) that client certificates must chain to.
-    #[arg(long)]
-    tls_ca: PathBuf,
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
     /// Server certificate chain (PEM).
-    #[arg(long)]
-    tls_cert: PathBuf,
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
     /// Server private key (PEM).
+    #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// SPIFFE trust domain of client identities [default: nexus-gateway].
     #[arg(long)]
-    tls_key: PathBuf,
-    /// SPIFFE trust domain of client identities.
-    #[arg(long, default_value = crate::config::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
-    /// Largest request body in bytes.
-    #[arg(long, default_value_t = 2 * 1024 * 1024)]
-    max_body_bytes: usize,
+    trust_domain: Option<String>,
+    /// Largest request body in bytes [default: 2097152].
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Seconds to drain in-flight requests on SIGTERM [default: 30].
+    #[arg(long)]
+    shutdown_grace: Option<u64>,
     /// The gateway's URL as handlers reach it (for rewritten callback URLs).
     #[arg(long)]
     public_url: Option<String>,
-    /// CA bundle (PEM) trusted for HTTPS to external handlers and callback receivers
-    /// (default: --tls-ca).
+    /// CA bundle (PEM) trusted for HTTPS to external handlers and callback receivers.
     #[arg(long)]
     upstream_ca: Option<PathBuf>,
-    /// When plain-HTTP upstream URLs are allowed: never, loopback, always.
-    #[arg(long, default_value = "loopback")]
-    plain_http_upstreams: crate::external::PlainHttp,
-    /// Seconds to drain in-flight requests on SIGTERM.
-    #[arg(long, default_value_t = 30)]
-    shutdown_grace: u64,
+    /// When plain-HTTP upstream URLs are allowed: never, loopback, always [default: loopback].
+    #[arg(long)]
+    plain_http_upstreams: Option<crate::external::PlainHttp>,
+}
+
+fn bad_config(problems: Vec<String>, source: &str) -> Failure {
+    let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+    Failure {
+        message: format!("invalid configuration ({source}):\n{}", list.join("\n")),
+        code: BAD_CONFIG,
+    }
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
-    let files = TlsFiles {
-        ca: args.tls_ca,
-        cert: args.tls_cert,
-        key: args.tls_key,
+    let FileConfig { mut config, tls } = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad_config(vec![format!("cannot read {}: {e}", path.display())], "file")
+            })?;
+            config_file::parse(&text).map_err(|p| bad_config(p, &path.display().to_string()))?
+        }
+        None => config_file::parse("").map_err(|p| bad_config(p, "defaults"))?,
     };
-    let mut config = Config::new(files.load()?, args.data_dir);
-    config.tls_files = Some(files);
-    config.listen = args.listen;
-    config.ops_listen = args.ops_listen;
-    config.trust_domain = args.trust_domain;
-    config.limits.max_body_bytes = args.max_body_bytes;
-    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
-    config.public_url = args.public_url;
-    config.upstream.plain_http = args.plain_http_upstreams;
-    if let Some(path) = &args.upstream_ca {
-        config.upstream.ca = Some(nexus_certs::load_certs(path)?);
+    if let Some(v) = args.listen {
+        config.listen = v;
     }
+    if let Some(v) = args.ops_listen {
+        config.ops_listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.trust_domain {
+        config.trust_domain = v;
+    }
+    if let Some(v) = args.max_body_bytes {
+        config.limits.max_body_bytes = v;
+    }
+    if let Some(v) = args.shutdown_grace {
+        config.shutdown_grace = Duration::from_secs(v);
+    }
+    if let Some(v) = args.public_url {
+        config.public_url = Some(v);
+    }
+    if let Some(v) = args.plain_http_upstreams {
+        config.upstream.plain_http = v;
+    }
+    if let Some(path) = &args.upstream_ca {
+        config.upstream.ca = Some(
+            nexus_certs::load_certs(path)
+                .map_err(|e| bad_config(vec![e.to_string()], "--upstream-ca"))?,
+        );
+    }
+    let files = match (args.tls_ca, args.tls_cert, args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => TlsFiles { ca, cert, key },
+        _ => tls.ok_or_else(|| {
+            bad_config(
+                vec!["no TLS files: set [tls] ca, cert and key, or pass --tls-ca, --tls-cert and --tls-key".into()],
+                "tls",
+            )
+        })?,
+    };
+    config.tls = files
+        .load()
+        .map_err(|e| bad_config(vec![e.to_string()], "tls"))?;
+    config.tls_files = Some(files);
     let app = App::build(config).await?;
     eprintln!(
         "nexus-gateway: data https://{}  ops http://{}",

@@ -1,0 +1,513 @@
+//! The TOML configuration file of `nexus-gateway serve --config FILE`. Every setting is
+//! optional and defaults as documented in [`EXAMPLE`]; a bad file is refused with every problem
+//! listed at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nexus_outbound_queue::LaneSettings;
+
+use crate::config::Config;
+
+/// A complete configuration file with every default; `nexus-gateway config example` prints it.
+pub const EXAMPLE: &str = include_str!("config_example.toml");
+
+/// A parsed configuration file: a [`Config`] without the loaded TLS material.
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    pub config: Config,
+    pub tls: Option<nexus_certs::TlsFiles>,
+}
+
+/// Placeholder until the TLS files are loaded (they may come from flags instead).
+fn no_tls() -> nexus_certs::TlsMaterial {
+    nexus_certs::TlsMaterial {
+        ca: Vec::new(),
+        chain: Vec::new(),
+        key: nexus_certs::PrivateKeyDer::Pkcs8(Vec::new().into()),
+    }
+}
+
+/// Reads values of one table, recording every problem instead of stopping at the first.
+struct Reader<'a> {
+    problems: &'a mut Vec<String>,
+}
+
+impl Reader<'_> {
+    fn section<'t>(
+        &mut self,
+        root: &'t toml::Table,
+        name: &str,
+        known: &[&str],
+    ) -> Option<&'t toml::Table> {
+        let value = root.get(name)?;
+        let Some(table) = value.as_table() else {
+            self.problems.push(format!("[{name}] must be a table"));
+            return None;
+        };
+        for key in table.keys() {
+            if !known.contains(&key.as_str()) {
+                self.problems.push(format!(
+                    "[{name}] has unknown setting {key:?} (known: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        Some(table)
+    }
+
+    fn parse<T>(
+        &mut self,
+        table: Option<&toml::Table>,
+        section: &str,
+        key: &str,
+        into: &mut T,
+        parse: impl Fn(&toml::Value) -> Result<T, String>,
+    ) {
+        let Some(value) = table.and_then(|t| t.get(key)) else {
+            return;
+        };
+        match parse(value) {
+            Ok(v) => *into = v,
+            Err(why) => self.problems.push(format!("[{section}] {key}: {why}")),
+        }
+    }
+}
+
+fn string(v: &toml::Value) -> Result<String, String> {
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("expected a string, got {}", v.type_str()))
+}
+
+fn duration(v: &toml::Value) -> Result<Duration, String> {
+    let s = string(v)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| format!("{s:?} is not a duration like \"30s\" or \"5m\" ({e})"))
+}
+
+fn positive(v: &toml::Value) -> Result<usize, String> {
+    match v.as_integer() {
+        Some(n) if n > 0 => Ok(n as usize),
+        Some(n) => Err(format!("must be positive, got {n}")),
+        None => Err(format!("expected an integer, got {}", v.type_str())),
+    }
+}
+
+fn non_negative(v: &toml::Value) -> Result<u32, String> {
+    match v.as_integer() {
+        Some(n) if (0..=u32::MAX as i64).contains(&n) => Ok(n as u32),
+        Some(n) => Err(format!("must be between 0 and {}, got {n}", u32::MAX)),
+        None => Err(format!("expected an integer, got {}", v.type_str())),
+    }
+}
+
+fn address(v: &toml::Value) -> Result<SocketAddr, String> {
+    let s = string(v)?;
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address like \"127.0.0.1:7443\""))
+}
+
+fn lane(reader: &mut Reader, table: Option<&toml::Table>, section: &str, into: &mut LaneSettings) {
+    reader.parse(table, section, "buffer", &mut into.buffer, |v| {
+        non_negative(v).map(|n| n as usize)
+    });
+    reader.parse(
+        table,
+        section,
+        "concurrency",
+        &mut into.concurrency,
+        positive,
+    );
+    reader.parse(
+        table,
+        section,
+        "rate_per_second",
+        &mut into.rate_per_second,
+        non_negative,
+    );
+    reader.parse(
+        table,
+        section,
+        "breaker_failure_threshold",
+        &mut into.breaker.failure_threshold,
+        non_negative,
+    );
+    reader.parse(
+        table,
+        section,
+        "breaker_open_for",
+        &mut into.breaker.open_for,
+        duration,
+    );
+}
+
+const LANE_KEYS: [&str; 5] = [
+    "buffer",
+    "concurrency",
+    "rate_per_second",
+    "breaker_failure_threshold",
+    "breaker_open_for",
+];
+
+/// Parses a configuration file's text. On failure, returns every problem found.
+pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
+    let root: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| vec![e.to_string()])?;
+    let mut problems = Vec::new();
+    let mut r = Reader {
+        problems: &mut problems,
+    };
+    for key in root.keys() {
+        if ![
+            "server",
+            "tls",
+            "limits",
+            "matching",
+            "upstream",
+            "outbound",
+            "callbacks",
+        ]
+        .contains(&key.as_str())
+        {
+            r.problems.push(format!("unknown section [{key}]"));
+        }
+    }
+    let mut config = Config::new(no_tls(), PathBuf::from("data"));
+
+    let s = r.section(
+        &root,
+        "server",
+        &[
+            "listen",
+            "ops_listen",
+            "data_dir",
+            "public_url",
+            "trust_domain",
+            "shutdown_grace",
+        ],
+    );
+    r.parse(s, "server", "listen", &mut config.listen, address);
+    r.parse(s, "server", "ops_listen", &mut config.ops_listen, address);
+    r.parse(s, "server", "data_dir", &mut config.data_dir, |v| {
+        string(v).map(PathBuf::from)
+    });
+    r.parse(s, "server", "public_url", &mut config.public_url, |v| {
+        let url = string(v)?;
+        if url.is_empty() {
+            return Ok(None);
+        }
+        match url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.authority().is_some() => Ok(Some(url)),
+            _ => Err(format!("{url:?} is not an https:// URL")),
+        }
+    });
+    r.parse(s, "server", "trust_domain", &mut config.trust_domain, |v| {
+        let td = string(v)?;
+        nexus_certs::validate_trust_domain(&td).map(|()| td)
+    });
+    r.parse(
+        s,
+        "server",
+        "shutdown_grace",
+        &mut config.shutdown_grace,
+        duration,
+    );
+
+    let t = r.section(&root, "tls", &["ca", "cert", "key", "reload_interval"]);
+    let (mut ca, mut cert, mut key) = (String::new(), String::new(), String::new());
+    r.parse(t, "tls", "ca", &mut ca, string);
+    r.parse(t, "tls", "cert", &mut cert, string);
+    r.parse(t, "tls", "key", &mut key, string);
+    r.parse(
+        t,
+        "tls",
+        "reload_interval",
+        &mut config.tls_reload_interval,
+        duration,
+    );
+    let tls = match (ca.is_empty(), cert.is_empty(), key.is_empty()) {
+        (true, true, true) => None,
+        (false, false, false) => Some(nexus_certs::TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        _ => {
+            r.problems
+                .push("[tls] ca, cert and key go together: set all three".into());
+            None
+        }
+    };
+
+    let l = r.section(
+        &root,
+        "limits",
+        &[
+            "max_body_bytes",
+            "handshake_timeout",
+            "header_read_timeout",
+            "body_read_timeout",
+            "max_headers",
+            "max_header_bytes",
+        ],
+    );
+    let limits = &mut config.limits;
+    r.parse(
+        l,
+        "limits",
+        "max_body_bytes",
+        &mut limits.max_body_bytes,
+        positive,
+    );
+    r.parse(
+        l,
+        "limits",
+        "handshake_timeout",
+        &mut limits.handshake_timeout,
+        duration,
+    );
+    r.parse(
+        l,
+        "limits",
+        "header_read_timeout",
+        &mut limits.header_read_timeout,
+        duration,
+    );
+    r.parse(
+        l,
+        "limits",
+        "body_read_timeout",
+        &mut limits.body_read_timeout,
+        duration,
+    );
+    r.parse(
+        l,
+        "limits",
+        "max_headers",
+        &mut limits.max_headers,
+        positive,
+    );
+    r.parse(
+        l,
+        "limits",
+        "max_header_bytes",
+        &mut limits.max_header_bytes,
+        positive,
+    );
+
+    let m = r.section(
+        &root,
+        "matching",
+        &[
+            "max_waiting_tasks",
+            "deadline_buffer",
+            "default_request_timeout",
+            "max_poll",
+        ],
+    );
+    let matching = &mut config.matching;
+    r.parse(
+        m,
+        "matching",
+        "max_waiting_tasks",
+        &mut matching.max_waiting_tasks,
+        positive,
+    );
+    r.parse(
+        m,
+        "matching",
+        "deadline_buffer",
+        &mut matching.deadline_buffer,
+        duration,
+    );
+    r.parse(
+        m,
+        "matching",
+        "default_request_timeout",
+        &mut matching.default_request_timeout,
+        duration,
+    );
+    r.parse(m, "matching", "max_poll", &mut matching.max_poll, duration);
+
+    let u = r.section(&root, "upstream", &["ca", "plain_http"]);
+    let mut upstream_ca = String::new();
+    r.parse(u, "upstream", "ca", &mut upstream_ca, string);
+    r.parse(
+        u,
+        "upstream",
+        "plain_http",
+        &mut config.upstream.plain_http,
+        |v| string(v)?.parse(),
+    );
+    let upstream_ca = (!upstream_ca.is_empty()).then(|| PathBuf::from(upstream_ca));
+
+    let mut keys: Vec<&str> = LANE_KEYS.to_vec();
+    keys.extend(["idle_timeout", "destinations"]);
+    let o = r.section(&root, "outbound", &keys);
+    lane(&mut r, o, "outbound", &mut config.outbound.defaults);
+    r.parse(
+        o,
+        "outbound",
+        "idle_timeout",
+        &mut config.outbound.idle_timeout,
+        duration,
+    );
+    let mut per_destination = HashMap::new();
+    if let Some(destinations) = o.and_then(|o| o.get("destinations")) {
+        match destinations.as_table() {
+            Some(table) => {
+                for (host, value) in table {
+                    let section = format!("outbound.destinations.{host:?}");
+                    let mut settings = config.outbound.defaults.clone();
+                    match value.as_table() {
+                        Some(t) => {
+                            for k in t.keys().filter(|k| !LANE_KEYS.contains(&k.as_str())) {
+                                r.problems
+                                    .push(format!("[{section}] has unknown setting {k:?}"));
+                            }
+                            lane(&mut r, Some(t), &section, &mut settings);
+                        }
+                        None => r.problems.push(format!("[{section}] must be a table")),
+                    }
+                    per_destination.insert(host.clone(), settings);
+                }
+            }
+            None => r
+                .problems
+                .push("[outbound] destinations must be a table of host:port tables".into()),
+        }
+    }
+    config.outbound.per_destination = per_destination;
+
+    let c = r.section(
+        &root,
+        "callbacks",
+        &[
+            "expiry",
+            "attempt_timeout",
+            "backoff_initial",
+            "backoff_max",
+        ],
+    );
+    let callbacks = &mut config.callbacks;
+    r.parse(c, "callbacks", "expiry", &mut callbacks.expiry, duration);
+    r.parse(
+        c,
+        "callbacks",
+        "attempt_timeout",
+        &mut callbacks.attempt_timeout,
+        duration,
+    );
+    r.parse(
+        c,
+        "callbacks",
+        "backoff_initial",
+        &mut callbacks.backoff.initial,
+        duration,
+    );
+    r.parse(
+        c,
+        "callbacks",
+        "backoff_max",
+        &mut callbacks.backoff.max,
+        duration,
+    );
+
+    if let Some(path) = upstream_ca {
+        match nexus_certs::load_certs(&path) {
+            Ok(certs) => config.upstream.ca = Some(certs),
+            Err(e) => problems.push(format!("[upstream] ca: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(FileConfig { config, tls })
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses_to_the_defaults() {
+        let parsed = parse(EXAMPLE).unwrap().config;
+        let defaults = Config::new(no_tls(), PathBuf::from("data"));
+        assert_eq!(
+            format!("{:?}", parsed.limits),
+            format!("{:?}", defaults.limits)
+        );
+        assert_eq!(
+            format!("{:?}", parsed.matching),
+            format!("{:?}", defaults.matching)
+        );
+        assert_eq!(
+            format!("{:?}", parsed.outbound.defaults),
+            format!("{:?}", defaults.outbound.defaults)
+        );
+        assert_eq!(parsed.outbound.idle_timeout, defaults.outbound.idle_timeout);
+        assert_eq!(
+            format!("{:?}", parsed.callbacks),
+            format!("{:?}", defaults.callbacks)
+        );
+        assert_eq!(
+            (parsed.listen, parsed.ops_listen),
+            (defaults.listen, defaults.ops_listen)
+        );
+        assert_eq!(parsed.shutdown_grace, defaults.shutdown_grace);
+        assert_eq!(parsed.tls_reload_interval, defaults.tls_reload_interval);
+        assert_eq!(parsed.trust_domain, defaults.trust_domain);
+        assert_eq!(parsed.upstream.plain_http, defaults.upstream.plain_http);
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            shutdown_grace = "soon"
+            colour = "blue"
+            [limits]
+            max_body_bytes = -1
+            [tls]
+            ca = "ca.pem"
+            [outbound.destinations."h:443"]
+            concurrency = 0
+            [extras]
+        "#;
+        let problems = parse(text).unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "[server] listen",
+            "[server] shutdown_grace",
+            "colour",
+            "[limits] max_body_bytes",
+            "[tls] ca, cert and key go together",
+            "concurrency: must be positive",
+            "unknown section [extras]",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(problems.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn overrides_apply_per_destination() {
+        let parsed = parse("[outbound]\nconcurrency = 50\n[outbound.destinations.\"slow.internal:443\"]\nconcurrency = 5\n").unwrap();
+        let lanes = &parsed.config.outbound;
+        assert_eq!(lanes.defaults.concurrency, 50);
+        assert_eq!(lanes.per_destination["slow.internal:443"].concurrency, 5);
+        assert_eq!(lanes.per_destination["slow.internal:443"].buffer, 100);
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_reported() {
+        let problems = parse("[server\nlisten=").unwrap_err();
+        assert_eq!(problems.len(), 1);
+    }
+}
