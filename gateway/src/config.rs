@@ -34,6 +34,8 @@ pub struct Config {
     pub public_url: Option<String>,
     pub limits: Limits,
     pub matching: MatchingSettings,
+    /// Inbound rate and concurrency limits per caller namespace and endpoint.
+    pub inbound: crate::inbound::InboundSettings,
     /// Per-destination outbound lanes (Temporal's defaults; see nexus-outbound-queue).
     pub outbound: QueueSettings,
     pub upstream: UpstreamSettings,
@@ -59,6 +61,7 @@ impl Config {
             public_url: None,
             limits: Limits::default(),
             matching: MatchingSettings::default(),
+            inbound: Default::default(),
             outbound: QueueSettings::default(),
             upstream: UpstreamSettings::default(),
             callbacks: CallbackSettings::default(),

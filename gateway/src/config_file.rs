@@ -152,6 +152,119 @@ const LANE_KEYS: [&str; 5] = [
     "breaker_open_for",
 ];
 
+fn inbound(r: &mut Reader, root: &toml::Table, into: &mut crate::inbound::InboundSettings) {
+    let keys = [
+        "per_caller_rate",
+        "per_caller_burst",
+        "per_endpoint_rate",
+        "per_endpoint_burst",
+        "per_caller_endpoint_rate",
+        "per_caller_endpoint_burst",
+        "max_concurrent_per_caller",
+        "callers",
+        "endpoints",
+    ];
+    let t = r.section(root, "inbound", &keys);
+    r.parse(
+        t,
+        "inbound",
+        "per_caller_rate",
+        &mut into.per_caller.per_second,
+        non_negative,
+    );
+    r.parse(
+        t,
+        "inbound",
+        "per_caller_burst",
+        &mut into.per_caller.burst,
+        non_negative,
+    );
+    r.parse(
+        t,
+        "inbound",
+        "per_endpoint_rate",
+        &mut into.per_endpoint.per_second,
+        non_negative,
+    );
+    r.parse(
+        t,
+        "inbound",
+        "per_endpoint_burst",
+        &mut into.per_endpoint.burst,
+        non_negative,
+    );
+    r.parse(
+        t,
+        "inbound",
+        "per_caller_endpoint_rate",
+        &mut into.per_caller_endpoint.per_second,
+        non_negative,
+    );
+    r.parse(
+        t,
+        "inbound",
+        "per_caller_endpoint_burst",
+        &mut into.per_caller_endpoint.burst,
+        non_negative,
+    );
+    r.parse(
+        t,
+        "inbound",
+        "max_concurrent_per_caller",
+        &mut into.max_concurrent_per_caller,
+        positive,
+    );
+    for (group, is_callers) in [("callers", true), ("endpoints", false)] {
+        let Some(value) = t.and_then(|t| t.get(group)) else {
+            continue;
+        };
+        let Some(table) = value.as_table() else {
+            r.problems
+                .push(format!("[inbound] {group} must be a table of tables"));
+            continue;
+        };
+        for (name, value) in table {
+            let section = format!("inbound.{group}.{name:?}");
+            let Some(o) = value.as_table() else {
+                r.problems.push(format!("[{section}] must be a table"));
+                continue;
+            };
+            let known: &[&str] = if is_callers {
+                &["rate", "burst", "max_concurrent"]
+            } else {
+                &["rate", "burst"]
+            };
+            for k in o.keys().filter(|k| !known.contains(&k.as_str())) {
+                r.problems
+                    .push(format!("[{section}] has unknown setting {k:?}"));
+            }
+            let mut rate = if is_callers {
+                into.per_caller
+            } else {
+                into.per_endpoint
+            };
+            r.parse(
+                Some(o),
+                &section,
+                "rate",
+                &mut rate.per_second,
+                non_negative,
+            );
+            r.parse(Some(o), &section, "burst", &mut rate.burst, non_negative);
+            if is_callers {
+                into.caller_overrides.insert(name.clone(), rate);
+                if o.contains_key("max_concurrent") {
+                    let mut max = into.max_concurrent_per_caller;
+                    r.parse(Some(o), &section, "max_concurrent", &mut max, positive);
+                    into.concurrent_overrides.insert(name.clone(), max);
+                }
+            } else {
+                into.endpoint_overrides.insert(name.clone(), rate);
+            }
+        }
+    }
+}
+
 /// Parses a configuration file's text. On failure, returns every problem found.
 pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
     let root: toml::Table = text
@@ -167,6 +280,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
             "tls",
             "limits",
             "matching",
+            "inbound",
             "upstream",
             "outbound",
             "callbacks",
@@ -333,6 +447,8 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
     );
     r.parse(m, "matching", "max_poll", &mut matching.max_poll, duration);
 
+    inbound(&mut r, &root, &mut config.inbound);
+
     let u = r.section(&root, "upstream", &["ca", "plain_http"]);
     let mut upstream_ca = String::new();
     r.parse(u, "upstream", "ca", &mut upstream_ca, string);
@@ -463,6 +579,10 @@ mod tests {
         assert_eq!(parsed.tls_reload_interval, defaults.tls_reload_interval);
         assert_eq!(parsed.trust_domain, defaults.trust_domain);
         assert_eq!(parsed.upstream.plain_http, defaults.upstream.plain_http);
+        assert_eq!(
+            format!("{:?}", parsed.inbound),
+            format!("{:?}", defaults.inbound)
+        );
     }
 
     #[test]
@@ -503,6 +623,16 @@ mod tests {
         assert_eq!(lanes.defaults.concurrency, 50);
         assert_eq!(lanes.per_destination["slow.internal:443"].concurrency, 5);
         assert_eq!(lanes.per_destination["slow.internal:443"].buffer, 100);
+    }
+
+    #[test]
+    fn inbound_overrides_parse() {
+        let parsed = parse("[inbound.callers.\"batch\"]\nrate = 5\nmax_concurrent = 2\n[inbound.endpoints.\"hot\"]\nburst = 9\n").unwrap();
+        let inbound = &parsed.config.inbound;
+        assert_eq!(inbound.caller_overrides["batch"].per_second, 5);
+        assert_eq!(inbound.concurrent_overrides["batch"], 2);
+        assert_eq!(inbound.endpoint_overrides["hot"].burst, 9);
+        assert_eq!(inbound.endpoint_overrides["hot"].per_second, 2000);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! [`worker::HandlerUrl`] bridges a task queue to a handler at a URL.
 
 pub mod admin;
+pub mod attribution;
 pub mod body;
 pub mod callback_token;
 pub mod callbacks;
@@ -29,6 +30,7 @@ pub mod config_file;
 pub mod demo;
 pub mod error;
 pub mod external;
+pub mod inbound;
 pub mod matching;
 pub mod metrics;
 pub mod nexus;

@@ -43,6 +43,7 @@ pub async fn handle(
             endpoint.spec.name
         )));
     }
+    let _admitted = state.inbound.admit(&caller, &endpoint.spec.name)?;
     let timeout = nexus::request_timeout(request.headers())?;
     let received = Instant::now();
     let cancel_token = match &path.kind {

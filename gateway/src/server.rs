@@ -108,6 +108,7 @@ impl App {
             upstream: config.upstream.clone(),
             callbacks,
             tls_reloads: Default::default(),
+            inbound: crate::inbound::InboundLimits::new(config.inbound.clone()),
             shutdown: tokio_util::sync::CancellationToken::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),

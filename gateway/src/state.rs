@@ -26,6 +26,7 @@ pub struct State {
     pub proxy: ProxyClient,
     pub upstream: UpstreamSettings,
     pub callbacks: Callbacks,
+    pub inbound: crate::inbound::InboundLimits,
     pub tls_reloads: Arc<crate::reload::ReloadStats>,
     /// Cancelled when shutdown begins: long polls end at once.
     pub shutdown: CancellationToken,

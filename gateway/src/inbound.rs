@@ -1,0 +1,274 @@
+//! Inbound limits: requests per second (with burst) per caller namespace, per endpoint and per
+//! (caller namespace, endpoint), and concurrent requests per caller namespace, so one caller
+//! flooding the gateway cannot take capacity others need. Over a limit: 429
+//! RESOURCE_EXHAUSTED with `Retry-After`, at once.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::GatewayError;
+
+/// A rate: `per_second` sustained, `burst` at once. `per_second = 0` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub const UNLIMITED: Rate = Rate {
+        per_second: 0,
+        burst: 0,
+    };
+}
+
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    /// Per caller namespace (default 1000/s, burst 2000).
+    pub per_caller: Rate,
+    /// Per endpoint, all callers together (default 2000/s, burst 4000).
+    pub per_endpoint: Rate,
+    /// Per (caller namespace, endpoint) (default 500/s, burst 1000).
+    pub per_caller_endpoint: Rate,
+    /// Operations in flight per caller namespace (default 1000).
+    pub max_concurrent_per_caller: usize,
+    /// Overrides by caller namespace.
+    pub caller_overrides: HashMap<String, Rate>,
+    /// Overrides by endpoint name.
+    pub endpoint_overrides: HashMap<String, Rate>,
+    /// Concurrency overrides by caller namespace.
+    pub concurrent_overrides: HashMap<String, usize>,
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        InboundSettings {
+            per_caller: Rate {
+                per_second: 1000,
+                burst: 2000,
+            },
+            per_endpoint: Rate {
+                per_second: 2000,
+                burst: 4000,
+            },
+            per_caller_endpoint: Rate {
+                per_second: 500,
+                burst: 1000,
+            },
+            max_concurrent_per_caller: 1000,
+            caller_overrides: HashMap::new(),
+            endpoint_overrides: HashMap::new(),
+            concurrent_overrides: HashMap::new(),
+        }
+    }
+}
+
+type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>;
+
+/// Limiters are made on first use per key; keys are namespaces and endpoints, a bounded set.
+pub struct InboundLimits {
+    settings: InboundSettings,
+    callers: DashMap<String, Option<Arc<Limiter>>>,
+    endpoints: DashMap<String, Option<Arc<Limiter>>>,
+    pairs: DashMap<(String, String), Option<Arc<Limiter>>>,
+    concurrency: DashMap<String, Arc<Semaphore>>,
+    clock: DefaultClock,
+}
+
+/// Holds the caller's concurrency slot while the operation runs.
+pub struct InboundPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+
+fn limiter(rate: Rate) -> Option<Arc<Limiter>> {
+    let per_second = NonZeroU32::new(rate.per_second)?;
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(per_second);
+    Some(Arc::new(RateLimiter::direct(
+        Quota::per_second(per_second).allow_burst(burst),
+    )))
+}
+
+impl InboundLimits {
+    pub fn new(settings: InboundSettings) -> Self {
+        InboundLimits {
+            settings,
+            callers: DashMap::new(),
+            endpoints: DashMap::new(),
+            pairs: DashMap::new(),
+            concurrency: DashMap::new(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Admits one operation of `caller` on `endpoint`, or says why not.
+    pub fn admit(&self, caller: &str, endpoint: &str) -> Result<InboundPermit, GatewayError> {
+        let s = &self.settings;
+        let caller_rate = *s.caller_overrides.get(caller).unwrap_or(&s.per_caller);
+        let endpoint_rate = *s
+            .endpoint_overrides
+            .get(endpoint)
+            .unwrap_or(&s.per_endpoint);
+        let checks = [
+            (
+                self.callers
+                    .entry(caller.to_owned())
+                    .or_insert_with(|| limiter(caller_rate))
+                    .clone(),
+                format!(
+                    "namespace {caller:?} is over its rate limit of {}/s",
+                    caller_rate.per_second
+                ),
+            ),
+            (
+                self.endpoints
+                    .entry(endpoint.to_owned())
+                    .or_insert_with(|| limiter(endpoint_rate))
+                    .clone(),
+                format!(
+                    "endpoint {endpoint:?} is over its rate limit of {}/s",
+                    endpoint_rate.per_second
+                ),
+            ),
+            (
+                self.pairs
+                    .entry((caller.to_owned(), endpoint.to_owned()))
+                    .or_insert_with(|| limiter(s.per_caller_endpoint))
+                    .clone(),
+                format!(
+                    "namespace {caller:?} is over its rate limit of {}/s on endpoint {endpoint:?}",
+                    s.per_caller_endpoint.per_second
+                ),
+            ),
+        ];
+        for (limiter, message) in checks {
+            if let Some(limiter) = limiter
+                && let Err(not_until) = limiter.check()
+            {
+                let wait = not_until.wait_time_from(self.clock.now());
+                return Err(GatewayError::resource_exhausted(message)
+                    .with_retry_after(wait.max(Duration::from_secs(1))));
+            }
+        }
+        let max = *s
+            .concurrent_overrides
+            .get(caller)
+            .unwrap_or(&s.max_concurrent_per_caller);
+        let semaphore = self
+            .concurrency
+            .entry(caller.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(max.max(1))))
+            .clone();
+        semaphore
+            .try_acquire_owned()
+            .map(InboundPermit)
+            .map_err(|_| {
+                GatewayError::resource_exhausted(format!(
+                    "namespace {caller:?} has {max} operations in flight, its limit"
+                ))
+                .with_retry_after(Duration::from_secs(1))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_429_with_retry_after_and_others_unaffected() {
+        let mut settings = InboundSettings::default();
+        settings.caller_overrides.insert(
+            "noisy".into(),
+            Rate {
+                per_second: 2,
+                burst: 3,
+            },
+        );
+        let limits = InboundLimits::new(settings);
+        let mut permits = Vec::new();
+        for _ in 0..3 {
+            permits.push(limits.admit("noisy", "e").unwrap());
+        }
+        let err = limits.admit("noisy", "e").err().unwrap();
+        assert_eq!(err.kind.status(), 429);
+        assert_eq!(
+            err.message,
+            "namespace \"noisy\" is over its rate limit of 2/s"
+        );
+        assert!(err.retry_after.unwrap() >= Duration::from_secs(1));
+        assert!(limits.admit("quiet", "e").is_ok());
+    }
+
+    #[test]
+    fn concurrency_is_capped_per_caller_and_released() {
+        let mut settings = InboundSettings::default();
+        settings.concurrent_overrides.insert("c".into(), 2);
+        let limits = InboundLimits::new(settings);
+        let a = limits.admit("c", "e").unwrap();
+        let _b = limits.admit("c", "e").unwrap();
+        let err = limits.admit("c", "e").err().unwrap();
+        assert!(
+            err.message.contains("2 operations in flight"),
+            "{}",
+            err.message
+        );
+        drop(a);
+        assert!(limits.admit("c", "e").is_ok());
+    }
+
+    #[test]
+    fn endpoint_and_pair_limits_apply() {
+        let mut settings = InboundSettings::default();
+        settings.endpoint_overrides.insert(
+            "hot".into(),
+            Rate {
+                per_second: 1,
+                burst: 1,
+            },
+        );
+        settings.per_caller_endpoint = Rate {
+            per_second: 1,
+            burst: 2,
+        };
+        let limits = InboundLimits::new(settings);
+        let _p = limits.admit("a", "hot").unwrap();
+        assert!(
+            limits
+                .admit("b", "hot")
+                .err()
+                .unwrap()
+                .message
+                .contains("endpoint \"hot\"")
+        );
+        let _q = limits.admit("a", "cold").unwrap();
+        let _r = limits.admit("a", "cold").unwrap();
+        assert!(
+            limits
+                .admit("a", "cold")
+                .err()
+                .unwrap()
+                .message
+                .contains("on endpoint \"cold\"")
+        );
+        assert!(limits.admit("a", "other").is_ok());
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let settings = InboundSettings {
+            per_caller: Rate::UNLIMITED,
+            per_endpoint: Rate::UNLIMITED,
+            per_caller_endpoint: Rate::UNLIMITED,
+            ..Default::default()
+        };
+        let limits = InboundLimits::new(settings);
+        for _ in 0..5000 {
+            drop(limits.admit("a", "e").unwrap());
+        }
+    }
+}
