@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::attribution::Record;
 use crate::body::{Body, empty, full};
 use crate::callback_token::{CallbackClaims, CallbackKeys};
 use crate::error::GatewayError;
@@ -138,13 +139,47 @@ impl Callbacks {
     }
 }
 
-/// `POST /nexus/callbacks/{token}`: a handler completes an async operation.
+/// `POST /nexus/callbacks/{token}`: a handler completes an async operation. Recorded in the
+/// attribution log (never billable) before the answer.
 pub async fn complete(
     state: &Arc<State>,
     peer: &Peer,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
+    let started = std::time::Instant::now();
+    let mut record = Record {
+        kind: "completion".into(),
+        caller_identity: peer.as_ref().ok().map(|p| p.uri.clone()),
+        operation_token: request
+            .headers()
+            .get(headers::OPERATION_TOKEN)
+            .or(request.headers().get(headers::OPERATION_ID))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        ..Record::default()
+    };
+    let response = match accept(state, peer, request, &mut record).await {
+        Ok(response) => {
+            record.outcome = "accepted".into();
+            response
+        }
+        Err(error) => {
+            record.outcome = crate::metering::error_outcome(&error);
+            error.into_response()
+        }
+    };
+    crate::metering::finish(state, record, &response, started).await?;
+    Ok(response)
+}
+
+async fn accept(
+    state: &Arc<State>,
+    peer: &Peer,
+    request: Request<Incoming>,
+    record: &mut Record,
+) -> Result<Response<Body>, GatewayError> {
     let sender = routes::namespace(peer, "complete operations")?.to_owned();
+    record.target_namespace = Some(sender.clone());
     let path = request.uri().path();
     let token = match routes::segments_after(path, PREFIX).as_slice() {
         [token] => decode_segment(token, "callback token")?,
@@ -152,6 +187,12 @@ pub async fn complete(
     };
     routes::require_method(&request, &[Method::POST])?;
     let claims = state.callbacks.keys.open(&token, now_ms())?;
+    record.caller_namespace = Some(claims.caller_namespace.clone());
+    record.endpoint = Some(claims.endpoint.clone());
+    record.endpoint_id = Some(claims.endpoint_id.clone());
+    record.service = Some(claims.service.clone());
+    record.operation = Some(claims.operation.clone());
+    record.request_id = claims.request_id.clone();
     if let Some(target) = &claims.target_namespace
         && *target != sender
     {
@@ -172,6 +213,7 @@ pub async fn complete(
         })?;
     let (parts, body) = request.into_parts();
     let body = routes::read_body(state, body).await?;
+    record.request_bytes = body.len() as u64;
     let delivery = Delivery {
         headers: completion_headers(&claims, &parts.headers),
         url: claims.url,

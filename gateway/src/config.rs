@@ -40,6 +40,10 @@ pub struct Config {
     pub outbound: QueueSettings,
     pub upstream: UpstreamSettings,
     pub callbacks: CallbackSettings,
+    /// Whether the attribution log is written (default true).
+    pub attribution_enabled: bool,
+    /// The attribution log; its `dir` is always `<data_dir>/attribution`.
+    pub attribution: crate::attribution::AttributionSettings,
     /// How long SIGTERM waits for in-flight requests before closing them (default 30 s).
     pub shutdown_grace: Duration,
 }
@@ -65,6 +69,8 @@ impl Config {
             outbound: QueueSettings::default(),
             upstream: UpstreamSettings::default(),
             callbacks: CallbackSettings::default(),
+            attribution_enabled: true,
+            attribution: crate::attribution::AttributionSettings::new(PathBuf::new()),
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -284,6 +284,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
             "upstream",
             "outbound",
             "callbacks",
+            "attribution",
         ]
         .contains(&key.as_str())
         {
@@ -533,6 +534,73 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         duration,
     );
 
+    let a = r.section(
+        &root,
+        "attribution",
+        &[
+            "enabled",
+            "durability",
+            "fsync_interval",
+            "segment_max_bytes",
+            "segment_max_age",
+            "retention_max_age",
+            "retention_max_bytes",
+        ],
+    );
+    let attribution = &mut config.attribution;
+    r.parse(
+        a,
+        "attribution",
+        "enabled",
+        &mut config.attribution_enabled,
+        |v| {
+            v.as_bool()
+                .ok_or_else(|| format!("expected true or false, got {}", v.type_str()))
+        },
+    );
+    r.parse(
+        a,
+        "attribution",
+        "durability",
+        &mut attribution.durability,
+        |v| string(v)?.parse(),
+    );
+    r.parse(
+        a,
+        "attribution",
+        "fsync_interval",
+        &mut attribution.fsync_interval,
+        duration,
+    );
+    r.parse(
+        a,
+        "attribution",
+        "segment_max_bytes",
+        &mut attribution.segment_max_bytes,
+        |v| positive(v).map(|n| n as u64),
+    );
+    r.parse(
+        a,
+        "attribution",
+        "segment_max_age",
+        &mut attribution.segment_max_age,
+        duration,
+    );
+    r.parse(
+        a,
+        "attribution",
+        "retention_max_age",
+        &mut attribution.retention_max_age,
+        |v| duration(v).map(Some),
+    );
+    r.parse(
+        a,
+        "attribution",
+        "retention_max_bytes",
+        &mut attribution.retention_max_bytes,
+        |v| positive(v).map(|n| Some(n as u64)),
+    );
+
     if let Some(path) = upstream_ca {
         match nexus_certs::load_certs(&path) {
             Ok(certs) => config.upstream.ca = Some(certs),
@@ -583,6 +651,11 @@ mod tests {
             format!("{:?}", parsed.inbound),
             format!("{:?}", defaults.inbound)
         );
+        assert_eq!(
+            format!("{:?}", parsed.attribution),
+            format!("{:?}", defaults.attribution)
+        );
+        assert_eq!(parsed.attribution_enabled, defaults.attribution_enabled);
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct GatewayError {
     pub retryable: Option<bool>,
     /// Sent as `Retry-After` (whole seconds, at least 1) when set.
     pub retry_after: Option<Duration>,
+    /// The destination is at fault (it timed out or could not be reached) rather than the
+    /// request being refused by the gateway; attribution records it as such.
+    pub upstream: bool,
 }
 
 impl GatewayError {
@@ -94,6 +97,7 @@ impl GatewayError {
             message: message.into(),
             retryable: None,
             retry_after: None,
+            upstream: false,
         }
     }
 
@@ -123,6 +127,12 @@ impl GatewayError {
     }
     pub fn resource_exhausted(message: impl Into<String>) -> Self {
         Self::new(ErrorType::ResourceExhausted, message)
+    }
+
+    /// Marks the error as the destination's fault.
+    pub fn from_upstream(mut self) -> Self {
+        self.upstream = true;
+        self
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {

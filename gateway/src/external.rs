@@ -112,13 +112,15 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
             return Err(GatewayError::unavailable(format!(
                 "external handler {host} unreachable: {}",
                 root_cause(&error)
-            )));
+            ))
+            .from_upstream());
         }
         Err(_) => {
             permit.finish(Outcome::DestinationDown);
             return Err(GatewayError::upstream_timeout(format!(
                 "external handler {host} did not answer before the deadline"
-            )));
+            ))
+            .from_upstream());
         }
     };
     let status = response.status();

@@ -32,6 +32,7 @@ pub mod error;
 pub mod external;
 pub mod inbound;
 pub mod matching;
+pub mod metering;
 pub mod metrics;
 pub mod nexus;
 pub mod operations;

@@ -9,20 +9,71 @@ use hyper::body::Incoming;
 use nexus_registry::{Endpoint, Target};
 use tokio::time::Instant;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nexus_certs::Identity;
+
+use crate::attribution::Record;
 use crate::body::{Body, BoxError, full};
 use crate::callback_token::CallbackClaims;
 use crate::error::GatewayError;
 use crate::external;
 use crate::matching::{QueueKey, Task};
+use crate::metering;
 use crate::nexus::{self, OperationKind, OperationPath, headers};
 use crate::routes;
 use crate::server::Peer;
 use crate::state::State;
 
+/// Serves one start or cancel and writes its attribution record before answering.
 pub async fn handle(
     state: &State,
     peer: &Peer,
     request: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let started = std::time::Instant::now();
+    let mut record = Record {
+        kind: if request.uri().path().ends_with("/cancel") {
+            "cancel"
+        } else {
+            "start"
+        }
+        .into(),
+        ..Record::default()
+    };
+    if let Ok(p) = peer {
+        record.caller_identity = Some(p.uri.clone());
+        if let Identity::Namespace(ns) = &p.identity {
+            record.caller_namespace = Some(ns.clone());
+        }
+    }
+    record.request_id = header_text(request.headers(), &headers::REQUEST_ID);
+    record.operation_token = header_text(request.headers(), &headers::OPERATION_TOKEN);
+    let response = match serve(state, peer, request, &mut record).await {
+        Ok(response) => {
+            record.outcome = metering::target_outcome(&record.kind, &response);
+            record.billable = 1;
+            response
+        }
+        Err(error) => {
+            record.outcome = metering::error_outcome(&error);
+            error.into_response()
+        }
+    };
+    metering::finish(state, record, &response, started).await?;
+    Ok(response)
+}
+
+fn header_text(h: &HeaderMap, name: &HeaderName) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+async fn serve(
+    state: &State,
+    peer: &Peer,
+    request: Request<Incoming>,
+    record: &mut Record,
 ) -> Result<Response<Body>, GatewayError> {
     let caller = routes::namespace(peer, "call Nexus endpoints")?.to_owned();
     let _in_flight = state.track_operation();
@@ -34,9 +85,24 @@ pub async fn handle(
     }
     routes::require_method(&request, &[Method::POST])?;
     let path = nexus::parse_operation_path(request.uri().path(), request.uri().query())?;
+    record.service = Some(path.service.clone());
+    record.operation = Some(path.operation.clone());
+    record.endpoint = Some(path.endpoint.clone());
     let endpoint = state.registry.resolve(&path.endpoint).ok_or_else(|| {
         GatewayError::not_found(format!("endpoint {:?} not found", path.endpoint))
     })?;
+    record.endpoint = Some(endpoint.spec.name.clone());
+    record.endpoint_id = Some(endpoint.id.clone());
+    match &endpoint.spec.target {
+        Target::Worker {
+            namespace,
+            task_queue,
+        } => {
+            record.target_namespace = Some(namespace.clone());
+            record.task_queue = Some(task_queue.clone());
+        }
+        Target::External { url } => record.target_url = Some(url.clone()),
+    }
     if !endpoint.allows_caller(&caller) {
         return Err(GatewayError::unauthorized(format!(
             "namespace {caller:?} is not allowed to call endpoint {:?}",
@@ -58,6 +124,7 @@ pub async fn handle(
     let mut forwarded = HeaderMap::new();
     nexus::copy_relayed(&parts.headers, &mut forwarded);
     if let Some(token) = cancel_token {
+        record.operation_token = Some(token.clone());
         forwarded.insert(
             headers::OPERATION_TOKEN,
             header_value(&token, "operation token")?,
@@ -81,6 +148,7 @@ pub async fn handle(
             task_queue,
         } => {
             let body = routes::read_body(state, body).await?;
+            record.request_bytes = body.len() as u64;
             let key = QueueKey {
                 namespace: namespace.clone(),
                 task_queue: task_queue.clone(),
@@ -104,6 +172,14 @@ pub async fn handle(
                 header_value(&caller, "caller namespace")?,
             );
             let max = state.limits.max_body_bytes;
+            let counted = Arc::new(AtomicU64::new(0));
+            let counter = counted.clone();
+            let body = body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            });
             let body = Limited::new(body, max)
                 .map_err(move |e| -> BoxError {
                     if e.is::<http_body_util::LengthLimitError>() {
@@ -113,7 +189,7 @@ pub async fn handle(
                     }
                 })
                 .boxed();
-            external::forward(
+            let forwarded = external::forward(
                 state,
                 external::Forward {
                     kind: path.kind.as_str(),
@@ -126,7 +202,9 @@ pub async fn handle(
                     deadline: received + wait,
                 },
             )
-            .await
+            .await;
+            record.request_bytes = counted.load(Ordering::Relaxed);
+            forwarded
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::body::Body;
 use crate::error::{ErrorType, GatewayError};
 use crate::server::Peer;
 use crate::state::State;
-use crate::{admin, callbacks, operations, worker_api};
+use crate::{admin, callbacks, metering, operations, worker_api};
 
 /// Answers one request; never fails: every error becomes a Nexus failure response here.
 pub async fn handle(
@@ -41,6 +41,7 @@ pub async fn handle(
             "poll" => worker_api::poll(&state, &peer, request).await,
             "respond" => worker_api::respond(&state, &peer, request).await,
             "admin" => admin::handle(&state, &peer, request).await,
+            "attribution" => metering::events(&state, &peer, request).await,
             _ => Err(GatewayError::not_found(format!(
                 "no route for {method} {path}"
             ))),
@@ -65,6 +66,8 @@ fn route_name(path: &str) -> &'static str {
         "completion"
     } else if path == callbacks::ADMIN_PREFIX || path.starts_with("/api/v1/callbacks/") {
         "callbacks-admin"
+    } else if path == metering::EVENTS_PATH {
+        "attribution"
     } else if path.starts_with("/api/v1/namespaces/") {
         "poll"
     } else if path.starts_with("/api/v1/nexus-tasks/") {

@@ -45,6 +45,8 @@ pub enum StartError {
     Registry(#[from] nexus_registry::RegistryError),
     #[error("callbacks: {0}")]
     Callbacks(String),
+    #[error("attribution log: {0}")]
+    Attribution(#[from] crate::attribution::AttributionError),
 }
 
 /// A gateway with its ports bound, ready to [`App::run`].
@@ -92,6 +94,13 @@ impl App {
             config.callbacks.clone(),
         )
         .map_err(StartError::Callbacks)?;
+        let attribution = if config.attribution_enabled {
+            let mut settings = config.attribution.clone();
+            settings.dir = config.data_dir.join("attribution");
+            Some(crate::attribution::AttributionLog::open(settings)?)
+        } else {
+            None
+        };
         let mut upstream_tls = config.tls.clone();
         if let Some(ca) = &config.upstream.ca {
             upstream_tls.ca = ca.clone();
@@ -109,6 +118,7 @@ impl App {
             callbacks,
             tls_reloads: Default::default(),
             inbound: crate::inbound::InboundLimits::new(config.inbound.clone()),
+            attribution,
             shutdown: tokio_util::sync::CancellationToken::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -222,6 +232,11 @@ impl App {
             .is_err()
         {
             warn!("connections still open at the end of the grace period; closing them");
+        }
+        if let Some(log) = &state.attribution
+            && let Err(error) = log.flush().await
+        {
+            warn!(%error, "attribution log flush failed");
         }
         ops_task.abort();
         evict_task.abort();

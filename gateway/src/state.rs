@@ -27,6 +27,8 @@ pub struct State {
     pub upstream: UpstreamSettings,
     pub callbacks: Callbacks,
     pub inbound: crate::inbound::InboundLimits,
+    /// The attribution log; `None` when turned off.
+    pub attribution: Option<crate::attribution::AttributionLog>,
     pub tls_reloads: Arc<crate::reload::ReloadStats>,
     /// Cancelled when shutdown begins: long polls end at once.
     pub shutdown: CancellationToken,

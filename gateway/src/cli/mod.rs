@@ -1,5 +1,6 @@
 //! Command-line interface. Each subcommand lives in its own module.
 
+mod attribution;
 mod callbacks;
 mod certs;
 mod conn;
@@ -37,12 +38,23 @@ enum Command {
     Endpoint(endpoint::Command),
     /// Serve a task queue by forwarding its tasks to a Nexus HTTP handler at a URL.
     Worker(worker::Args),
+    /// Read the attribution log (metering certificate).
+    #[command(subcommand)]
+    Attribution(AttributionCommand),
+    /// Totals of actions, bytes and errors per caller namespace, target namespace, endpoint, hour.
+    Usage(attribution::UsageArgs),
     /// Configuration file helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Inspect, retry or drop async completions not yet delivered to callers.
     #[command(subcommand)]
     Callbacks(callbacks::Command),
+}
+
+#[derive(Subcommand)]
+enum AttributionCommand {
+    /// Print attribution records (JSON lines) after --from; --follow keeps waiting for more.
+    Tail(attribution::TailArgs),
 }
 
 #[derive(Subcommand)]
@@ -87,6 +99,8 @@ pub fn main() -> ExitCode {
             Command::Endpoint(command) => endpoint::run(command).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Callbacks(command) => callbacks::run(command).await,
+            Command::Attribution(AttributionCommand::Tail(args)) => attribution::tail(args).await,
+            Command::Usage(args) => attribution::usage(args).await,
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", crate::config_file::EXAMPLE);
                 Ok(())

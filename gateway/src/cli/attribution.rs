@@ -1,0 +1,182 @@
+//! `nexus-gateway attribution tail` and `nexus-gateway usage`: what metering consumes. Both read
+//! through the gateway's metering API (metering certificate), or the segment files directly
+//! with `--dir <data-dir>/attribution`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use nexus_certs::Identity;
+
+use super::Failure;
+use super::conn::Connection;
+use crate::attribution::{self, Dimension, Record};
+use crate::client::HttpClient;
+
+#[derive(Args)]
+pub struct Source {
+    #[command(flatten)]
+    conn: Connection,
+    /// Read segment files in this directory (e.g. data/attribution) instead of the API.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    source: Source,
+    /// Print records after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Keep waiting for new records.
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    source: Source,
+    /// Start of the window (RFC 3339 UTC, or a date), inclusive.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the window, exclusive.
+    #[arg(long)]
+    to: Option<String>,
+    /// Group by these, comma-separated: caller, target, endpoint, hour.
+    #[arg(long, default_value = "caller,target,endpoint", value_delimiter = ',')]
+    by: Vec<Dimension>,
+    /// Output: table, json or csv.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+const PAGE: usize = 1000;
+
+enum Reader {
+    Files(PathBuf),
+    Api(HttpClient, http::Uri),
+}
+
+impl Reader {
+    fn new(source: &Source) -> Result<Reader, Failure> {
+        Ok(match &source.dir {
+            Some(dir) => Reader::Files(dir.clone()),
+            None => Reader::Api(
+                source.conn.client(&Identity::Metering("metering".into()))?,
+                source.conn.base_uri()?,
+            ),
+        })
+    }
+
+    /// Raw JSON lines after `after`; with `wait`, the API waits that long for new ones.
+    async fn page(&self, after: u64, wait: Option<Duration>) -> Result<Vec<String>, Failure> {
+        match self {
+            Reader::Files(dir) => {
+                let lines = attribution::read_after(dir, after, PAGE)?;
+                if lines.is_empty()
+                    && let Some(wait) = wait
+                {
+                    tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+                }
+                Ok(lines)
+            }
+            Reader::Api(client, base) => {
+                let mut path = format!(
+                    "{}?after={after}&limit={PAGE}",
+                    crate::metering::EVENTS_PATH
+                );
+                if let Some(wait) = wait {
+                    path.push_str(&format!("&wait={}ms", wait.as_millis()));
+                }
+                let uri = crate::worker::join(base, &path)?;
+                let request = http::Request::builder()
+                    .method(Method::GET)
+                    .uri(uri)
+                    .body(Full::default())?;
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| format!("cannot reach the gateway at {base}: {e}"))?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                if !status.is_success() {
+                    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let message = json["message"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| String::from_utf8_lossy(&body).into());
+                    return Err(format!("gateway answered {status}: {message}").into());
+                }
+                Ok(String::from_utf8_lossy(&body)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect())
+            }
+        }
+    }
+}
+
+fn seq_of(line: &str) -> Result<u64, Failure> {
+    let record: Record =
+        serde_json::from_str(line).map_err(|e| format!("unreadable record {line:?}: {e}"))?;
+    Ok(record.seq)
+}
+
+pub async fn tail(args: TailArgs) -> Result<(), Failure> {
+    let reader = Reader::new(&args.source)?;
+    let mut after = args.from;
+    loop {
+        let wait = args.follow.then_some(Duration::from_secs(25));
+        let lines = tokio::select! {
+            lines = reader.page(after, wait) => lines?,
+            () = super::shutdown_signal() => return Ok(()),
+        };
+        for line in &lines {
+            println!("{line}");
+            after = seq_of(line)?;
+        }
+        if lines.len() < PAGE && !args.follow {
+            return Ok(());
+        }
+    }
+}
+
+pub async fn usage(args: UsageArgs) -> Result<(), Failure> {
+    for bound in [&args.from, &args.to].into_iter().flatten() {
+        attribution::usage::parse_time(bound)?;
+    }
+    if !matches!(args.format.as_str(), "table" | "json" | "csv") {
+        return Err(format!(
+            "invalid --format {:?}: expected table, json or csv",
+            args.format
+        )
+        .into());
+    }
+    let reader = Reader::new(&args.source)?;
+    let mut records = Vec::new();
+    let mut after = 0;
+    loop {
+        let lines = reader.page(after, None).await?;
+        for line in &lines {
+            let record: Record =
+                serde_json::from_str(line).map_err(|e| format!("unreadable record: {e}"))?;
+            after = record.seq;
+            records.push(record);
+        }
+        if lines.len() < PAGE {
+            break;
+        }
+    }
+    let rows = attribution::aggregate(records, args.from.as_deref(), args.to.as_deref(), &args.by);
+    match args.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
+        "csv" => print!("{}", attribution::format_csv(&rows, &args.by)),
+        _ => print!("{}", attribution::format_table(&rows, &args.by)),
+    }
+    Ok(())
+}

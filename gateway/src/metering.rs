@@ -1,0 +1,153 @@
+//! Attribution in the request path: the outcome of each start, cancel and completion, the
+//! record written before the answer goes out, and the metering read API
+//! `GET /api/v1/attribution/events?after=<seq>&limit=<n>[&wait=<duration>]`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use nexus_certs::Identity;
+use tracing::error;
+
+use crate::attribution::Record;
+use crate::body::{Body, full};
+use crate::error::GatewayError;
+use crate::nexus::headers;
+use crate::operations::form_pairs;
+use crate::routes;
+use crate::server::Peer;
+use crate::state::State;
+
+pub const EVENTS_PATH: &str = "/api/v1/attribution/events";
+
+/// The outcome of an answer that came from the target.
+pub fn target_outcome(kind: &str, response: &Response<Body>) -> String {
+    let state = response
+        .headers()
+        .get(headers::OPERATION_STATE)
+        .and_then(|v| v.to_str().ok());
+    match (kind, response.status().as_u16(), state) {
+        ("cancel", 202, _) => "cancel_requested",
+        (_, 200, _) => "succeeded",
+        (_, 201, _) => "started",
+        (_, 424, Some("canceled")) => "canceled",
+        (_, 424, _) => "failed",
+        _ => "handler_error",
+    }
+    .into()
+}
+
+/// The outcome of an answer the gateway gave itself: refused, or the destination's fault.
+pub fn error_outcome(error: &GatewayError) -> String {
+    let kind = error.kind.as_str().to_ascii_lowercase();
+    if error.upstream {
+        kind
+    } else {
+        format!("rejected:{kind}")
+    }
+}
+
+/// Completes `record` from the answer and writes it; the answer waits for the log's durability.
+pub async fn finish(
+    state: &State,
+    mut record: Record,
+    response: &Response<Body>,
+    started: Instant,
+) -> Result<(), GatewayError> {
+    let Some(log) = &state.attribution else {
+        return Ok(());
+    };
+    record.status = response.status().as_u16();
+    // Exact for buffered answers and for relayed ones with a Content-Length.
+    let hint = response.body().size_hint();
+    record.response_bytes = hint.exact().unwrap_or(hint.lower());
+    record.latency_us = started.elapsed().as_micros() as u64;
+    if record.outcome.starts_with("rejected") {
+        record.billable = 0;
+    }
+    log.append(record).await.map(drop).map_err(|e| {
+        error!(error = %e, "attribution record not written; refusing to answer without it");
+        GatewayError::internal("the gateway could not record this call; retry")
+    })
+}
+
+/// `GET /api/v1/attribution/events`: records after `after` (default 0) as JSON lines, at most
+/// `limit` (default 1000, at most 10000). With `wait` (at most 30 s), waits for new records
+/// when there are none yet. Metering identities only.
+pub async fn events(
+    state: &State,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    match routes::identity(peer)? {
+        Identity::Metering(_) => {}
+        other => {
+            return Err(GatewayError::unauthorized(format!(
+                "{other} may not read attribution: a metering certificate is required"
+            )));
+        }
+    }
+    routes::require_method(&request, &[Method::GET])?;
+    let Some(log) = &state.attribution else {
+        return Err(GatewayError::new(
+            crate::ErrorType::NotImplemented,
+            "attribution is turned off on this gateway",
+        ));
+    };
+    let (mut after, mut limit, mut wait) = (0u64, 1000usize, Duration::ZERO);
+    for (key, value) in request
+        .uri()
+        .query()
+        .map(|q| form_pairs(q).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        let bad = |what: &str| {
+            GatewayError::bad_request(format!("invalid {key} {value:?}: expected {what}"))
+        };
+        match key.as_str() {
+            "after" => after = value.parse().map_err(|_| bad("a sequence number"))?,
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("a positive number"))?
+                    .min(10_000)
+            }
+            "wait" => {
+                wait = crate::nexus::parse_duration(&value)
+                    .ok_or_else(|| bad("a duration like 5s"))?
+                    .min(Duration::from_secs(30))
+            }
+            _ => {}
+        }
+    }
+    if log.last_seq() <= after && !wait.is_zero() {
+        tokio::select! {
+            _ = log.wait_after(after, wait) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+    }
+    let dir = log.dir().to_path_buf();
+    let lines =
+        tokio::task::spawn_blocking(move || crate::attribution::read_after(&dir, after, limit))
+            .await
+            .map_err(|e| GatewayError::internal(e.to_string()))?
+            .map_err(|e| GatewayError::internal(format!("cannot read attribution: {e}")))?;
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    let mut response = Response::new(full(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response.headers_mut().insert(
+        "nexus-attribution-last-seq",
+        HeaderValue::from(log.last_seq()),
+    );
+    Ok(response)
+}
