@@ -58,17 +58,17 @@ const PAGE: usize = 1000;
 
 enum Reader {
     Files(PathBuf),
-    Api(HttpClient, http::Uri),
+    Api(Box<(HttpClient, http::Uri)>),
 }
 
 impl Reader {
     fn new(source: &Source) -> Result<Reader, Failure> {
         Ok(match &source.dir {
             Some(dir) => Reader::Files(dir.clone()),
-            None => Reader::Api(
+            None => Reader::Api(Box::new((
                 source.conn.client(&Identity::Metering("metering".into()))?,
                 source.conn.base_uri()?,
-            ),
+            ))),
         })
     }
 
@@ -84,7 +84,8 @@ impl Reader {
                 }
                 Ok(lines)
             }
-            Reader::Api(client, base) => {
+            Reader::Api(api) => {
+                let (client, base) = &**api;
                 let mut path = format!(
                     "{}?after={after}&limit={PAGE}",
                     crate::metering::EVENTS_PATH
