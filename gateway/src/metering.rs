@@ -56,9 +56,6 @@ pub async fn finish(
     response: &Response<Body>,
     started: Instant,
 ) -> Result<(), GatewayError> {
-    let Some(log) = &state.attribution else {
-        return Ok(());
-    };
     record.status = response.status().as_u16();
     // Exact for buffered answers and for relayed ones with a Content-Length.
     let hint = response.body().size_hint();
@@ -67,6 +64,10 @@ pub async fn finish(
     if record.outcome.starts_with("rejected") {
         record.billable = 0;
     }
+    state.metrics.record_operation(&record);
+    let Some(log) = &state.attribution else {
+        return Ok(());
+    };
     log.append(record).await.map(drop).map_err(|e| {
         error!(error = %e, "attribution record not written; refusing to answer without it");
         GatewayError::internal("the gateway could not record this call; retry")

@@ -8,13 +8,71 @@ use dashmap::DashMap;
 
 use crate::state::State;
 
-/// Request counts and total latency by route and status.
+/// Latency histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Labels of one Nexus operation series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct OperationKey {
+    kind: String,
+    caller: String,
+    endpoint: String,
+    target: String,
+    outcome: String,
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// Request counts and total latency by route and status; Nexus operations by caller,
+/// endpoint, target and outcome, with latency histograms per kind and endpoint.
 #[derive(Default)]
 pub struct Metrics {
     requests: DashMap<(&'static str, u16), (AtomicU64, AtomicU64)>,
+    operations: DashMap<OperationKey, AtomicU64>,
+    latency: DashMap<(String, String), Histogram>,
 }
 
 impl Metrics {
+    /// Counts one start, cancel or completion from its attribution record.
+    pub fn record_operation(&self, r: &crate::attribution::Record) {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let target = r
+            .target_namespace
+            .clone()
+            .or_else(|| r.target_url.clone())
+            .unwrap_or_default();
+        let endpoint = text(&r.endpoint);
+        let key = OperationKey {
+            kind: r.kind.clone(),
+            caller: text(&r.caller_namespace),
+            endpoint: endpoint.clone(),
+            target,
+            outcome: r.outcome.clone(),
+        };
+        self.operations
+            .entry(key)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+        let histogram = self.latency.entry((r.kind.clone(), endpoint)).or_default();
+        let seconds = r.latency_us as f64 / 1e6;
+        for (bound, bucket) in BUCKETS.iter().zip(&histogram.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        histogram.count.fetch_add(1, Ordering::Relaxed);
+        histogram
+            .sum_micros
+            .fetch_add(r.latency_us, Ordering::Relaxed);
+    }
+
     pub fn record(&self, route: &'static str, status: u16, latency: Duration) {
         let entry = self.requests.entry((route, status)).or_default();
         entry.0.fetch_add(1, Ordering::Relaxed);
@@ -89,8 +147,14 @@ pub fn render(state: &State) -> String {
         "nexus_gateway_tasks_pending {}",
         state.matching.pending_tasks()
     );
+    render_operations(&state.metrics, &mut out);
     render_lanes(state, &mut out);
     render_callbacks(state, &mut out);
+    if let Some(log) = &state.attribution {
+        out.push_str("# HELP nexus_gateway_attribution_last_seq Sequence number of the last attribution record written.\n");
+        out.push_str("# TYPE nexus_gateway_attribution_last_seq gauge\n");
+        let _ = writeln!(out, "nexus_gateway_attribution_last_seq {}", log.last_seq());
+    }
     let reloads = &state.tls_reloads;
     out.push_str("# HELP nexus_gateway_tls_reloads_total TLS certificate reloads by result.\n");
     out.push_str("# TYPE nexus_gateway_tls_reloads_total counter\n");
@@ -112,6 +176,65 @@ pub fn render(state: &State) -> String {
         state.registry.len()
     );
     out
+}
+
+fn render_operations(metrics: &Metrics, out: &mut String) {
+    out.push_str("# HELP nexus_gateway_operations_total Nexus starts, cancels and completions by caller namespace, endpoint, target and outcome.\n");
+    out.push_str("# TYPE nexus_gateway_operations_total counter\n");
+    let mut rows: Vec<_> = metrics
+        .operations
+        .iter()
+        .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+        .collect();
+    rows.sort();
+    for (k, n) in rows {
+        let _ = writeln!(
+            out,
+            "nexus_gateway_operations_total{{kind=\"{}\",caller_namespace=\"{}\",endpoint=\"{}\",target=\"{}\",outcome=\"{}\"}} {n}",
+            escape(&k.kind),
+            escape(&k.caller),
+            escape(&k.endpoint),
+            escape(&k.target),
+            escape(&k.outcome)
+        );
+    }
+    out.push_str(
+        "# HELP nexus_gateway_operation_duration_seconds Time to answer Nexus operations.\n",
+    );
+    out.push_str("# TYPE nexus_gateway_operation_duration_seconds histogram\n");
+    let mut keys: Vec<_> = metrics.latency.iter().map(|e| e.key().clone()).collect();
+    keys.sort();
+    for key in keys {
+        let Some(h) = metrics.latency.get(&key) else {
+            continue;
+        };
+        let labels = format!(
+            "kind=\"{}\",endpoint=\"{}\"",
+            escape(&key.0),
+            escape(&key.1)
+        );
+        for (bound, bucket) in BUCKETS.iter().zip(&h.buckets) {
+            let _ = writeln!(
+                out,
+                "nexus_gateway_operation_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "nexus_gateway_operation_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "nexus_gateway_operation_duration_seconds_sum{{{labels}}} {}",
+            h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "nexus_gateway_operation_duration_seconds_count{{{labels}}} {count}"
+        );
+    }
 }
 
 fn render_lanes(state: &State, out: &mut String) {

@@ -1,0 +1,110 @@
+//! The ops port and tracing context: health, readiness, Prometheus metrics, traceparent.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use nexus_e2e::*;
+
+async fn ops_get(gw: &TestGateway, path: &str) -> (u16, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let uri: http::Uri = format!("http://{}{path}", gw.ops_addr).parse().unwrap();
+    let response = tokio::time::timeout(REQUEST_BOUND, client.get(uri))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_by_caller_endpoint_and_outcome() {
+    let gw = TestGateway::start().await;
+    assert_eq!(ops_get(&gw, "/healthz").await.0, 200);
+    assert_eq!(ops_get(&gw, "/readyz").await.0, 200);
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let _worker = gw.start_worker("billing", "charges");
+    let (handler, _stop) = serve_reference_handler().await;
+    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+    let caller = gw.client(&ns("orders"));
+    assert_eq!(
+        send(
+            &caller,
+            post(
+                gw.uri("/nexus/endpoints/payments/services/svc/echo"),
+                &[],
+                "x"
+            )
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        send(
+            &caller,
+            post(gw.uri("/nexus/endpoints/quotes/services/svc/fail"), &[], "")
+        )
+        .await
+        .status,
+        424
+    );
+    assert_eq!(
+        send(
+            &gw.client(&ns("intruder")),
+            post(
+                gw.uri("/nexus/endpoints/payments/services/svc/echo"),
+                &[],
+                ""
+            )
+        )
+        .await
+        .status,
+        403
+    );
+    let (status, text) = ops_get(&gw, "/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        r#"nexus_gateway_operations_total{kind="start",caller_namespace="orders",endpoint="payments",target="billing",outcome="succeeded"} 1"#,
+        r#"nexus_gateway_operations_total{kind="start",caller_namespace="intruder",endpoint="payments",target="billing",outcome="rejected:unauthorized"} 1"#,
+        r#"outcome="failed"} 1"#,
+        r#"nexus_gateway_operation_duration_seconds_count{kind="start",endpoint="payments"} 2"#,
+        r#"nexus_gateway_operation_duration_seconds_bucket{kind="start",endpoint="payments",le="+Inf"} 2"#,
+        "nexus_gateway_task_queue_pollers{namespace=\"billing\",task_queue=\"charges\"}",
+        &format!(
+            "nexus_gateway_lane_successes_total{{kind=\"start\",source=\"orders\",destination=\"{handler}\"}} 1"
+        ),
+        "nexus_gateway_lane_breaker_open{",
+        "nexus_gateway_completions_pending 0",
+        "nexus_gateway_attribution_last_seq 3",
+        "nexus_gateway_registry_endpoints 2",
+        "nexus_gateway_requests_total{route=\"operation\",status=\"200\"} 1",
+    ] {
+        assert!(text.contains(expected), "missing {expected}\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn traceparent_reaches_workers_and_external_handlers() {
+    let gw = TestGateway::start().await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let _worker = gw.start_worker("billing", "charges");
+    let (handler, _stop) = serve_reference_handler().await;
+    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+    let caller = gw.client(&ns("orders"));
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for endpoint in ["payments", "quotes"] {
+        let reply = send(
+            &caller,
+            post(
+                gw.uri(&format!("/nexus/endpoints/{endpoint}/services/svc/headers")),
+                &[("traceparent", trace), ("tracestate", "vendor=1")],
+                "",
+            ),
+        )
+        .await;
+        let headers = &reply.json()["headers"];
+        assert_eq!(headers["traceparent"], trace, "{endpoint}");
+        assert_eq!(headers["tracestate"], "vendor=1", "{endpoint}");
+    }
+}
