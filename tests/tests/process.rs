@@ -1004,7 +1004,7 @@ async fn attribution_survives_kill_9_under_load_without_gaps() {
         .iter()
         .filter_map(|r| r["request_id"].as_str())
         .collect();
-    let answered = answered.lock().unwrap();
+    let answered = answered.lock().unwrap().clone();
     let missing: Vec<&String> = answered
         .iter()
         .filter(|id| !recorded.contains(id.as_str()))
