@@ -1,0 +1,140 @@
+//! `nexus-bench`: side-by-side benchmarks of nexus-gateway on loopback, following
+//! shared/BENCHMARKING.md. Run it pinned on core 1 (`taskset -c 1 nexus-bench w1`); it pins
+//! the process under test on core 0 itself. Every result is a ratio of two candidates measured
+//! in the same run, window by window, alternating.
+//!
+//! Modules: `load` (load generators and windows), `procs` (pinned children, CPU from /proc),
+//! `serve` (what the children run), `scenarios` (W1, S3), `report` (markdown), `pki`.
+
+mod load;
+mod pki;
+mod procs;
+mod report;
+mod scenarios;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+pub type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+#[derive(Parser)]
+#[command(
+    name = "nexus-bench",
+    about = "Side-by-side benchmarks of nexus-gateway (run with taskset -c 1)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// W1: caller → gateway → polling worker, vs caller → B-tls (bare hyper behind the same
+    /// rustls mTLS acceptor).
+    W1(scenarios::W1Args),
+    /// S3: a new mTLS connection per request against the gateway, vs an in-process rustls
+    /// handshake loop (T).
+    S3(scenarios::S3Args),
+    /// (child) B-tls: the fixed handler behind the gateway's mTLS acceptor.
+    #[command(hide = true)]
+    ServeDirect {
+        #[arg(long)]
+        pki: PathBuf,
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+    /// (child) The polling worker serving the fixed handler through the gateway.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        pki: PathBuf,
+        #[arg(long)]
+        gateway: http::Uri,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+    /// (child) T: in-memory rustls handshakes; prints one JSON line.
+    #[command(hide = true)]
+    Handshakes {
+        #[arg(long)]
+        pki: PathBuf,
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 6.0)]
+        measure: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    if let Command::Handshakes {
+        pki,
+        warmup,
+        measure,
+    } = &command
+    {
+        let h = serve::handshakes(
+            pki,
+            Duration::from_secs_f64(*warmup),
+            Duration::from_secs_f64(*measure),
+        )?;
+        let out = serde_json::json!({
+            "count": h.count,
+            "wall_s": h.wall.as_secs_f64(),
+            "server_s": h.server.as_secs_f64(),
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    // One thread: the load generator, B-tls and the worker each use exactly one core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::W1(args) => {
+                let gateway_bin = args.gateway_bin().display().to_string();
+                let tables = scenarios::w1(args).await?;
+                print_report(&tables, &gateway_bin);
+            }
+            Command::S3(args) => {
+                let gateway_bin = args.gateway_bin().display().to_string();
+                let tables = scenarios::s3(args).await?;
+                print_report(&tables, &gateway_bin);
+            }
+            Command::ServeDirect { pki, max_secs } => {
+                serve::serve_direct(&pki, Duration::from_secs(max_secs)).await?;
+            }
+            Command::Worker {
+                pki,
+                gateway,
+                concurrency,
+                max_secs,
+            } => {
+                serve::worker(&pki, gateway, concurrency, Duration::from_secs(max_secs)).await?;
+            }
+            Command::Handshakes { .. } => unreachable!("handled above"),
+        }
+        Ok(())
+    })
+}
+
+fn print_report(tables: &str, gateway_bin: &str) {
+    println!("{tables}");
+    println!("{}", report::environment(Some(gateway_bin)));
+}
