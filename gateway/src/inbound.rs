@@ -105,6 +105,21 @@ impl InboundLimits {
         }
     }
 
+    /// The limiter for `key`, made on first use; the common path only reads.
+    fn limiter_for(
+        &self,
+        map: &DashMap<String, Option<Arc<Limiter>>>,
+        key: &str,
+        rate: Rate,
+    ) -> Option<Arc<Limiter>> {
+        if let Some(l) = map.get(key) {
+            return l.clone();
+        }
+        map.entry(key.to_owned())
+            .or_insert_with(|| limiter(rate))
+            .clone()
+    }
+
     /// Admits one operation of `caller` on `endpoint`, or says why not.
     pub fn admit(&self, caller: &str, endpoint: &str) -> Result<InboundPermit, GatewayError> {
         let s = &self.settings;
@@ -113,56 +128,68 @@ impl InboundLimits {
             .endpoint_overrides
             .get(endpoint)
             .unwrap_or(&s.per_endpoint);
-        let checks = [
-            (
-                self.callers
-                    .entry(caller.to_owned())
-                    .or_insert_with(|| limiter(caller_rate))
-                    .clone(),
+        let caller_limiter = self.limiter_for(&self.callers, caller, caller_rate);
+        let endpoint_limiter = self.limiter_for(&self.endpoints, endpoint, endpoint_rate);
+        let pair_key = (caller.to_owned(), endpoint.to_owned());
+        let pair_limiter = match self.pairs.get(&pair_key) {
+            Some(l) => l.clone(),
+            None => self
+                .pairs
+                .entry(pair_key)
+                .or_insert_with(|| limiter(s.per_caller_endpoint))
+                .clone(),
+        };
+        // Messages are built only when a limit is hit.
+        let over = |limiter: &Option<Arc<Limiter>>| {
+            let not_until = limiter.as_ref()?.check().err()?;
+            Some(
+                not_until
+                    .wait_time_from(self.clock.now())
+                    .max(Duration::from_secs(1)),
+            )
+        };
+        let refused = |message: String, wait: Duration| {
+            Err(GatewayError::resource_exhausted(message).with_retry_after(wait))
+        };
+        if let Some(wait) = over(&caller_limiter) {
+            return refused(
                 format!(
                     "namespace {caller:?} is over its rate limit of {}/s",
                     caller_rate.per_second
                 ),
-            ),
-            (
-                self.endpoints
-                    .entry(endpoint.to_owned())
-                    .or_insert_with(|| limiter(endpoint_rate))
-                    .clone(),
+                wait,
+            );
+        }
+        if let Some(wait) = over(&endpoint_limiter) {
+            return refused(
                 format!(
                     "endpoint {endpoint:?} is over its rate limit of {}/s",
                     endpoint_rate.per_second
                 ),
-            ),
-            (
-                self.pairs
-                    .entry((caller.to_owned(), endpoint.to_owned()))
-                    .or_insert_with(|| limiter(s.per_caller_endpoint))
-                    .clone(),
+                wait,
+            );
+        }
+        if let Some(wait) = over(&pair_limiter) {
+            return refused(
                 format!(
                     "namespace {caller:?} is over its rate limit of {}/s on endpoint {endpoint:?}",
                     s.per_caller_endpoint.per_second
                 ),
-            ),
-        ];
-        for (limiter, message) in checks {
-            if let Some(limiter) = limiter
-                && let Err(not_until) = limiter.check()
-            {
-                let wait = not_until.wait_time_from(self.clock.now());
-                return Err(GatewayError::resource_exhausted(message)
-                    .with_retry_after(wait.max(Duration::from_secs(1))));
-            }
+                wait,
+            );
         }
         let max = *s
             .concurrent_overrides
             .get(caller)
             .unwrap_or(&s.max_concurrent_per_caller);
-        let semaphore = self
-            .concurrency
-            .entry(caller.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(max.max(1))))
-            .clone();
+        let semaphore = match self.concurrency.get(caller) {
+            Some(s) => s.clone(),
+            None => self
+                .concurrency
+                .entry(caller.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(max.max(1))))
+                .clone(),
+        };
         semaphore
             .try_acquire_owned()
             .map(InboundPermit)

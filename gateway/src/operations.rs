@@ -383,6 +383,18 @@ fn header_value(value: &str, what: &str) -> Result<HeaderValue, GatewayError> {
         .map_err(|_| GatewayError::bad_request(format!("{what} cannot be sent as a header")))
 }
 
+/// A unique, unguessable task token without a system call per task: a random per-process key
+/// and a counter. (Only the target namespace may answer a task in any case.)
+fn task_token() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static KEY: OnceLock<u128> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let key = KEY.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{key:032x}{n:016x}")
+}
+
 fn add_task_headers(
     h: &mut HeaderMap,
     caller: &str,
@@ -390,7 +402,7 @@ fn add_task_headers(
     path: &OperationPath,
     below_prefix: &str,
 ) -> Result<String, GatewayError> {
-    let token = uuid::Uuid::new_v4().simple().to_string();
+    let token = task_token();
     h.insert(headers::TASK_TOKEN, header_value(&token, "task token")?);
     h.insert(headers::TASK_PATH, header_value(below_prefix, "path")?);
     h.insert(

@@ -15,7 +15,7 @@ use nexus_certs::{IdentityError, PeerIdentity};
 use nexus_registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::config::Config;
 use crate::error::GatewayError;
@@ -205,7 +205,7 @@ impl App {
                         tcp, remote, acceptor, state.clone(), builder.clone(),
                         graceful.watcher(),
                     );
-                    tokio::spawn(conn.instrument(info_span!("conn", %remote)));
+                    tokio::spawn(conn.instrument(debug_span!("conn", %remote)));
                 }
                 () = &mut shutdown, if drain_until.is_none() => {
                     info!("shutting down: refusing new operations, draining in-flight ones");
