@@ -131,11 +131,13 @@ fn seq_of(line: &str) -> Result<u64, Failure> {
 pub async fn tail(args: TailArgs) -> Result<(), Failure> {
     let reader = Reader::new(&args.source)?;
     let mut after = args.from;
+    let stop = super::shutdown_signal();
+    tokio::pin!(stop);
     loop {
         let wait = args.follow.then_some(Duration::from_secs(25));
         let lines = tokio::select! {
             lines = reader.page(after, wait) => lines?,
-            () = super::shutdown_signal() => return Ok(()),
+            () = &mut stop => return Ok(()),
         };
         for line in &lines {
             println!("{line}");

@@ -48,6 +48,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     config.listen = args.listen;
     config.ops_listen = args.ops_listen;
     let app = App::build(config).await?;
+    let stop_signal = super::shutdown_signal();
     let data = app.data_addr();
     let ops = app.ops_addr();
 
@@ -110,7 +111,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
          cargo run -q -p nexus-gateway -- endpoint list --gateway https://localhost:{port}\n",
         port = data.port()
     );
-    app.run(super::shutdown_signal()).await;
+    app.run(stop_signal).await;
     shutdown.cancel();
     if let Some(worker) = demo_worker {
         let _ = worker.await;

@@ -120,11 +120,12 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         .map_err(|e| bad_config(vec![e.to_string()], "tls"))?;
     config.tls_files = Some(files);
     let app = App::build(config).await?;
+    let shutdown = super::shutdown_signal();
     eprintln!(
         "nexus-gateway: data https://{}  ops http://{}",
         app.data_addr(),
         app.ops_addr()
     );
-    app.run(super::shutdown_signal()).await;
+    app.run(shutdown).await;
     Ok(())
 }

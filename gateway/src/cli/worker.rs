@@ -54,12 +54,13 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     settings.concurrency = args.concurrency.max(1);
     let worker = Worker::new(settings, client.clone());
     let handler = HandlerUrl::new(handler_url, client);
+    let signal = super::shutdown_signal();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let shutdown = shutdown.clone();
         async move { worker.run(handler, shutdown).await }
     });
-    super::shutdown_signal().await;
+    signal.await;
     shutdown.cancel();
     if tokio::time::timeout(Duration::from_secs(args.shutdown_grace), running)
         .await
