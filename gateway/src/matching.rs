@@ -196,7 +196,8 @@ impl Matching {
             Ok(Err(_)) | Err(_) => Err(GatewayError::upstream_timeout(format!(
                 "no worker of namespace {:?} answered on task queue {:?} before the deadline",
                 key.namespace, key.task_queue
-            )).from_upstream()),
+            ))
+            .from_upstream()),
         }
     }
 
