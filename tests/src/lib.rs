@@ -636,3 +636,20 @@ pub async fn stalled_server() -> (
     });
     (addr, accepted, stop)
 }
+
+impl TestGateway {
+    /// GET on the plain-HTTP ops port: (status, body).
+    pub async fn ops_get(&self, path: &str) -> (u16, String) {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let uri: Uri = format!("http://{}{path}", self.ops_addr).parse().unwrap();
+        let response = tokio::time::timeout(REQUEST_BOUND, client.get(uri))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}

@@ -228,18 +228,7 @@ async fn full_task_queue_backlog_gets_429_with_retry_after() {
 }
 
 async fn metrics(gw: &TestGateway) -> String {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let uri: http::Uri = format!("http://{}/metrics", gw.ops_addr).parse().unwrap();
-    let response = tokio::time::timeout(REQUEST_BOUND, client.get(uri))
-        .await
-        .unwrap()
-        .unwrap();
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
+    gw.ops_get("/metrics").await.1
 }
 
 #[tokio::test]

@@ -1,27 +1,12 @@
 //! The ops port and tracing context: health, readiness, Prometheus metrics, traceparent.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use nexus_e2e::*;
-
-async fn ops_get(gw: &TestGateway, path: &str) -> (u16, String) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let uri: http::Uri = format!("http://{}{path}", gw.ops_addr).parse().unwrap();
-    let response = tokio::time::timeout(REQUEST_BOUND, client.get(uri))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
-}
 
 #[tokio::test]
 async fn health_readiness_and_metrics_by_caller_endpoint_and_outcome() {
     let gw = TestGateway::start().await;
-    assert_eq!(ops_get(&gw, "/healthz").await.0, 200);
-    assert_eq!(ops_get(&gw, "/readyz").await.0, 200);
+    assert_eq!(gw.ops_get("/healthz").await.0, 200);
+    assert_eq!(gw.ops_get("/readyz").await.0, 200);
     gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
     let _worker = gw.start_worker("billing", "charges");
     let (handler, _stop) = serve_reference_handler().await;
@@ -62,7 +47,7 @@ async fn health_readiness_and_metrics_by_caller_endpoint_and_outcome() {
         .status,
         403
     );
-    let (status, text) = ops_get(&gw, "/metrics").await;
+    let (status, text) = gw.ops_get("/metrics").await;
     assert_eq!(status, 200);
     for expected in [
         r#"nexus_gateway_operations_total{kind="start",caller_namespace="orders",endpoint="payments",target="billing",outcome="succeeded"} 1"#,

@@ -134,6 +134,12 @@ fn port_after(line: &str, marker: &str) -> u16 {
 fn serve(dir: &Path) -> (Proc, u16) {
     let (code, _, err) = run(&["certs", "init", "--dir", "certs"], dir);
     assert_eq!(code, 0, "{err}");
+    start_serve(dir)
+}
+
+/// `serve` on free ports with the certificates and data directory in `dir` (a restart keeps
+/// the data).
+fn start_serve(dir: &Path) -> (Proc, u16) {
     let mut gw = Proc::spawn(
         &[
             "serve",
@@ -643,29 +649,7 @@ fn registry_survives_kill_9() {
     }
     gw.signal("KILL");
     gw.wait_exit();
-    let (_gw, port) = {
-        let mut gw = Proc::spawn(
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ops-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                "data",
-                "--tls-ca",
-                "certs/ca.pem",
-                "--tls-cert",
-                "certs/server.pem",
-                "--tls-key",
-                "certs/server-key.pem",
-            ],
-            d,
-        );
-        let line = gw.wait_for("data https://");
-        let port = port_after(&line, "127.0.0.1:");
-        (gw, port)
-    };
+    let (_gw, port) = start_serve(d);
     let url = format!("https://localhost:{port}");
     let conn = [
         "--gateway",
@@ -783,30 +767,9 @@ async fn accepted_completions_survive_kill_9() {
 
     let mut receiver = Receiver::start_on(receiver_addr, 200).await;
     let d = dir.path().to_path_buf();
-    let _gw = tokio::task::spawn_blocking(move || {
-        let mut gw = Proc::spawn(
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ops-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                "data",
-                "--tls-ca",
-                "certs/ca.pem",
-                "--tls-cert",
-                "certs/server.pem",
-                "--tls-key",
-                "certs/server-key.pem",
-            ],
-            &d,
-        );
-        gw.wait_for("data https://");
-        gw
-    })
-    .await
-    .unwrap();
+    let _gw = tokio::task::spawn_blocking(move || start_serve(&d))
+        .await
+        .unwrap();
     let mut delivered = Vec::new();
     while delivered.len() < expected.len() {
         let got = receiver
@@ -952,30 +915,9 @@ async fn attribution_survives_kill_9_under_load_without_gaps() {
         .unwrap();
 
     let d = dir.path().to_path_buf();
-    let _gw2 = tokio::task::spawn_blocking(move || {
-        let mut gw = Proc::spawn(
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ops-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                "data",
-                "--tls-ca",
-                "certs/ca.pem",
-                "--tls-cert",
-                "certs/server.pem",
-                "--tls-key",
-                "certs/server-key.pem",
-            ],
-            &d,
-        );
-        let line = gw.wait_for("data https://");
-        (gw, port_after(&line, "127.0.0.1:"))
-    })
-    .await
-    .unwrap();
+    let _gw2 = tokio::task::spawn_blocking(move || start_serve(&d))
+        .await
+        .unwrap();
     let (_gw2, port) = _gw2;
     let base = format!("https://localhost:{port}");
     let before_restart_load = answered.lock().unwrap().len();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use nexus_certs::TlsFiles;
 use nexus_e2e::*;
 use nexus_gateway::client::{HttpVersions, http_client};
@@ -33,23 +33,7 @@ fn write_server_files(pki: &Pki, dir: &Path) -> TlsFiles {
 }
 
 async fn reloads(gw: &TestGateway, result: &str) -> u64 {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let uri: http::Uri = format!("http://{}/metrics", gw.ops_addr).parse().unwrap();
-    let response = tokio::time::timeout(REQUEST_BOUND, client.get(uri))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = gw.ops_get("/metrics").await.1;
     let prefix = format!("nexus_gateway_tls_reloads_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
