@@ -398,3 +398,37 @@ async fn identity_from_metering_cannot_poll() {
     .await;
     assert_eq!(reply.status, 403);
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_by_header_and_body_timeouts() {
+    let gw = TestGateway::start_with(|c| {
+        c.limits.header_read_timeout = Duration::from_millis(300);
+        c.limits.body_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    // Headers never finished: the connection is closed, no request is served.
+    let line = raw_status_line(
+        &gw,
+        "POST /nexus/endpoints/payments/services/svc/echo HTTP/1.1\r\nhost: loc".into(),
+    )
+    .await;
+    assert!(
+        line.is_empty() || line.starts_with("HTTP/1.1 408"),
+        "{line:?}"
+    );
+    // A body that stops arriving: 408 REQUEST_TIMEOUT.
+    let line = raw_status_line(
+        &gw,
+        "POST /nexus/endpoints/payments/services/svc/echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n0123456789".into(),
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 408"), "{line:?}");
+    // Others are served meanwhile and after.
+    let reply = send(
+        &gw.client(&ns("orders")),
+        post(op(&gw, "svc/echo"), &[("request-timeout", "2500ms")], ""),
+    )
+    .await;
+    assert_eq!(reply.status, 520);
+}
