@@ -167,7 +167,8 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
     }
     let millis: f64 = number.parse().ok()?;
     let millis = millis * unit_ms;
-    if !millis.is_finite() || millis > 1e12 {
+    // Below 10^12 ms: a value that rounds up to the bound ("999999999999.99999999ms") is out too.
+    if !millis.is_finite() || millis >= 1e12 {
         return None;
     }
     Some(Duration::from_secs_f64(millis / 1_000.0))
@@ -306,6 +307,23 @@ mod tests {
         for bad in ["", "10", "1.s", ".5s", "-1s", "1h", "1 s", "abcms", "1e3ms"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    /// Found by `cargo fuzz run headers`: durations are bounded below 10^12 ms, the bound
+    /// itself (and what rounds up to it) included.
+    #[test]
+    fn durations_stay_below_the_bound() {
+        let bound = Duration::from_millis(1_000_000_000_000);
+        for bad in [
+            "01000000000s",
+            "1000000000000ms",
+            "999999999999.99999999ms",
+            "16666666.6666666666667m",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        let d = parse_duration("999999999999ms").unwrap();
+        assert!(d < bound, "{d:?}");
     }
 
     #[test]

@@ -108,18 +108,34 @@ impl Worker {
         B::Error: std::fmt::Display,
     {
         let mut failures = 0u32;
+        let mut next: Option<ReceivedTask> = None;
         while !shutdown.is_cancelled() {
-            let polled = tokio::select! {
-                polled = self.poll_once() => polled,
-                () = shutdown.cancelled() => break,
+            let polled = match next.take() {
+                Some(task) => Ok(Some(task)),
+                None => tokio::select! {
+                    polled = self.poll_once() => polled,
+                    () = shutdown.cancelled() => break,
+                },
             };
             match polled {
                 Ok(Some(task)) => {
                     failures = 0;
                     let token = task.token.clone();
                     let response = call_handler(&mut handler, task.request).await;
-                    if let Err(error) = self.respond(&token, response).await {
-                        warn!(%error, "could not deliver a task's answer");
+                    // The answer also asks for the next task, unless we are stopping.
+                    let poll_next = !shutdown.is_cancelled();
+                    // On shutdown the long poll riding on the answer is abandoned; the answer
+                    // itself went out at once and gets a moment to be read.
+                    let stopping = async {
+                        shutdown.cancelled().await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    };
+                    tokio::select! {
+                        answered = self.respond(&token, response, poll_next) => match answered {
+                            Ok(task) => next = task,
+                            Err(error) => warn!(%error, "could not deliver a task's answer"),
+                        },
+                        () = stopping => break,
                     }
                 }
                 Ok(None) => failures = 0,
@@ -178,11 +194,21 @@ impl Worker {
         }
     }
 
-    async fn respond(&self, token: &str, response: Response<Bytes>) -> Result<(), String> {
-        let uri = join(
-            &self.settings.gateway,
-            &format!("/api/v1/nexus-tasks/{}/response", encode(token)),
-        )?;
+    /// Posts a task's answer; with `poll_next`, returns the next task the gateway handed back.
+    async fn respond(
+        &self,
+        token: &str,
+        response: Response<Bytes>,
+        poll_next: bool,
+    ) -> Result<Option<ReceivedTask>, String> {
+        let mut path = format!("/api/v1/nexus-tasks/{}/response", encode(token));
+        if poll_next {
+            path.push_str(&format!(
+                "?next-task-queue={}",
+                encode(&self.settings.task_queue)
+            ));
+        }
+        let uri = join(&self.settings.gateway, &path)?;
         let (parts, body) = response.into_parts();
         let mut request = Request::post(uri)
             .body(Full::new(body))
@@ -192,25 +218,35 @@ impl Worker {
             headers::TASK_STATUS,
             HeaderValue::from(parts.status.as_u16()),
         );
-        let answer = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| format!("response request failed: {e}"))?;
-        if answer.status().is_success() {
-            return Ok(());
+        if poll_next {
+            request.headers_mut().insert(
+                headers::REQUEST_TIMEOUT,
+                HeaderValue::from_str(&nexus::format_timeout(self.settings.poll_timeout))
+                    .expect("ascii"),
+            );
         }
+        let answer = tokio::time::timeout(
+            self.settings.poll_timeout + Duration::from_secs(10),
+            self.client.request(request),
+        )
+        .await
+        .map_err(|_| "response request timed out".to_string())?
+        .map_err(|e| format!("response request failed: {e}"))?;
         let status = answer.status();
-        let body = answer
-            .into_body()
+        let (parts, body) = answer.into_parts();
+        let body = body
             .collect()
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        Err(format!(
-            "gateway answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        ))
+        match status {
+            StatusCode::OK if poll_next => task_from(parts.headers, body).map(Some),
+            s if s.is_success() => Ok(None),
+            _ => Err(format!(
+                "gateway answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            )),
+        }
     }
 }
 

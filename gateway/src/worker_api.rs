@@ -3,7 +3,9 @@
 //!
 //! - `POST /api/v1/namespaces/{ns}/task-queues/{tq}/nexus-tasks/poll` → 200 with a task, or
 //!   204 when none came within the poll's wait (`Request-Timeout`, at most 60 s).
-//! - `POST /api/v1/nexus-tasks/{token}/response` with `Nexus-Task-Status` → 200.
+//! - `POST /api/v1/nexus-tasks/{token}/response` with `Nexus-Task-Status` → 200. With
+//!   `?next-task-queue={tq}` it also long-polls `tq` and answers like a poll (200 with the next
+//!   task, or 204), saving a round trip per task.
 
 use std::time::Duration;
 
@@ -40,10 +42,23 @@ pub async fn poll(
             key.namespace
         )));
     }
+    let wait = poll_wait(state, request.headers())?;
+    poll_queue(state, &key, wait).await
+}
+
+fn poll_wait(state: &State, h: &HeaderMap) -> Result<Duration, GatewayError> {
     let max = state.matching.settings().max_poll;
-    let wait = nexus::request_timeout(request.headers())?.map_or(max, |t| t.min(max));
+    Ok(nexus::request_timeout(h)?.map_or(max, |t| t.min(max)))
+}
+
+/// Long-polls `key`: 200 with the next task, or 204 when none came within `wait`.
+async fn poll_queue(
+    state: &State,
+    key: &QueueKey,
+    wait: Duration,
+) -> Result<Response<Body>, GatewayError> {
     let task = tokio::select! {
-        task = state.matching.poll(&key, wait) => task,
+        task = state.matching.poll(key, wait) => task,
         () = state.shutdown.cancelled() => None,
     };
     let Some(task) = task else {
@@ -78,6 +93,18 @@ pub async fn respond(
     };
     routes::require_method(&request, &[Method::POST])?;
     let status = task_status(request.headers())?;
+    // `?next-task-queue=TQ` asks for the next task of TQ (own namespace) in the answer, saving
+    // the worker a separate poll.
+    let next = match request.uri().query() {
+        Some(q) => crate::operations::form_pairs(q)
+            .find(|(k, _)| k == "next-task-queue")
+            .map(|(_, tq)| QueueKey {
+                namespace: namespace.clone(),
+                task_queue: tq,
+            }),
+        None => None,
+    };
+    let wait = poll_wait(state, request.headers())?;
     let (parts, body) = request.into_parts();
     let body = routes::read_body(state, body).await?;
     let mut relayed = HeaderMap::new();
@@ -91,7 +118,10 @@ pub async fn respond(
             body,
         },
     )?;
-    Ok(Response::new(empty()))
+    match next {
+        Some(key) if !key.task_queue.is_empty() => poll_queue(state, &key, wait).await,
+        _ => Ok(Response::new(empty())),
+    }
 }
 
 fn task_status(h: &HeaderMap) -> Result<StatusCode, GatewayError> {

@@ -300,3 +300,59 @@ async fn many_concurrent_calls_all_get_their_own_answer() {
         assert_eq!(reply.body, format!("call-{i}"));
     }
 }
+
+#[tokio::test]
+async fn an_answer_can_carry_the_next_task() {
+    let gw = TestGateway::start().await;
+    gw.worker_endpoint(ENDPOINT, "billing", "charges", &["orders"]);
+    let caller = gw.client(&ns("orders"));
+    let mut calls = Vec::new();
+    for body in ["one", "two"] {
+        let caller = caller.clone();
+        let uri = op(&gw, "svc/echo");
+        calls.push(tokio::spawn(async move {
+            send(&caller, post(uri, &[("request-timeout", "10s")], body)).await
+        }));
+    }
+    let worker = gw.client(&ns("billing"));
+    let first = send(
+        &worker,
+        post(
+            gw.uri("/api/v1/namespaces/billing/task-queues/charges/nexus-tasks/poll"),
+            &[("request-timeout", "5s")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    let token = first.header("nexus-task-token").unwrap();
+    let respond = gw.uri(&format!(
+        "/api/v1/nexus-tasks/{token}/response?next-task-queue=charges"
+    ));
+    let second = send(
+        &worker,
+        post(
+            respond,
+            &[("nexus-task-status", "200"), ("request-timeout", "5s")],
+            first.body.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(second.status, 200, "the next task rides on the answer");
+    assert_ne!(second.body, first.body);
+    let token = second.header("nexus-task-token").unwrap();
+    let last = send(
+        &worker,
+        post(
+            gw.uri(&format!("/api/v1/nexus-tasks/{token}/response")),
+            &[("nexus-task-status", "200")],
+            second.body.clone(),
+        ),
+    )
+    .await;
+    assert_eq!((last.status.as_u16(), last.body.is_empty()), (200, true));
+    for call in calls {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 200);
+    }
+}
