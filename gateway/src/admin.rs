@@ -7,15 +7,14 @@
 //! - `PUT    /api/v1/nexus/endpoints/{id}`            `{"version", "spec"}` → `{"endpoint"}`
 //! - `DELETE /api/v1/nexus/endpoints/{id}?version=N`  → `{}`
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use nexus_certs::Identity;
 use nexus_registry::EndpointSpec;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::body::{Body, full};
+use crate::body::{Body, json};
 use crate::error::GatewayError;
 use crate::nexus::decode_segment;
 use crate::operations::form_pairs;
@@ -138,13 +137,4 @@ async fn read_json<T: DeserializeOwned>(
     let body = routes::read_body(state, request.into_body()).await?;
     serde_json::from_slice(&body)
         .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))
-}
-
-fn json(value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::from(value.to_string())));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }

@@ -17,3 +17,13 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
+
+/// A JSON answer.
+pub fn json(value: &serde_json::Value) -> http::Response<Body> {
+    let mut response = http::Response::new(full(value.to_string()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::attribution::Record;
-use crate::body::{Body, empty, full};
+use crate::body::{Body, empty, full, json};
 use crate::callback_token::{CallbackClaims, CallbackKeys};
 use crate::error::GatewayError;
 use crate::nexus::{decode_segment, headers};
@@ -598,13 +598,4 @@ fn describe(entry: &SpoolEntry) -> serde_json::Value {
         "operation": delivery.as_ref().map(|d| d.operation.clone()),
         "operationState": delivery.as_ref().map(|d| d.operation_state.clone()),
     })
-}
-
-fn json(value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::from(value.to_string())));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
