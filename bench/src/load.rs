@@ -49,7 +49,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn new() -> Tally {
+    pub(crate) fn new() -> Tally {
         Tally {
             ok: 0,
             errors: 0,

@@ -4,12 +4,18 @@
 //! in the same run, window by window, alternating.
 //!
 //! Modules: `load` (load generators and windows), `procs` (pinned children, CPU from /proc),
-//! `serve` (what the children run), `scenarios` (W1, S3), `report` (markdown), `pki`.
+//! `serve` (what the children run), `scenarios` (W1, S3), `ext` (S1, S1b, S7, S5 against an
+//! external target), `s4` (stalled destination), `flood`, `registry` (S6), `report`
+//! (markdown), `pki`.
 
+mod ext;
+mod flood;
 mod load;
 mod pki;
 mod procs;
+mod registry;
 mod report;
+mod s4;
 mod scenarios;
 mod serve;
 
@@ -39,6 +45,22 @@ enum Command {
     /// S3: a new mTLS connection per request against the gateway, vs an in-process rustls
     /// handshake loop (T).
     S3(scenarios::S3Args),
+    /// S1b + S7 (`--mode s1b`) and S5 (`--mode written|strict`): the gateway proxying to an
+    /// external target (bare B over plain HTTP on loopback).
+    Ext(ext::ExtArgs),
+    /// S4: 9 healthy external destinations and one stalled one.
+    S4(s4::S4Args),
+    /// Flood: one namespace floods (shed by its inbound limit) while another calls at a
+    /// fixed rate.
+    Flood(flood::FloodArgs),
+    /// S6: registry lookups at 10,000 vs 10 endpoints (in process), update cost, start-up.
+    S6(registry::S6Args),
+    /// (child) B: the fixed handler over plain HTTP.
+    #[command(hide = true)]
+    ServeBare {
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
     /// (child) B-tls: the fixed handler behind the gateway's mTLS acceptor.
     #[command(hide = true)]
     ServeDirect {
@@ -101,6 +123,12 @@ fn run(command: Command) -> Result<()> {
         println!("{out}");
         return Ok(());
     }
+    if let Command::S6(args) = command {
+        let gateway_bin = args.gateway_bin.display().to_string();
+        let tables = registry::s6(args)?;
+        print_report(&tables, &gateway_bin);
+        return Ok(());
+    }
     // One thread: the load generator, B-tls and the worker each use exactly one core.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -117,6 +145,24 @@ fn run(command: Command) -> Result<()> {
                 let tables = scenarios::s3(args).await?;
                 print_report(&tables, &gateway_bin);
             }
+            Command::Ext(args) => {
+                let gateway_bin = args.common.gateway_bin.display().to_string();
+                let tables = ext::ext(args).await?;
+                print_report(&tables, &gateway_bin);
+            }
+            Command::S4(args) => {
+                let gateway_bin = args.common.gateway_bin.display().to_string();
+                let tables = s4::s4(args).await?;
+                print_report(&tables, &gateway_bin);
+            }
+            Command::Flood(args) => {
+                let gateway_bin = args.common.gateway_bin.display().to_string();
+                let tables = flood::flood(args).await?;
+                print_report(&tables, &gateway_bin);
+            }
+            Command::ServeBare { max_secs } => {
+                serve::serve_bare(Duration::from_secs(max_secs)).await?;
+            }
             Command::ServeDirect { pki, max_secs } => {
                 serve::serve_direct(&pki, Duration::from_secs(max_secs)).await?;
             }
@@ -128,7 +174,7 @@ fn run(command: Command) -> Result<()> {
             } => {
                 serve::worker(&pki, gateway, concurrency, Duration::from_secs(max_secs)).await?;
             }
-            Command::Handshakes { .. } => unreachable!("handled above"),
+            Command::Handshakes { .. } | Command::S6(_) => unreachable!("handled above"),
         }
         Ok(())
     })

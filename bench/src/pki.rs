@@ -16,6 +16,13 @@ pub fn caller() -> Identity {
     Identity::Namespace(CALLER.into())
 }
 
+/// The flooding namespace of the flood scenario.
+pub const FLOOD: &str = "flood";
+
+pub fn flood() -> Identity {
+    Identity::Namespace(FLOOD.into())
+}
+
 pub fn handler() -> Identity {
     Identity::Namespace(HANDLER.into())
 }
@@ -34,7 +41,7 @@ impl BenchPki {
         let dir = tempfile::tempdir()?;
         let names = ["localhost", "127.0.0.1"].map(String::from);
         let pki = DevPki::init(dir.path(), &names)?;
-        for identity in [caller(), handler(), admin()] {
+        for identity in [caller(), handler(), admin(), flood()] {
             pki.issue(&identity, TRUST_DOMAIN)?;
         }
         Ok(BenchPki { dir })

@@ -90,8 +90,13 @@ impl Pinned {
 
     /// Waits for the `data https://ADDR` line the gateway (and serve-direct) print on start.
     pub fn data_addr(&self) -> Result<SocketAddr> {
-        let line = self.wait_for("data https://", Duration::from_secs(30))?;
-        let rest = &line[line.find("data https://").expect("matched") + "data https://".len()..];
+        self.addr_after("data https://")
+    }
+
+    /// Waits for a line containing `needle` followed by an address.
+    pub fn addr_after(&self, needle: &str) -> Result<SocketAddr> {
+        let line = self.wait_for(needle, Duration::from_secs(30))?;
+        let rest = &line[line.find(needle).expect("matched") + needle.len()..];
         let addr = rest.split_whitespace().next().unwrap_or_default();
         Ok(addr
             .parse()

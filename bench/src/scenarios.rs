@@ -26,7 +26,7 @@ use crate::{Result, pki};
 
 /// The caller's Nexus start request (W1) and its input.
 const OPERATION_PATH: &str = "/nexus/endpoints/bench/services/svc/op";
-const INPUT: &[u8] = br#"{"orderId":"ord-7f3a9c2e"}"#;
+pub(crate) const INPUT: &[u8] = br#"{"orderId":"ord-7f3a9c2e"}"#;
 /// S3's request: an unknown endpoint, answered 404 by the gateway itself.
 const S3_PATH: &str = "/nexus/endpoints/nope/services/s/o";
 
@@ -34,16 +34,16 @@ const S3_PATH: &str = "/nexus/endpoints/nope/services/s/o";
 pub struct Common {
     /// Candidate pairs (windows of each candidate, alternating).
     #[arg(long, default_value_t = 7)]
-    pairs: usize,
+    pub(crate) pairs: usize,
     /// Warm-up seconds at the start of each window (not measured).
     #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
+    pub(crate) warmup: f64,
     /// Measured seconds of each window.
     #[arg(long, default_value_t = 6.0)]
-    measure: f64,
+    pub(crate) measure: f64,
     /// The release gateway binary.
     #[arg(long, default_value = "target/release/nexus-gateway")]
-    gateway_bin: PathBuf,
+    pub(crate) gateway_bin: PathBuf,
 }
 
 impl W1Args {
@@ -59,7 +59,7 @@ impl S3Args {
 }
 
 impl Common {
-    fn window(&self) -> Window {
+    pub(crate) fn window(&self) -> Window {
         Window {
             warmup: Duration::from_secs_f64(self.warmup),
             measure: Duration::from_secs_f64(self.measure),
@@ -95,8 +95,9 @@ pub struct S3Args {
     connections: usize,
 }
 
-/// The gateway's settings beyond its defaults: inbound rate limits far above any load here,
-/// so that no request is refused but every limiter still runs.
+/// The gateway's settings beyond its defaults: inbound rate limits and the outbound lanes'
+/// per-destination rate (default 100/s) far above any load here, so that no request is
+/// refused or delayed but every limiter still runs.
 pub const GATEWAY_CONFIG: &str = "\
 [inbound]
 per_caller_rate = 1000000
@@ -105,16 +106,26 @@ per_endpoint_rate = 1000000
 per_endpoint_burst = 1000000
 per_caller_endpoint_rate = 1000000
 per_caller_endpoint_burst = 1000000
+
+[outbound]
+rate_per_second = 1000000
 ";
 
 /// The gateway, started with `serve` on 127.0.0.1:0 and pinned on core 0.
-struct Gateway {
-    process: Pinned,
-    addr: SocketAddr,
+pub(crate) struct Gateway {
+    pub(crate) process: Pinned,
+    pub(crate) addr: SocketAddr,
+    /// The ops port (plain HTTP: /metrics).
+    pub(crate) ops: SocketAddr,
     _data: tempfile::TempDir,
 }
 
 fn start_gateway(bin: &Path, pki_dir: &Path) -> Result<Gateway> {
+    start_gateway_with(bin, pki_dir, "")
+}
+
+/// The gateway with `extra` appended to [`GATEWAY_CONFIG`].
+pub(crate) fn start_gateway_with(bin: &Path, pki_dir: &Path, extra: &str) -> Result<Gateway> {
     if !bin.is_file() {
         return Err(format!(
             "no gateway binary at {} (cargo build --release -p nexus-gateway, or --gateway-bin)",
@@ -124,7 +135,7 @@ fn start_gateway(bin: &Path, pki_dir: &Path) -> Result<Gateway> {
     }
     let data = tempfile::tempdir()?;
     let config = data.path().join("bench.toml");
-    std::fs::write(&config, GATEWAY_CONFIG)?;
+    std::fs::write(&config, format!("{GATEWAY_CONFIG}\n{extra}"))?;
     let files = pki::server_files(pki_dir)?;
     let mut args: Vec<OsString> = [
         "serve",
@@ -147,16 +158,29 @@ fn start_gateway(bin: &Path, pki_dir: &Path) -> Result<Gateway> {
     }
     let env = [("TOKIO_WORKER_THREADS", "1")];
     let process = Pinned::spawn("gateway", 0, bin.as_os_str(), args, &env)?;
-    let addr = process.data_addr()?;
+    let line = process.wait_for("data https://", Duration::from_secs(30))?;
+    let after = |needle: &str| -> Result<SocketAddr> {
+        let rest = line
+            .split(needle)
+            .nth(1)
+            .ok_or_else(|| format!("gateway: no {needle:?} in {line:?}"))?;
+        let addr = rest.split_whitespace().next().unwrap_or_default();
+        Ok(addr
+            .parse()
+            .map_err(|e| format!("gateway: bad address {addr:?}: {e}"))?)
+    };
+    let addr = after("data https://")?;
+    let ops = after("ops http://")?;
     Ok(Gateway {
         process,
         addr,
+        ops,
         _data: data,
     })
 }
 
 /// Runs this binary's hidden subcommand `args` pinned on `core`.
-fn spawn_self(name: &'static str, core: usize, args: &[&OsStr]) -> Result<Pinned> {
+pub(crate) fn spawn_self(name: &'static str, core: usize, args: &[&OsStr]) -> Result<Pinned> {
     let me = std::env::current_exe()?;
     Pinned::spawn(name, core, me.as_os_str(), args, &[])
 }
@@ -169,14 +193,38 @@ async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> Result<(Sta
 }
 
 async fn create_endpoint(pki_dir: &Path, gateway: SocketAddr) -> Result<()> {
+    let target =
+        serde_json::json!({"worker": {"namespace": pki::HANDLER, "taskQueue": TASK_QUEUE}});
+    create_endpoint_with(pki_dir, gateway, "bench", target).await
+}
+
+/// Creates endpoint `name` with `target` through the admin API, callable by the caller
+/// namespace.
+pub(crate) async fn create_endpoint_with(
+    pki_dir: &Path,
+    gateway: SocketAddr,
+    name: &str,
+    target: serde_json::Value,
+) -> Result<()> {
+    create_endpoint_allowing(pki_dir, gateway, name, target, &[pki::CALLER]).await
+}
+
+/// [`create_endpoint_with`], callable by the namespaces `allowed`.
+pub(crate) async fn create_endpoint_allowing(
+    pki_dir: &Path,
+    gateway: SocketAddr,
+    name: &str,
+    target: serde_json::Value,
+    allowed: &[&str],
+) -> Result<()> {
     let admin = http_client(
         &pki::client_material(pki_dir, &pki::admin())?,
         HttpVersions::Any,
     )?;
     let spec = serde_json::json!({"spec": {
-        "name": "bench",
-        "target": {"worker": {"namespace": pki::HANDLER, "taskQueue": TASK_QUEUE}},
-        "allowedCallerNamespaces": [pki::CALLER],
+        "name": name,
+        "target": target,
+        "allowedCallerNamespaces": allowed,
     }});
     let request = Request::post(format!("https://{gateway}/api/v1/nexus/endpoints"))
         .header(header::CONTENT_TYPE, "application/json")
@@ -190,7 +238,7 @@ async fn create_endpoint(pki_dir: &Path, gateway: SocketAddr) -> Result<()> {
 }
 
 /// Retries `uri` (bounded) until it answers 200 with [`RESULT`].
-async fn probe(client: &HttpClient, uri: &Uri) -> Result<()> {
+pub(crate) async fn probe(client: &HttpClient, uri: &Uri) -> Result<()> {
     let mut last = String::new();
     for _ in 0..100 {
         let request = Request::post(uri.clone())
@@ -305,7 +353,7 @@ async fn keep_alive(
     Ok(measured)
 }
 
-fn check(measured: &Measured, target: impl std::fmt::Display) -> Result<()> {
+pub(crate) fn check(measured: &Measured, target: impl std::fmt::Display) -> Result<()> {
     let tally = &measured.tally;
     if let Some(error) = &tally.first_error {
         eprintln!(
@@ -319,7 +367,7 @@ fn check(measured: &Measured, target: impl std::fmt::Display) -> Result<()> {
     Ok(())
 }
 
-fn over<T>(items: &[T], f: impl Fn(&T) -> f64) -> Summary {
+pub(crate) fn over<T>(items: &[T], f: impl Fn(&T) -> f64) -> Summary {
     summarize(&items.iter().map(f).collect::<Vec<_>>())
 }
 

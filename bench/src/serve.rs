@@ -75,6 +75,37 @@ pub async fn serve_direct(pki_dir: &Path, max: Duration) -> Result<()> {
     }
 }
 
+/// B: the fixed handler over plain HTTP (HTTP/1.1 and h2 prior knowledge) on loopback, for
+/// external-target endpoints. Prints `nexus-bench serve-bare: data http://ADDR` on stderr.
+pub async fn serve_bare(max: Duration) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    eprintln!(
+        "nexus-bench serve-bare: data http://{}",
+        listener.local_addr()?
+    );
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let stop = tokio::time::sleep(max);
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+            () = &mut stop => return Ok(()),
+        };
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                let _ = request.into_body().collect().await;
+                Ok::<_, Infallible>(result_response())
+            });
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
 /// The polling worker: `nexus_gateway::worker::Worker` with `concurrency` polls on task queue
 /// [`TASK_QUEUE`] of the handler namespace, answering every task with [`RESULT`].
 pub async fn worker(pki_dir: &Path, gateway: Uri, concurrency: usize, max: Duration) -> Result<()> {
