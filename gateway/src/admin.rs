@@ -7,10 +7,12 @@
 //! - `PUT    /api/v1/nexus/endpoints/{id}`            `{"version", "spec"}` → `{"endpoint"}`
 //! - `DELETE /api/v1/nexus/endpoints/{id}?version=N`  → `{}`
 
+use std::sync::Arc;
+
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use nexus_certs::Identity;
-use nexus_registry::EndpointSpec;
+use nexus_registry::{EndpointSpec, Registry, RegistryError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -71,7 +73,7 @@ pub async fn handle(
     match (request.method().clone(), id) {
         (Method::POST, None) => {
             let body: CreateRequest = read_json(state, request).await?;
-            let endpoint = registry.create(body.spec)?;
+            let endpoint = write(registry, move |r| r.create(body.spec)).await?;
             Ok(json(&serde_json::json!({ "endpoint": endpoint })))
         }
         (Method::GET, None) => {
@@ -95,7 +97,7 @@ pub async fn handle(
         (Method::GET, Some(id)) => Ok(json(&serde_json::json!({ "endpoint": registry.get(&id)? }))),
         (Method::PUT, Some(id)) => {
             let body: UpdateRequest = read_json(state, request).await?;
-            let endpoint = registry.update(&id, body.version, body.spec)?;
+            let endpoint = write(registry, move |r| r.update(&id, body.version, body.spec)).await?;
             Ok(json(&serde_json::json!({ "endpoint": endpoint })))
         }
         (Method::DELETE, Some(id)) => {
@@ -107,13 +109,26 @@ pub async fn handle(
             let version = version.parse::<u64>().map_err(|_| {
                 GatewayError::bad_request(format!("invalid version {version:?}: expected a number"))
             })?;
-            registry.delete(&id, version)?;
+            write(registry, move |r| r.delete(&id, version)).await?;
             Ok(json(&serde_json::json!({})))
         }
         (method, _) => Err(GatewayError::bad_request(format!(
             "invalid request method {method} for {path}"
         ))),
     }
+}
+
+/// Runs a registry write (a redb commit with fsync) off the async workers, so requests being
+/// routed meanwhile never wait for the disk.
+async fn write<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    op: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, GatewayError> {
+    let registry = registry.clone();
+    tokio::task::spawn_blocking(move || op(&registry))
+        .await
+        .map_err(|e| GatewayError::internal(format!("registry write failed: {e}")))?
+        .map_err(GatewayError::from)
 }
 
 /// Temporal's JSON encodes int64 as a string; accept either.

@@ -161,6 +161,7 @@ fn inbound(r: &mut Reader, root: &toml::Table, into: &mut crate::inbound::Inboun
         "per_caller_endpoint_rate",
         "per_caller_endpoint_burst",
         "max_concurrent_per_caller",
+        "push_back",
         "callers",
         "endpoints",
     ];
@@ -214,6 +215,7 @@ fn inbound(r: &mut Reader, root: &toml::Table, into: &mut crate::inbound::Inboun
         &mut into.max_concurrent_per_caller,
         positive,
     );
+    r.parse(t, "inbound", "push_back", &mut into.push_back, duration);
     for (group, is_callers) in [("callers", true), ("endpoints", false)] {
         let Some(value) = t.and_then(|t| t.get(group)) else {
             continue;

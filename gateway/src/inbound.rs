@@ -1,7 +1,13 @@
 //! Inbound limits: requests per second (with burst) per caller namespace, per endpoint and per
 //! (caller namespace, endpoint), and concurrent requests per caller namespace, so one caller
 //! flooding the gateway cannot take capacity others need. Over a limit: 429
-//! RESOURCE_EXHAUSTED with `Retry-After`, at once.
+//! RESOURCE_EXHAUSTED with `Retry-After`.
+//!
+//! A request refused for its caller's own rate limit waits `push_back` before its 429, holding
+//! one of the caller's concurrency slots meanwhile. A caller that retries at once (a flood)
+//! is so slowed to `max_concurrent / push_back` requests per second instead of taking the
+//! gateway's CPU from others; a caller that honours `Retry-After` (at least 1 s) never notices.
+//! Once the slots are taken, refusals are answered at once, so held requests stay bounded.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -45,6 +51,9 @@ pub struct InboundSettings {
     pub endpoint_overrides: HashMap<String, Rate>,
     /// Concurrency overrides by caller namespace.
     pub concurrent_overrides: HashMap<String, usize>,
+    /// How long a request refused for its caller's own rate limit waits before its 429
+    /// (default 250 ms; zero answers at once).
+    pub push_back: Duration,
 }
 
 impl Default for InboundSettings {
@@ -66,8 +75,16 @@ impl Default for InboundSettings {
             caller_overrides: HashMap::new(),
             endpoint_overrides: HashMap::new(),
             concurrent_overrides: HashMap::new(),
+            push_back: Duration::from_millis(250),
         }
     }
+}
+
+/// Why [`InboundLimits::check`] refused.
+struct Refusal {
+    error: GatewayError,
+    /// The caller's own rate (alone or on this endpoint), not an endpoint-wide limit.
+    callers_own: bool,
 }
 
 type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>;
@@ -120,8 +137,53 @@ impl InboundLimits {
             .clone()
     }
 
-    /// Admits one operation of `caller` on `endpoint`, or says why not.
+    /// Admits one operation of `caller` on `endpoint`, or says why not, at once.
     pub fn admit(&self, caller: &str, endpoint: &str) -> Result<InboundPermit, GatewayError> {
+        self.check(caller, endpoint).map_err(|r| r.error)
+    }
+
+    /// [`Self::admit`], but a refusal for the caller's own rate comes after `push_back` (see
+    /// the module docs).
+    pub async fn admit_or_push_back(
+        &self,
+        caller: &str,
+        endpoint: &str,
+    ) -> Result<InboundPermit, GatewayError> {
+        match self.check(caller, endpoint) {
+            Ok(permit) => Ok(permit),
+            Err(Refusal {
+                error,
+                callers_own: true,
+            }) if !self.settings.push_back.is_zero() => {
+                if let Ok(slot) = self.concurrency_for(caller).try_acquire_owned() {
+                    tokio::time::sleep(self.settings.push_back).await;
+                    drop(slot);
+                }
+                Err(error)
+            }
+            Err(refusal) => Err(refusal.error),
+        }
+    }
+
+    fn max_concurrent(&self, caller: &str) -> usize {
+        let s = &self.settings;
+        *s.concurrent_overrides
+            .get(caller)
+            .unwrap_or(&s.max_concurrent_per_caller)
+    }
+
+    fn concurrency_for(&self, caller: &str) -> Arc<Semaphore> {
+        match self.concurrency.get(caller) {
+            Some(s) => s.clone(),
+            None => self
+                .concurrency
+                .entry(caller.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max_concurrent(caller).max(1))))
+                .clone(),
+        }
+    }
+
+    fn check(&self, caller: &str, endpoint: &str) -> Result<InboundPermit, Refusal> {
         let s = &self.settings;
         let caller_rate = *s.caller_overrides.get(caller).unwrap_or(&s.per_caller);
         let endpoint_rate = *s
@@ -148,8 +210,11 @@ impl InboundLimits {
                     .max(Duration::from_secs(1)),
             )
         };
-        let refused = |message: String, wait: Duration| {
-            Err(GatewayError::resource_exhausted(message).with_retry_after(wait))
+        let refused = |message: String, wait: Duration, callers_own: bool| {
+            Err(Refusal {
+                error: GatewayError::resource_exhausted(message).with_retry_after(wait),
+                callers_own,
+            })
         };
         if let Some(wait) = over(&caller_limiter) {
             return refused(
@@ -158,6 +223,7 @@ impl InboundLimits {
                     caller_rate.per_second
                 ),
                 wait,
+                true,
             );
         }
         if let Some(wait) = over(&endpoint_limiter) {
@@ -167,6 +233,7 @@ impl InboundLimits {
                     endpoint_rate.per_second
                 ),
                 wait,
+                false,
             );
         }
         if let Some(wait) = over(&pair_limiter) {
@@ -176,28 +243,19 @@ impl InboundLimits {
                     s.per_caller_endpoint.per_second
                 ),
                 wait,
+                true,
             );
         }
-        let max = *s
-            .concurrent_overrides
-            .get(caller)
-            .unwrap_or(&s.max_concurrent_per_caller);
-        let semaphore = match self.concurrency.get(caller) {
-            Some(s) => s.clone(),
-            None => self
-                .concurrency
-                .entry(caller.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(max.max(1))))
-                .clone(),
-        };
-        semaphore
+        let max = self.max_concurrent(caller);
+        self.concurrency_for(caller)
             .try_acquire_owned()
             .map(InboundPermit)
-            .map_err(|_| {
-                GatewayError::resource_exhausted(format!(
+            .map_err(|_| Refusal {
+                error: GatewayError::resource_exhausted(format!(
                     "namespace {caller:?} has {max} operations in flight, its limit"
                 ))
-                .with_retry_after(Duration::from_secs(1))
+                .with_retry_after(Duration::from_secs(1)),
+                callers_own: false,
             })
     }
 }
@@ -283,6 +341,51 @@ mod tests {
                 .contains("on endpoint \"cold\"")
         );
         assert!(limits.admit("a", "other").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_for_the_callers_own_rate_are_pushed_back_holding_a_slot() {
+        let mut settings = InboundSettings::default();
+        settings.caller_overrides.insert(
+            "flood".into(),
+            Rate {
+                per_second: 1,
+                burst: 1,
+            },
+        );
+        settings.concurrent_overrides.insert("flood".into(), 2);
+        let limits = Arc::new(InboundLimits::new(settings));
+        let _ok = limits.admit_or_push_back("flood", "e").await.unwrap();
+        let start = tokio::time::Instant::now();
+        let held = {
+            let limits = limits.clone();
+            tokio::spawn(async move { limits.admit_or_push_back("flood", "e").await })
+        };
+        tokio::task::yield_now().await;
+        // One slot is the admitted request's, the other the held refusal's: the next refusal
+        // finds none free and is answered at once.
+        let at_once = limits.admit_or_push_back("flood", "e").await.err().unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(
+            at_once.message.contains("over its rate limit"),
+            "{}",
+            at_once.message
+        );
+        let err = held.await.unwrap().err().unwrap();
+        assert_eq!(err.kind.status(), 429);
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        // Endpoint-wide limits are not the caller's doing: answered at once.
+        let limits = InboundLimits::new(InboundSettings {
+            per_endpoint: Rate {
+                per_second: 1,
+                burst: 1,
+            },
+            ..Default::default()
+        });
+        let _ok = limits.admit_or_push_back("a", "hot").await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(limits.admit_or_push_back("b", "hot").await.is_err());
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

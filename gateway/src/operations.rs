@@ -109,7 +109,10 @@ async fn serve(
             endpoint.spec.name
         )));
     }
-    let _admitted = state.inbound.admit(&caller, &endpoint.spec.name)?;
+    let _admitted = state
+        .inbound
+        .admit_or_push_back(&caller, &endpoint.spec.name)
+        .await?;
     let timeout = nexus::request_timeout(request.headers())?;
     let received = Instant::now();
     let cancel_token = match &path.kind {

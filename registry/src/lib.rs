@@ -23,6 +23,7 @@
 
 mod model;
 mod registry;
+mod shards;
 mod store;
 mod validate;
 

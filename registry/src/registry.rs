@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::model::{Endpoint, EndpointSpec, RegistryError, url_prefix};
+use crate::shards::Shards;
 use crate::store::{RedbStore, Store};
 
 /// Page size used when the caller asks for 0.
@@ -27,15 +28,15 @@ pub struct Page {
     pub table_version: u64,
 }
 
-/// An immutable copy of the whole table. Keys are `Arc<str>` so rebuilding
-/// after a write copies pointers, not strings.
+/// An immutable view of the whole table. Sharded, so publishing a write copies a shard of each
+/// map rather than the table (an update at 10,000 endpoints copies about 150 entries).
 #[derive(Clone, Default)]
 struct Snapshot {
     table_version: u64,
-    by_id: HashMap<Arc<str>, Arc<Endpoint>>,
-    by_name: HashMap<Arc<str>, Arc<Endpoint>>,
-    /// Id order, for stable pagination.
-    ordered: BTreeMap<Arc<str>, Arc<Endpoint>>,
+    by_id: Shards<HashMap<Arc<str>, Arc<Endpoint>>>,
+    by_name: Shards<HashMap<Arc<str>, Arc<Endpoint>>>,
+    /// Id order within each shard, for stable pagination (merged across shards per page).
+    ordered: Shards<BTreeMap<Arc<str>, Arc<Endpoint>>>,
 }
 
 impl Snapshot {
@@ -63,6 +64,10 @@ impl Snapshot {
         self.by_id.remove(endpoint.id.as_str());
         self.ordered.remove(endpoint.id.as_str());
     }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
 }
 
 /// The registry of Nexus endpoints: a durable [`Store`] plus a snapshot of it
@@ -81,7 +86,7 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let snapshot = self.snapshot.load();
         f.debug_struct("Registry")
-            .field("endpoints", &snapshot.by_id.len())
+            .field("endpoints", &snapshot.len())
             .field("table_version", &snapshot.table_version)
             .finish_non_exhaustive()
     }
@@ -161,13 +166,22 @@ impl Registry {
         // Resuming after the last id returned (not at an offset) keeps pages
         // stable while endpoints are created or deleted in between.
         let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let mut rest = snapshot
+        // The first page_size + 1 of each shard hold the first page_size + 1 overall.
+        let mut candidates: Vec<&Arc<Endpoint>> = snapshot
             .ordered
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(|(_, e)| e);
-        let endpoints: Vec<_> = rest.by_ref().take(page_size).cloned().collect();
-        let next_page_token = match (rest.next(), endpoints.last()) {
-            (Some(_), Some(last)) => Some(encode_token(&last.id)),
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .range::<str, _>((lower, Bound::Unbounded))
+                    .map(|(_, e)| e)
+                    .take(page_size + 1)
+            })
+            .collect();
+        candidates.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let more = candidates.len() > page_size;
+        let endpoints: Vec<_> = candidates.into_iter().take(page_size).cloned().collect();
+        let next_page_token = match (more, endpoints.last()) {
+            (true, Some(last)) => Some(encode_token(&last.id)),
             _ => None,
         };
         Ok(Page {
@@ -251,7 +265,7 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.snapshot.load().by_id.len()
+        self.snapshot.load().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -222,6 +222,22 @@ fn list_clamps_page_size() {
     assert_eq!(page.endpoints.len(), 1000);
     assert!(page.next_page_token.is_some());
     assert_eq!(registry.list(0, None, None).unwrap().endpoints.len(), 100);
+
+    // Pages of an odd size walk the whole table once, in id order.
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = registry.list(37, token.as_deref(), None).unwrap();
+        seen.extend(page.endpoints.iter().map(|e| e.id.clone()));
+        token = page.next_page_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    let mut ids = seen.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((seen.len(), &seen), (1005, &ids));
     assert!(
         memory_registry()
             .list(0, None, None)

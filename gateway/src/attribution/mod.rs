@@ -15,8 +15,10 @@
 //!
 //! # Durability
 //!
-//! One dedicated OS thread owns the files, so no async worker blocks on disk. It drains
-//! everything queued, writes it with one `write` call, then answers every appender in the batch.
+//! Concurrent appends are batched: one `write` per batch. In `Written` mode the first appender
+//! to find nobody writing writes the batch itself (a page-cache write, cheaper than a thread
+//! handoff); `Strict` and `Async` batches, the periodic fsync and retries run on one dedicated
+//! OS thread, so no async worker waits for the disk to sync.
 //!
 //! | [`Durability`] | `append` returns | `kill -9` loses | machine crash loses |
 //! |---|---|---|---|
