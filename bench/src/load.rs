@@ -58,7 +58,15 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, span: &Span, from: Instant, done: Instant, outcome: Result<()>) {
+    /// Counts `outcome` if it completed inside `span`, its latency from `from` (the intended
+    /// send time for a fixed schedule).
+    pub(crate) fn record(
+        &mut self,
+        span: &Span,
+        from: Instant,
+        done: Instant,
+        outcome: Result<()>,
+    ) {
         if done < span.start || done >= span.end {
             return;
         }

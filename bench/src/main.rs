@@ -5,8 +5,8 @@
 //!
 //! Modules: `load` (load generators and windows), `procs` (pinned children, CPU from /proc),
 //! `serve` (what the children run), `scenarios` (W1, S3), `ext` (S1, S1b, S7, S5 against an
-//! external target), `s4` (stalled destination), `flood`, `registry` (S6), `report`
-//! (markdown), `pki`.
+//! external target), `s4` (stalled destination), `flood`, `registry` (S6), `registry_e2e`
+//! (S6 `--e2e`: updates while serving, end to end), `report` (markdown), `pki`.
 
 mod ext;
 mod flood;
@@ -14,6 +14,7 @@ mod load;
 mod pki;
 mod procs;
 mod registry;
+mod registry_e2e;
 mod report;
 mod s4;
 mod scenarios;
@@ -53,7 +54,8 @@ enum Command {
     /// Flood: one namespace floods (shed by its inbound limit) while another calls at a
     /// fixed rate.
     Flood(flood::FloodArgs),
-    /// S6: registry lookups at 10,000 vs 10 endpoints (in process), update cost, start-up.
+    /// S6: registry lookups at 10,000 vs 10 endpoints (in process), update cost, start-up;
+    /// with `--e2e`, the gateway serving a caller with and without 100 admin updates/s.
     S6(registry::S6Args),
     /// (child) B: the fixed handler over plain HTTP.
     #[command(hide = true)]

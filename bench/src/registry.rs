@@ -1,8 +1,9 @@
 //! S6: registry lookups at 10,000 vs 10 endpoints, in process (`nexus_registry::Registry` on
 //! a store that only loads a prepared table), the duration of one update at each size (the
-//! gateway's admin PUT runs it inline on its request thread), the worst lookup seen while
-//! 100 updates/s run on another thread, and the gateway's start-up time with a data dir of
-//! 10,000 vs 10 endpoints.
+//! gateway's admin PUT runs it on a blocking thread, on the same core as the request path),
+//! the worst lookup seen while 100 updates/s run on another thread, and the gateway's start-up
+//! time with a data dir of 10,000 vs 10 endpoints. `--e2e` measures the same requirement end
+//! to end instead, through the real gateway ([`crate::registry_e2e`]).
 
 use std::fmt::Write;
 use std::hint::black_box;
@@ -17,7 +18,7 @@ use nexus_registry::{
 
 use crate::procs::Pinned;
 use crate::report::{cell, num, summarize, table};
-use crate::{Result, pki};
+use crate::{Result, pki, registry_e2e};
 
 #[derive(clap::Args, Debug)]
 pub struct S6Args {
@@ -33,9 +34,13 @@ pub struct S6Args {
     /// The release gateway binary (start-up time); empty: skip.
     #[arg(long, default_value = "target/release/nexus-gateway")]
     pub gateway_bin: std::path::PathBuf,
+    #[command(flatten)]
+    end_to_end: registry_e2e::E2eArgs,
 }
 
-fn endpoint(i: usize) -> Endpoint {
+/// Prepared endpoint `i`: the same for every call, so the end-to-end run knows the ids and specs
+/// that [`data_dir`] stored.
+pub(crate) fn endpoint(i: usize) -> Endpoint {
     // Ids shaped like the gateway's (UUID v4 text), deterministic.
     let h = (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) | 1;
     let hex = format!("{h:032x}");
@@ -205,7 +210,8 @@ fn startup(bin: &Path, pki_dir: &Path, data: &Path) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn data_dir(n: usize) -> Result<tempfile::TempDir> {
+/// A temporary directory whose `data/registry.redb` holds endpoints `0..n`.
+pub(crate) fn data_dir(n: usize) -> Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("data"))?;
     let store = RedbStore::open(&dir.path().join("data").join("registry.redb"))?;
@@ -216,6 +222,9 @@ fn data_dir(n: usize) -> Result<tempfile::TempDir> {
 }
 
 pub fn s6(args: S6Args) -> Result<String> {
+    if args.end_to_end.e2e {
+        return registry_e2e::run(&args.end_to_end, args.pairs, &args.gateway_bin);
+    }
     let (big, big_all) = registry(10_000)?;
     let (small, small_all) = registry(10)?;
     let mut rows_name = Vec::new();

@@ -126,6 +126,17 @@ fn start_gateway(bin: &Path, pki_dir: &Path) -> Result<Gateway> {
 
 /// The gateway with `extra` appended to [`GATEWAY_CONFIG`].
 pub(crate) fn start_gateway_with(bin: &Path, pki_dir: &Path, extra: &str) -> Result<Gateway> {
+    start_gateway_in(bin, pki_dir, extra, tempfile::tempdir()?)
+}
+
+/// [`start_gateway_with`] on `data`, whose `data/` subdirectory may already hold state (S6
+/// starts on a prepared 10,000-endpoint registry); the gateway owns `data` from then on.
+pub(crate) fn start_gateway_in(
+    bin: &Path,
+    pki_dir: &Path,
+    extra: &str,
+    data: tempfile::TempDir,
+) -> Result<Gateway> {
     if !bin.is_file() {
         return Err(format!(
             "no gateway binary at {} (cargo build --release -p nexus-gateway, or --gateway-bin)",
@@ -133,7 +144,6 @@ pub(crate) fn start_gateway_with(bin: &Path, pki_dir: &Path, extra: &str) -> Res
         )
         .into());
     }
-    let data = tempfile::tempdir()?;
     let config = data.path().join("bench.toml");
     std::fs::write(&config, format!("{GATEWAY_CONFIG}\n{extra}"))?;
     let files = pki::server_files(pki_dir)?;
@@ -185,7 +195,11 @@ pub(crate) fn spawn_self(name: &'static str, core: usize, args: &[&OsStr]) -> Re
     Pinned::spawn(name, core, me.as_os_str(), args, &[])
 }
 
-async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
+/// One request with [`REQUEST_BOUND`]: status and whole body.
+pub(crate) async fn send(
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes)> {
     let response = tokio::time::timeout(REQUEST_BOUND, client.request(request)).await??;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
@@ -543,7 +557,7 @@ fn w1_report(
     out
 }
 
-fn threads_line(threads: &[(String, Duration)]) -> String {
+pub(crate) fn threads_line(threads: &[(String, Duration)]) -> String {
     let listed: Vec<String> = threads
         .iter()
         .take(6)

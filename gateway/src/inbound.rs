@@ -3,7 +3,8 @@
 //! flooding the gateway cannot take capacity others need. Over a limit: 429
 //! RESOURCE_EXHAUSTED with `Retry-After`.
 //!
-//! A request refused for its caller's own rate limit waits `push_back` before its 429, holding
+//! A request refused for its caller's own rate limit waits `push_back` (jittered down to half)
+//! before its 429, holding
 //! one of the caller's concurrency slots meanwhile. A caller that retries at once (a flood)
 //! is so slowed to `max_concurrent / push_back` requests per second instead of taking the
 //! gateway's CPU from others; a caller that honours `Retry-After` (at least 1 s) never notices.
@@ -156,7 +157,12 @@ impl InboundLimits {
                 callers_own: true,
             }) if !self.settings.push_back.is_zero() => {
                 if let Ok(slot) = self.concurrency_for(caller).try_acquire_owned() {
-                    tokio::time::sleep(self.settings.push_back).await;
+                    // Jittered, so a flood refused at one instant does not come back in step.
+                    let wait = self
+                        .settings
+                        .push_back
+                        .mul_f64(rand::random_range(0.5..=1.0));
+                    tokio::time::sleep(wait).await;
                     drop(slot);
                 }
                 Err(error)
@@ -373,7 +379,11 @@ mod tests {
         );
         let err = held.await.unwrap().err().unwrap();
         assert_eq!(err.kind.status(), 429);
-        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        let waited = start.elapsed();
+        assert!(
+            (Duration::from_millis(125)..=Duration::from_millis(250)).contains(&waited),
+            "{waited:?}"
+        );
         // Endpoint-wide limits are not the caller's doing: answered at once.
         let limits = InboundLimits::new(InboundSettings {
             per_endpoint: Rate {
