@@ -10,13 +10,12 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use nexus_certs::Identity;
 use nexus_registry::{EndpointSpec, Registry, RegistryError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::body::{Body, json};
+use crate::body::{Body, RequestBody, json};
 use crate::error::GatewayError;
 use crate::nexus::decode_segment;
 use crate::operations::form_pairs;
@@ -42,7 +41,7 @@ struct UpdateRequest {
 pub async fn handle(
     state: &State,
     peer: &Peer,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     match routes::identity(peer)? {
         Identity::Admin(_) => {}
@@ -147,7 +146,7 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Er
 
 async fn read_json<T: DeserializeOwned>(
     state: &State,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<T, GatewayError> {
     let body = routes::read_body(state, request.into_body()).await?;
     serde_json::from_slice(&body)

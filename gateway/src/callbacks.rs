@@ -12,14 +12,13 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use nexus_outbound_queue::{Backoff, EntryState, LaneKey, Outcome, Spool, SpoolEntry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::attribution::Record;
-use crate::body::{Body, empty, full, json};
+use crate::body::{Body, RequestBody, empty, full, json};
 use crate::callback_token::{CallbackClaims, CallbackKeys};
 use crate::error::GatewayError;
 use crate::nexus::{decode_segment, headers};
@@ -144,7 +143,7 @@ impl Callbacks {
 pub async fn complete(
     state: &Arc<State>,
     peer: &Peer,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let started = std::time::Instant::now();
     let mut record = Record {
@@ -175,7 +174,7 @@ pub async fn complete(
 async fn accept(
     state: &Arc<State>,
     peer: &Peer,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     record: &mut Record,
 ) -> Result<Response<Body>, GatewayError> {
     let sender = routes::namespace(peer, "complete operations")?.to_owned();
@@ -470,7 +469,7 @@ pub const ADMIN_PREFIX: &str = "/api/v1/callbacks";
 
 pub async fn admin(
     state: &Arc<State>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let path = request.uri().path().to_owned();
     let rest = path.strip_prefix(ADMIN_PREFIX).unwrap_or_default();

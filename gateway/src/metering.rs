@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use nexus_certs::Identity;
 use tracing::error;
 
 use crate::attribution::Record;
-use crate::body::{Body, full};
+use crate::body::{Body, RequestBody, full};
 use crate::error::GatewayError;
 use crate::nexus::headers;
 use crate::operations::form_pairs;
@@ -80,7 +79,7 @@ pub async fn finish(
 pub async fn events(
     state: &State,
     peer: &Peer,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     match routes::identity(peer)? {
         Identity::Metering(_) => {}

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use nexus_registry::{Endpoint, Target};
 use tokio::time::Instant;
 
@@ -15,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nexus_certs::Identity;
 
 use crate::attribution::Record;
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, BoxError, RequestBody, full};
 use crate::callback_token::CallbackClaims;
 use crate::error::GatewayError;
 use crate::external;
@@ -30,7 +29,7 @@ use crate::state::State;
 pub async fn handle(
     state: &State,
     peer: &Peer,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let started = std::time::Instant::now();
     let mut record = Record {
@@ -72,7 +71,7 @@ fn header_text(h: &HeaderMap, name: &HeaderName) -> Option<String> {
 async fn serve(
     state: &State,
     peer: &Peer,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     record: &mut Record,
 ) -> Result<Response<Body>, GatewayError> {
     let caller = routes::namespace(peer, "call Nexus endpoints")?.to_owned();

@@ -7,11 +7,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use nexus_certs::Identity;
 use tracing::{Instrument, debug, debug_span};
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::error::{ErrorType, GatewayError};
 use crate::server::Peer;
 use crate::state::State;
@@ -21,7 +20,7 @@ use crate::{admin, callbacks, metering, operations, worker_api};
 pub async fn handle(
     state: Arc<State>,
     peer: Arc<Peer>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
@@ -97,7 +96,10 @@ pub fn namespace<'a>(peer: &'a Peer, action: &str) -> Result<&'a str, GatewayErr
     }
 }
 
-pub fn require_method(request: &Request<Incoming>, allowed: &[Method]) -> Result<(), GatewayError> {
+pub fn require_method(
+    request: &Request<RequestBody>,
+    allowed: &[Method],
+) -> Result<(), GatewayError> {
     if allowed.contains(request.method()) {
         Ok(())
     } else {
@@ -114,7 +116,7 @@ pub fn require_method(request: &Request<Incoming>, allowed: &[Method]) -> Result
 }
 
 /// Reads a whole body within the size cap and the read timeout.
-pub async fn read_body(state: &State, body: Incoming) -> Result<Bytes, GatewayError> {
+pub async fn read_body(state: &State, body: RequestBody) -> Result<Bytes, GatewayError> {
     let max = state.limits.max_body_bytes;
     let read = Limited::new(body, max).collect();
     match tokio::time::timeout(state.limits.body_read_timeout, read).await {

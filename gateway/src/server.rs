@@ -298,6 +298,7 @@ async fn serve_connection(
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let state = state.clone();
         let peer = peer.clone();
+        let request = request.map(crate::body::RequestBody::new);
         async move { Ok::<_, std::convert::Infallible>(routes::handle(state, peer, request).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(tls), service);

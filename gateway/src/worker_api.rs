@@ -10,10 +10,9 @@
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{Body, empty, full};
+use crate::body::{Body, RequestBody, empty, full};
 use crate::error::GatewayError;
 use crate::matching::{QueueKey, TaskResponse};
 use crate::nexus::{self, decode_segment, headers};
@@ -24,7 +23,7 @@ use crate::state::State;
 pub async fn poll(
     state: &State,
     peer: &Peer,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let namespace = routes::namespace(peer, "poll task queues")?;
     let path = request.uri().path();
@@ -83,7 +82,7 @@ async fn poll_queue(
 pub async fn respond(
     state: &State,
     peer: &Peer,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let namespace = routes::namespace(peer, "answer Nexus tasks")?.to_owned();
     let path = request.uri().path();

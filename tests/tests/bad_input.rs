@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use nexus_certs::Identity;
 use nexus_e2e::*;
 use nexus_gateway::client::{HttpVersions, http_client};
@@ -431,4 +431,56 @@ async fn slow_clients_are_cut_off_by_header_and_body_timeouts() {
     )
     .await;
     assert_eq!(reply.status, 520);
+}
+
+/// A request body fed by hand, so a test can hold the stream open after the answer.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+/// An HTTP/2 caller refused before it finished sending its body (403 here) gets the answer and
+/// may finish sending: the stream is not reset under it (clients such as curl 7.x report such a
+/// reset as an error).
+#[tokio::test]
+async fn early_answers_over_http2_do_not_reset_a_body_still_being_sent() {
+    let gw = gateway().await;
+    let client =
+        http_client::<ChannelBody>(&gw.pki.client_material(&ns("intruders")), HttpVersions::Any)
+            .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let request = Request::post(op(&gw, "svc/op"))
+        .header("content-length", "10")
+        .body(ChannelBody(rx))
+        .unwrap();
+    tx.send(Bytes::from_static(b"hello")).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .expect("answer before the body ends")
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 403);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let message = String::from_utf8_lossy(&body);
+    assert!(
+        message.contains("not allowed to call endpoint"),
+        "{message}"
+    );
+    // Time for a reset to arrive, if the gateway sent one: it would end the client's body
+    // pipe and drop the channel's receiver.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(Bytes::from_static(b"world"))
+        .await
+        .expect("the stream still takes the rest of the body");
 }
