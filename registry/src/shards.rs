@@ -26,35 +26,27 @@ pub(crate) trait ShardMap<V>: Clone + Default {
     fn count(&self) -> usize;
 }
 
-impl<V: Clone> ShardMap<V> for HashMap<Arc<str>, V> {
-    fn insert_key(&mut self, key: Arc<str>, value: V) {
-        self.insert(key, value);
-    }
-    fn remove_key(&mut self, key: &str) {
-        self.remove(key);
-    }
-    fn get_key(&self, key: &str) -> Option<&V> {
-        self.get(key)
-    }
-    fn count(&self) -> usize {
-        self.len()
-    }
+macro_rules! shard_map {
+    ($map:ident) => {
+        impl<V: Clone> ShardMap<V> for $map<Arc<str>, V> {
+            fn insert_key(&mut self, key: Arc<str>, value: V) {
+                self.insert(key, value);
+            }
+            fn remove_key(&mut self, key: &str) {
+                self.remove(key);
+            }
+            fn get_key(&self, key: &str) -> Option<&V> {
+                self.get(key)
+            }
+            fn count(&self) -> usize {
+                self.len()
+            }
+        }
+    };
 }
 
-impl<V: Clone> ShardMap<V> for BTreeMap<Arc<str>, V> {
-    fn insert_key(&mut self, key: Arc<str>, value: V) {
-        self.insert(key, value);
-    }
-    fn remove_key(&mut self, key: &str) {
-        self.remove(key);
-    }
-    fn get_key(&self, key: &str) -> Option<&V> {
-        self.get(key)
-    }
-    fn count(&self) -> usize {
-        self.len()
-    }
-}
+shard_map!(HashMap);
+shard_map!(BTreeMap);
 
 /// `SHARDS` maps behind `Arc`s: cloning copies 64 pointers; a write clones only the shard it
 /// touches, and only if an older snapshot still shares it.
