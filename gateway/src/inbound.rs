@@ -4,11 +4,11 @@
 //! RESOURCE_EXHAUSTED with `Retry-After`.
 //!
 //! A request refused for its caller's own rate limit waits `push_back` (jittered down to half)
-//! before its 429, holding
-//! one of the caller's concurrency slots meanwhile. A caller that retries at once (a flood)
-//! is so slowed to `max_concurrent / push_back` requests per second instead of taking the
-//! gateway's CPU from others; a caller that honours `Retry-After` (at least 1 s) never notices.
-//! Once the slots are taken, refusals are answered at once, so held requests stay bounded.
+//! before its 429, holding one of the caller's concurrency slots meanwhile. A caller that
+//! retries at once (a flood) is so slowed to about `max_concurrent / push_back` requests per
+//! second instead of taking the gateway's CPU from others; a caller that honours `Retry-After`
+//! (at least 1 s) never notices. Once the slots are taken, refusals are answered at once, so
+//! held requests stay bounded.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
