@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::Uri;
 use nexus_gateway::client::{HttpClient, HttpVersions, http_client};
 
-use crate::load::{self, Measured};
+use crate::load::{self, Measured, Window};
 use crate::procs::Pinned;
 use crate::report::{cell, num, table};
 use crate::scenarios::{
@@ -17,7 +17,7 @@ use crate::scenarios::{
 use crate::serve::RESULT;
 use crate::{Result, pki};
 
-const EXT_PATH: &str = "/nexus/endpoints/ext/services/svc/op";
+pub(crate) const EXT_PATH: &str = "/nexus/endpoints/ext/services/svc/op";
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum Mode {
@@ -43,12 +43,14 @@ pub struct ExtArgs {
     connections: usize,
 }
 
-struct Candidate {
-    label: String,
-    uri: Uri,
-    clients: Vec<HttpClient>,
+/// One candidate of a comparison: where its callers send and which process is under test.
+pub(crate) struct Candidate {
+    pub(crate) label: String,
+    pub(crate) uri: Uri,
+    /// One per caller connection, each with one request in flight.
+    pub(crate) clients: Vec<HttpClient>,
     /// Index in the pid list of the process under test.
-    pid: usize,
+    pub(crate) pid: usize,
 }
 
 pub async fn ext(args: ExtArgs) -> Result<String> {
@@ -139,15 +141,29 @@ pub async fn ext(args: ExtArgs) -> Result<String> {
     pids.push(bare.pid());
     pids.push(std::process::id());
     let bare_i = pids.len() - 2;
-    for c in &candidates {
+    let rounds = rounds(args.common.window(), args.common.pairs, &pids, &candidates).await?;
+    drop(keep);
+    Ok(report(&args, &candidates, &rounds, bare_i))
+}
+
+/// Probes every candidate, then measures `pairs` rounds, each a window of every candidate in
+/// turn: a closed loop on each of its clients, the CPU of all `pids` read at the span's ends.
+/// Only the candidate of the window gets load, so the others sit idle meanwhile.
+pub(crate) async fn rounds(
+    window: Window,
+    pairs: usize,
+    pids: &[u32],
+    candidates: &[Candidate],
+) -> Result<Vec<Vec<Measured>>> {
+    for c in candidates {
         probe(&c.clients[0], &c.uri).await?;
     }
     let mut rounds: Vec<Vec<Measured>> = Vec::new();
-    for round in 1..=args.common.pairs {
+    for round in 1..=pairs {
         let mut row = Vec::new();
         let mut line = format!("round {round}:");
-        for c in &candidates {
-            let m = load::measure(args.common.window(), &pids, n, |i, span| {
+        for c in candidates {
+            let m = load::measure(window, pids, c.clients.len(), |i, span| {
                 load::keep_alive_loop(
                     c.clients[i].clone(),
                     c.uri.clone(),
@@ -172,8 +188,7 @@ pub async fn ext(args: ExtArgs) -> Result<String> {
         eprintln!("{line}");
         rounds.push(row);
     }
-    drop(keep);
-    Ok(report(&args, &candidates, &rounds, bare_i))
+    Ok(rounds)
 }
 
 fn report(args: &ExtArgs, cands: &[Candidate], rounds: &[Vec<Measured>], bare: usize) -> String {
@@ -265,12 +280,34 @@ fn report(args: &ExtArgs, cands: &[Candidate], rounds: &[Vec<Measured>], bare: u
     out.push('\n');
     let mut header = vec!["absolute input"];
     header.extend(order.iter().copied());
-    let col = |f: &dyn Fn(&Measured, usize) -> f64, d: usize| -> Vec<String> {
-        (0..cands.len())
-            .map(|k| cell(over(rounds, |r| f(&r[k], cands[k].pid)), d))
-            .collect()
-    };
-    let rows: Vec<Vec<String>> = [
+    out.push_str(&table(&header, &absolute_rows(cands, rounds, bare)));
+    out.push('\n');
+    out.push_str(&per_round_table(cands, rounds));
+    out
+}
+
+/// One cell per candidate: `f(window, index of its process under test)`, median (min – max)
+/// over rounds.
+pub(crate) fn per_candidate(
+    cands: &[Candidate],
+    rounds: &[Vec<Measured>],
+    f: &dyn Fn(&Measured, usize) -> f64,
+    decimals: usize,
+) -> Vec<String> {
+    (0..cands.len())
+        .map(|k| cell(over(rounds, |r| f(&r[k], cands[k].pid)), decimals))
+        .collect()
+}
+
+/// The absolute inputs behind the ratios, a row each, a column per candidate; `bare` is B's
+/// index in the pid list (the load generator's follows it).
+pub(crate) fn absolute_rows(
+    cands: &[Candidate],
+    rounds: &[Vec<Measured>],
+    bare: usize,
+) -> Vec<Vec<String>> {
+    let col = |f: &dyn Fn(&Measured, usize) -> f64, d: usize| per_candidate(cands, rounds, f, d);
+    [
         ("requests/s", col(&|m, _| m.per_second(), 0)),
         (
             "CPU µs/req, process under test (core 0)",
@@ -304,9 +341,11 @@ fn report(args: &ExtArgs, cands: &[Candidate], rounds: &[Vec<Measured>], bare: u
     ]
     .into_iter()
     .map(|(name, cells)| [vec![name.to_owned()], cells].concat())
-    .collect();
-    out.push_str(&table(&header, &rows));
-    out.push('\n');
+    .collect()
+}
+
+/// Requests/s and CPU µs/req of each candidate, round by round, folded away.
+pub(crate) fn per_round_table(cands: &[Candidate], rounds: &[Vec<Measured>]) -> String {
     let mut header = vec!["round".to_owned()];
     for c in cands {
         header.push(format!("{} req/s", c.label));
@@ -325,7 +364,7 @@ fn report(args: &ExtArgs, cands: &[Candidate], rounds: &[Vec<Measured>], bare: u
         })
         .collect();
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    out.push_str("<details><summary>per round</summary>\n\n");
+    let mut out = String::from("<details><summary>per round</summary>\n\n");
     out.push_str(&table(&header, &per));
     out.push_str("\n</details>\n");
     out

@@ -6,7 +6,9 @@
 //! Modules: `load` (load generators and windows), `procs` (pinned children, CPU from /proc),
 //! `serve` (what the children run), `scenarios` (W1, S3), `ext` (S1, S1b, S7, S5 against an
 //! external target), `s4` (stalled destination), `flood`, `registry` (S6), `registry_e2e`
-//! (S6 `--e2e`: updates while serving, end to end), `report` (markdown), `pki`.
+//! (S6 `--e2e`: updates while serving, end to end), `registry_throughput` (S6
+//! `--e2e-throughput`: throughput at 10,000 vs 10 endpoints, end to end), `report` (markdown),
+//! `pki`.
 
 mod ext;
 mod flood;
@@ -15,6 +17,7 @@ mod pki;
 mod procs;
 mod registry;
 mod registry_e2e;
+mod registry_throughput;
 mod report;
 mod s4;
 mod scenarios;
@@ -55,7 +58,8 @@ enum Command {
     /// fixed rate.
     Flood(flood::FloodArgs),
     /// S6: registry lookups at 10,000 vs 10 endpoints (in process), update cost, start-up;
-    /// with `--e2e`, the gateway serving a caller with and without 100 admin updates/s.
+    /// with `--e2e`, the gateway serving a caller with and without 100 admin updates/s; with
+    /// `--e2e-throughput`, the gateway's closed-loop throughput at 10,000 vs 10 endpoints.
     S6(registry::S6Args),
     /// (child) B: the fixed handler over plain HTTP.
     #[command(hide = true)]

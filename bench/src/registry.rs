@@ -2,8 +2,9 @@
 //! a store that only loads a prepared table), the duration of one update at each size (the
 //! gateway's admin PUT runs it on a blocking thread, on the same core as the request path),
 //! the worst lookup seen while 100 updates/s run on another thread, and the gateway's start-up
-//! time with a data dir of 10,000 vs 10 endpoints. `--e2e` measures the same requirement end
-//! to end instead, through the real gateway ([`crate::registry_e2e`]).
+//! time with a data dir of 10,000 vs 10 endpoints. `--e2e` measures the stall requirement end
+//! to end instead, through the real gateway ([`crate::registry_e2e`]); `--e2e-throughput` the
+//! throughput requirement ([`crate::registry_throughput`]).
 
 use std::fmt::Write;
 use std::hint::black_box;
@@ -18,7 +19,7 @@ use nexus_registry::{
 
 use crate::procs::Pinned;
 use crate::report::{cell, num, summarize, table};
-use crate::{Result, pki, registry_e2e};
+use crate::{Result, pki, registry_e2e, registry_throughput};
 
 #[derive(clap::Args, Debug)]
 pub struct S6Args {
@@ -224,6 +225,9 @@ pub(crate) fn data_dir(n: usize) -> Result<tempfile::TempDir> {
 pub fn s6(args: S6Args) -> Result<String> {
     if args.end_to_end.e2e {
         return registry_e2e::run(&args.end_to_end, args.pairs, &args.gateway_bin);
+    }
+    if args.end_to_end.e2e_throughput {
+        return registry_throughput::run(&args.end_to_end, args.pairs, &args.gateway_bin);
     }
     let (big, big_all) = registry(10_000)?;
     let (small, small_all) = registry(10)?;

@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,12 +28,13 @@ use nexus_registry::Endpoint;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
+use crate::ext::EXT_PATH;
 use crate::load::{self, Measured, Span, Tally, Window};
 use crate::procs::thread_times;
 use crate::registry::{data_dir, endpoint};
 use crate::report::{cell, num, table};
 use crate::scenarios::{
-    INPUT, check, create_endpoint_with, over, probe, send, spawn_self, start_gateway_in,
+    Gateway, INPUT, check, create_endpoint_with, over, probe, send, spawn_self, start_gateway_in,
     threads_line,
 };
 use crate::serve::RESULT;
@@ -46,7 +49,6 @@ const STRIDE: usize = 7_919;
 /// gateway must not pile up tasks without bound.
 const MAX_ADMIN_IN_FLIGHT: usize = 16;
 const ADMIN_PREFIX: &str = "/api/v1/nexus/endpoints";
-const EXT_PATH: &str = "/nexus/endpoints/ext/services/svc/op";
 
 #[derive(clap::Args, Debug)]
 pub struct E2eArgs {
@@ -54,21 +56,50 @@ pub struct E2eArgs {
     /// caller at --rate, windows without and with --update-rate admin PUTs per second.
     #[arg(long)]
     pub e2e: bool,
-    /// (--e2e) Warm-up seconds at the start of each window (not measured).
+    /// End to end, closed loop: the release gateway on 10,000 and on 10 endpoints, throughput
+    /// and CPU per request window by window.
+    #[arg(long, conflicts_with = "e2e")]
+    pub e2e_throughput: bool,
+    /// (--e2e, --e2e-throughput) Warm-up seconds at the start of each window (not measured).
     #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// (--e2e) Measured seconds of each window.
-    #[arg(long, default_value_t = 6.0)]
-    measure: f64,
+    pub(crate) warmup: f64,
+    /// (--e2e, --e2e-throughput) Measured seconds of each window [default: 6 with --e2e, 4 with
+    /// --e2e-throughput].
+    #[arg(long)]
+    measure: Option<f64>,
     /// (--e2e) The caller's requests per second, on a fixed schedule.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// (--e2e) Caller connections (h2) sharing --rate, one request in flight on each.
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
+    /// (--e2e, --e2e-throughput) Caller connections (h2), one request in flight on each
+    /// [default: 8 sharing --rate with --e2e, 16 in a closed loop with --e2e-throughput].
+    #[arg(long)]
+    connections: Option<usize>,
     /// (--e2e) Admin PUTs per second in the update windows, on a fixed schedule.
     #[arg(long, default_value_t = 100.0)]
     update_rate: f64,
+}
+
+impl E2eArgs {
+    /// --measure, or its default: a rare stall needs long windows to show up at a fixed rate,
+    /// while a closed-loop rate settles within the warm-up.
+    pub(crate) fn measure(&self) -> f64 {
+        let default = if self.e2e_throughput { 4.0 } else { 6.0 };
+        self.measure.unwrap_or(default)
+    }
+
+    /// --connections, or its default: `ext`'s 16 for closed-loop throughput (S1b's load), 8
+    /// to share the fixed rate otherwise.
+    pub(crate) fn connections(&self) -> usize {
+        let default = if self.e2e_throughput { 16 } else { 8 };
+        self.connections.unwrap_or(default)
+    }
+
+    pub(crate) fn window(&self) -> Window {
+        Window {
+            warmup: Duration::from_secs_f64(self.warmup),
+            measure: Duration::from_secs_f64(self.measure()),
+        }
+    }
 }
 
 /// The admin client and what it knows of the prepared endpoints: the version each is at
@@ -106,16 +137,34 @@ struct Pair {
     puts: Tally,
 }
 
-/// Runs the scenario on its own single-threaded runtime (the rest of S6 is synchronous), so
-/// that the load generator uses one core, as in the other scenarios.
 pub fn run(args: &E2eArgs, pairs: usize, gateway_bin: &Path) -> Result<String> {
-    if args.rate <= 0.0 || args.update_rate <= 0.0 || args.connections == 0 {
+    if args.rate <= 0.0 || args.update_rate <= 0.0 || args.connections() == 0 {
         return Err("--rate, --update-rate and --connections must be positive".into());
     }
+    on_one_thread(e2e(args, pairs, gateway_bin))
+}
+
+/// Runs `scenario` on its own single-threaded runtime (the rest of S6 is synchronous), so
+/// that the load generator uses one core, as in the other scenarios.
+pub(crate) fn on_one_thread(scenario: impl Future<Output = Result<String>>) -> Result<String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(e2e(args, pairs, gateway_bin))
+        .block_on(scenario)
+}
+
+/// The gateway started on `data` (which may hold prepared endpoints), plus endpoint `ext`
+/// created through the admin API, callable by `caller`, whose external target is B at `bare`.
+pub(crate) async fn gateway_to_bare(
+    bin: &Path,
+    pki_dir: &Path,
+    data: tempfile::TempDir,
+    bare: SocketAddr,
+) -> Result<Gateway> {
+    let gateway = start_gateway_in(bin, pki_dir, "", data)?;
+    let target = serde_json::json!({"external": {"url": format!("http://{bare}")}});
+    create_endpoint_with(pki_dir, gateway.addr, "ext", target).await?;
+    Ok(gateway)
 }
 
 async fn e2e(args: &E2eArgs, pairs: usize, gateway_bin: &Path) -> Result<String> {
@@ -128,9 +177,7 @@ async fn e2e(args: &E2eArgs, pairs: usize, gateway_bin: &Path) -> Result<String>
     );
     let bare = spawn_self("bare", 1, &["serve-bare".as_ref()])?;
     let bare_addr = bare.addr_after("data http://")?;
-    let gateway = start_gateway_in(gateway_bin, pki.path(), "", data)?;
-    let target = serde_json::json!({"external": {"url": format!("http://{bare_addr}")}});
-    create_endpoint_with(pki.path(), gateway.addr, "ext", target).await?;
+    let gateway = gateway_to_bare(gateway_bin, pki.path(), data, bare_addr).await?;
 
     let admin_client = http_client(
         &pki::client_material(pki.path(), &pki::admin())?,
@@ -148,19 +195,16 @@ async fn e2e(args: &E2eArgs, pairs: usize, gateway_bin: &Path) -> Result<String>
     });
 
     let caller = pki::client_material(pki.path(), &pki::caller())?;
-    let callers = (0..args.connections)
+    let callers = (0..args.connections())
         .map(|_| http_client(&caller, HttpVersions::Any))
         .collect::<Result<Vec<HttpClient>, _>>()?;
     let uri: Uri = format!("https://{}{EXT_PATH}", gateway.addr).parse()?;
     probe(&callers[0], &uri).await?;
     let bench = Bench {
-        window: Window {
-            warmup: Duration::from_secs_f64(args.warmup),
-            measure: Duration::from_secs_f64(args.measure),
-        },
+        window: args.window(),
         pids: [gateway.process.pid(), bare.pid(), std::process::id()],
         uri,
-        caller_gap: Duration::from_secs_f64(args.connections as f64 / args.rate),
+        caller_gap: Duration::from_secs_f64(args.connections() as f64 / args.rate),
         callers,
         admin,
         admin_gap: Duration::from_secs_f64(1.0 / args.update_rate),
@@ -381,10 +425,10 @@ fn report(args: &E2eArgs, pairs: &[Pair], threads: &[(String, Duration)]) -> Str
         num(args.rate, 0),
         num(ENDPOINTS as f64, 0),
         num(args.rate, 0),
-        args.connections,
+        args.connections(),
         pairs.len(),
         args.warmup,
-        args.measure,
+        args.measure(),
         num(args.update_rate, 0),
         MAX_ADMIN_IN_FLIGHT,
         num(ENDPOINTS as f64, 0),
