@@ -16,7 +16,8 @@ use nexus_gateway::client::{HttpClient, HttpVersions, http_client};
 use crate::load::{self, Measured, Tally};
 use crate::report::{cell, num, table};
 use crate::scenarios::{
-    Common, INPUT, check, create_endpoint_allowing, over, probe, spawn_self, start_gateway_with,
+    Common, INPUT, check, create_endpoint_allowing, over, probe, quantile_ratio_row, spawn_self,
+    start_gateway_with,
 };
 use crate::serve::RESULT;
 use crate::{Result, pki};
@@ -153,26 +154,8 @@ pub async fn flood(args: FloodArgs) -> Result<String> {
         args.common.measure,
     );
     let rows = vec![
-        vec![
-            "victim p99, flood / quiet".into(),
-            cell(
-                over(&pairs, |(q, f)| {
-                    f.tally.quantile_us(0.99) / q.tally.quantile_us(0.99)
-                }),
-                2,
-            ),
-            "≤ 1.2".into(),
-        ],
-        vec![
-            "victim p50, flood / quiet".into(),
-            cell(
-                over(&pairs, |(q, f)| {
-                    f.tally.quantile_us(0.5) / q.tally.quantile_us(0.5)
-                }),
-                2,
-            ),
-            "—".into(),
-        ],
+        quantile_ratio_row("victim p99, flood / quiet", &pairs, 0.99, "≤ 1.2"),
+        quantile_ratio_row("victim p50, flood / quiet", &pairs, 0.5, "—"),
     ];
     out.push_str(&table(&["ratio", "median (min – max)", "target"], &rows));
     out.push('\n');

@@ -19,7 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::load::{self, Measured, Tally};
 use crate::report::{cell, num, table};
 use crate::scenarios::{
-    Common, INPUT, check, create_endpoint_with, over, probe, spawn_self, start_gateway_with,
+    Common, INPUT, check, create_endpoint_with, over, probe, quantile_ratio_row, spawn_self,
+    start_gateway_with,
 };
 use crate::serve::RESULT;
 use crate::{Result, pki};
@@ -244,26 +245,8 @@ pub async fn s4(args: S4Args) -> Result<String> {
         num(args.rate, 0),
     );
     let rows = vec![
-        vec![
-            "healthy p99, stalled / clean".into(),
-            cell(
-                over(&pairs, |(c, s)| {
-                    s.tally.quantile_us(0.99) / c.tally.quantile_us(0.99)
-                }),
-                2,
-            ),
-            "≤ 1.2".into(),
-        ],
-        vec![
-            "healthy p50, stalled / clean".into(),
-            cell(
-                over(&pairs, |(c, s)| {
-                    s.tally.quantile_us(0.5) / c.tally.quantile_us(0.5)
-                }),
-                2,
-            ),
-            "≤ 1.1".into(),
-        ],
+        quantile_ratio_row("healthy p99, stalled / clean", &pairs, 0.99, "≤ 1.2"),
+        quantile_ratio_row("healthy p50, stalled / clean", &pairs, 0.5, "≤ 1.1"),
         vec![
             "healthy errors per window, clean / stalled".into(),
             format!(

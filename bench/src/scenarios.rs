@@ -385,6 +385,19 @@ pub(crate) fn over<T>(items: &[T], f: impl Fn(&T) -> f64) -> Summary {
     summarize(&items.iter().map(f).collect::<Vec<_>>())
 }
 
+/// A ratio-table row: latency quantile `q` of each pair's second window over its first.
+pub(crate) fn quantile_ratio_row(
+    label: &str,
+    pairs: &[(Measured, Measured)],
+    q: f64,
+    target: &str,
+) -> Vec<String> {
+    let ratio = over(pairs, |(a, b)| {
+        b.tally.quantile_us(q) / a.tally.quantile_us(q)
+    });
+    vec![label.into(), cell(ratio, 2), target.into()]
+}
+
 fn w1_report(
     args: &W1Args,
     pairs: &[(Measured, Measured)],

@@ -41,48 +41,38 @@ pub fn result_response() -> Response<Full<Bytes>> {
 pub async fn serve_direct(pki_dir: &Path, max: Duration) -> Result<()> {
     let config = nexus_certs::server_config(&pki::server_material(pki_dir)?)?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    eprintln!(
-        "nexus-bench serve-direct: data https://{}",
-        listener.local_addr()?
-    );
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    let stop = tokio::time::sleep(max);
-    tokio::pin!(stop);
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(_) => continue,
-            },
-            () = &mut stop => return Ok(()),
-        };
+    serve_fixed("serve-direct: data https", max, move |tcp, builder| {
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
+        async move {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
             else {
                 return;
             };
-            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                let _ = request.into_body().collect().await;
-                Ok::<_, Infallible>(result_response())
-            });
-            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
-        });
-    }
+            serve_result(&builder, TokioIo::new(tls)).await;
+        }
+    })
+    .await
 }
 
 /// B: the fixed handler over plain HTTP (HTTP/1.1 and h2 prior knowledge) on loopback, for
 /// external-target endpoints. Prints `nexus-bench serve-bare: data http://ADDR` on stderr.
 pub async fn serve_bare(max: Duration) -> Result<()> {
+    serve_fixed("serve-bare: data http", max, |tcp, builder| async move {
+        serve_result(&builder, TokioIo::new(tcp)).await;
+    })
+    .await
+}
+
+/// Accepts on a fresh loopback port (announced as `nexus-bench {banner}://ADDR`) for at most
+/// `max`, handing each connection to `serve` on its own task.
+async fn serve_fixed<F, Fut>(banner: &str, max: Duration, serve: F) -> Result<()>
+where
+    F: Fn(tokio::net::TcpStream, Arc<auto::Builder<TokioExecutor>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    eprintln!(
-        "nexus-bench serve-bare: data http://{}",
-        listener.local_addr()?
-    );
+    eprintln!("nexus-bench {banner}://{}", listener.local_addr()?);
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let stop = tokio::time::sleep(max);
     tokio::pin!(stop);
@@ -94,16 +84,21 @@ pub async fn serve_bare(max: Duration) -> Result<()> {
             },
             () = &mut stop => return Ok(()),
         };
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                let _ = request.into_body().collect().await;
-                Ok::<_, Infallible>(result_response())
-            });
-            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
-        });
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve(tcp, builder.clone()));
     }
+}
+
+/// Serves [`result_response`] to every request on one connection, after reading its body.
+async fn serve_result<I>(builder: &auto::Builder<TokioExecutor>, io: I)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+        let _ = request.into_body().collect().await;
+        Ok::<_, Infallible>(result_response())
+    });
+    let _ = builder.serve_connection(io, service).await;
 }
 
 /// The polling worker: `nexus_gateway::worker::Worker` with `concurrency` polls on task queue
