@@ -8,13 +8,12 @@ use http_body_util::{BodyExt, Limited};
 use nexus_registry::{Endpoint, Target};
 use tokio::time::Instant;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use nexus_certs::Identity;
 
 use crate::attribution::Record;
-use crate::body::{Body, BoxError, RequestBody, full};
+use crate::body::{Body, BoxError, Counted, RequestBody, full};
 use crate::callback_token::CallbackClaims;
 use crate::error::GatewayError;
 use crate::external;
@@ -174,14 +173,7 @@ async fn serve(
                 header_value(&caller, "caller namespace")?,
             );
             let max = state.limits.max_body_bytes;
-            let counted = Arc::new(AtomicU64::new(0));
-            let counter = counted.clone();
-            let body = body.map_frame(move |frame| {
-                if let Some(data) = frame.data_ref() {
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                frame
-            });
+            let (body, counted) = Counted::new(body);
             let body = Limited::new(body, max)
                 .map_err(move |e| -> BoxError {
                     if e.is::<http_body_util::LengthLimitError>() {

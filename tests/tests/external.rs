@@ -290,3 +290,27 @@ async fn operation_failures_never_open_the_breaker() {
         assert!(receiver.next(Duration::from_secs(5)).await.is_some());
     }
 }
+
+/// A handler that reads `Content-Length` (and knows nothing of chunked encoding) gets the
+/// caller's body whole, with the caller's length, over HTTP/1.1 and HTTP/2 callers alike.
+#[tokio::test]
+async fn relayed_requests_keep_their_content_length() {
+    let mut receiver = Receiver::start(200).await;
+    let gw = TestGateway::start().await;
+    gw.external_endpoint("sized", &format!("http://{}", receiver.addr), &["orders"]);
+    let body = br#"{"orderId":"ord-7f3a9c2e"}"#;
+    let h1 = nexus_gateway::client::http_client(
+        &gw.pki.client_material(&ns("orders")),
+        nexus_gateway::client::HttpVersions::Http1Only,
+    )
+    .unwrap();
+    for caller in [gw.client(&ns("orders")), h1] {
+        let uri = gw.uri("/nexus/endpoints/sized/services/s/o");
+        let reply = send(&caller, post(uri, &[], &body[..])).await;
+        assert_eq!(reply.status, 200);
+        let seen = receiver.next(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(seen.body, &body[..]);
+        assert_eq!(seen.header("content-length"), Some("26"));
+        assert_eq!(seen.header("transfer-encoding"), None);
+    }
+}
