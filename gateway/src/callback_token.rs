@@ -4,6 +4,11 @@
 //! with a key kept in the data directory, so the handler never sees the caller's secrets and
 //! cannot forge or alter a destination.
 //!
+//! A token seals the [`CallbackClaims`] themselves or, when they would make the URL longer than
+//! handlers accept (Temporal's limit is 1,000 characters; a Temporal caller's callback token
+//! alone is a few hundred), a [`NoteRef`]: the id of a note in the completion spool that holds
+//! them ([`Sealed`]).
+//!
 //! Token: base64url(key id: u32 BE ‖ nonce: 12 bytes ‖ ciphertext ‖ tag). The key file
 //! `callback-keys` holds lines `<id> <64 hex digits>`; the last line seals, all lines open, so a
 //! key can be rotated by appending a line.
@@ -47,6 +52,32 @@ pub struct CallbackClaims {
     /// Unix ms after which the token is refused.
     #[serde(rename = "x")]
     pub expires_ms: u64,
+}
+
+/// The id of a spool note holding the claims, for callbacks too long to seal in the URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteRef {
+    #[serde(rename = "n")]
+    pub id: u64,
+    #[serde(rename = "x")]
+    pub expires_ms: u64,
+}
+
+/// What a token opens to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Sealed {
+    Claims(Box<CallbackClaims>),
+    Note(NoteRef),
+}
+
+impl Sealed {
+    fn expires_ms(&self) -> u64 {
+        match self {
+            Sealed::Claims(claims) => claims.expires_ms,
+            Sealed::Note(note) => note.expires_ms,
+        }
+    }
 }
 
 pub struct CallbackKeys {
@@ -99,14 +130,15 @@ impl CallbackKeys {
         Ok(CallbackKeys { keys, rng })
     }
 
-    pub fn seal(&self, claims: &CallbackClaims) -> Result<String, GatewayError> {
+    /// Seals [`CallbackClaims`] or a [`NoteRef`].
+    pub fn seal<T: Serialize>(&self, value: &T) -> Result<String, GatewayError> {
         let (id, key) = self.keys.last().expect("at least one key");
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
             .map_err(|_| GatewayError::internal("no randomness for a callback token"))?;
         let mut data =
-            serde_json::to_vec(claims).map_err(|e| GatewayError::internal(e.to_string()))?;
+            serde_json::to_vec(value).map_err(|e| GatewayError::internal(e.to_string()))?;
         let aad = id.to_be_bytes();
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
@@ -123,7 +155,7 @@ impl CallbackKeys {
 
     /// Opens a token; any tampering, unknown key or bad encoding is a 404 (an attacker learns
     /// nothing about which check failed), an expired token a 404 saying so.
-    pub fn open(&self, token: &str, now_ms: u64) -> Result<CallbackClaims, GatewayError> {
+    pub fn open(&self, token: &str, now_ms: u64) -> Result<Sealed, GatewayError> {
         let invalid = || GatewayError::not_found("callback token is not valid for this gateway");
         let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
         if raw.len() < 4 + NONCE_LEN + CHACHA20_POLY1305.tag_len() {
@@ -141,14 +173,14 @@ impl CallbackKeys {
         let plain = key
             .open_in_place(nonce, Aad::from(id.to_be_bytes()), &mut data)
             .map_err(|_| invalid())?;
-        let claims: CallbackClaims = serde_json::from_slice(plain).map_err(|_| invalid())?;
-        if now_ms > claims.expires_ms {
+        let sealed: Sealed = serde_json::from_slice(plain).map_err(|_| invalid())?;
+        if now_ms > sealed.expires_ms() {
             return Err(GatewayError::not_found(format!(
                 "callback token expired at {}",
-                humantime_ms(claims.expires_ms)
+                humantime_ms(sealed.expires_ms())
             )));
         }
-        Ok(claims)
+        Ok(sealed)
     }
 }
 
@@ -205,7 +237,17 @@ mod tests {
         let keys = CallbackKeys::load_or_create(dir.path()).unwrap();
         let token = keys.seal(&claims()).unwrap();
         assert!(!token.contains("secret"));
-        assert_eq!(keys.open(&token, 5_000).unwrap(), claims());
+        assert_eq!(
+            keys.open(&token, 5_000).unwrap(),
+            Sealed::Claims(Box::new(claims()))
+        );
+        let note = NoteRef {
+            id: 7,
+            expires_ms: 10_000,
+        };
+        let short = keys.seal(&note).unwrap();
+        assert_eq!(keys.open(&short, 5_000).unwrap(), Sealed::Note(note));
+        assert!(short.len() < 100, "{short}");
         // Flip one character in the ciphertext.
         let mut tampered: Vec<char> = token.chars().collect();
         let i = tampered.len() / 2;
@@ -232,7 +274,7 @@ mod tests {
                 .unwrap()
                 .open(&token, 0)
                 .unwrap(),
-            claims()
+            Sealed::Claims(Box::new(claims()))
         );
         let other = tempfile::tempdir().unwrap();
         assert!(

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::attribution::Record;
 use crate::body::{Body, RequestBody, empty, full, json};
-use crate::callback_token::{CallbackClaims, CallbackKeys};
+use crate::callback_token::{CallbackClaims, CallbackKeys, NoteRef, Sealed};
 use crate::error::GatewayError;
 use crate::nexus::{decode_segment, headers};
 use crate::routes;
@@ -27,6 +27,11 @@ use crate::server::Peer;
 use crate::state::State;
 
 pub const PREFIX: &str = "/nexus/callbacks/";
+/// Longest callback URL handed to a handler with the claims sealed inside (Temporal refuses
+/// longer ones); beyond it the claims go to a durable note and the URL carries its id.
+pub const MAX_CALLBACK_URL: usize = 1000;
+/// How often notes past their expiry are deleted.
+const NOTE_SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct CallbackSettings {
@@ -108,13 +113,51 @@ impl Callbacks {
         })
     }
 
-    /// The URL handed to the handler in place of the caller's.
-    pub fn callback_url(&self, claims: &CallbackClaims) -> Result<String, GatewayError> {
-        Ok(format!(
-            "{}{PREFIX}{}",
-            self.public_url,
-            self.keys.seal(claims)?
-        ))
+    /// The URL handed to the handler in place of the caller's: the claims sealed in it or, if
+    /// that would be longer than [`MAX_CALLBACK_URL`], a sealed reference to a durable note
+    /// holding them.
+    pub async fn callback_url(&self, claims: &CallbackClaims) -> Result<String, GatewayError> {
+        let url = self.url_for(claims)?;
+        if url.len() <= MAX_CALLBACK_URL {
+            return Ok(url);
+        }
+        let payload = serde_json::to_vec(claims).expect("serializable");
+        let (spool, expires_ms) = (self.spool.clone(), claims.expires_ms);
+        let id = tokio::task::spawn_blocking(move || spool.put_note(&payload, expires_ms))
+            .await
+            .map_err(|e| GatewayError::internal(e.to_string()))?
+            .map_err(|e| GatewayError::internal(format!("cannot store the callback: {e}")))?;
+        self.url_for(&NoteRef { id, expires_ms })
+    }
+
+    fn url_for<T: serde::Serialize>(&self, sealed: &T) -> Result<String, GatewayError> {
+        let token = self.keys.seal(sealed)?;
+        Ok(format!("{}{PREFIX}{token}", self.public_url))
+    }
+
+    /// The claims behind a token, and the note holding them if they were too long to seal.
+    async fn open_claims(
+        &self,
+        token: &str,
+    ) -> Result<(CallbackClaims, Option<u64>), GatewayError> {
+        let note = match self.keys.open(token, now_ms())? {
+            Sealed::Claims(claims) => return Ok((*claims, None)),
+            Sealed::Note(note) => note,
+        };
+        let spool = self.spool.clone();
+        let payload = tokio::task::spawn_blocking(move || spool.get_note(note.id, now_ms()))
+            .await
+            .map_err(|e| GatewayError::internal(e.to_string()))?
+            .map_err(|e| GatewayError::internal(format!("cannot read the callback: {e}")))?
+            .ok_or_else(|| {
+                GatewayError::not_found(
+                    "callback token refers to an operation this gateway no longer tracks: \
+                     already completed or expired",
+                )
+            })?;
+        let claims = serde_json::from_slice(&payload)
+            .map_err(|e| GatewayError::internal(format!("stored callback is corrupt: {e}")))?;
+        Ok((claims, Some(note.id)))
     }
 
     /// Starts delivering every pending completion (after a restart).
@@ -135,6 +178,7 @@ impl Callbacks {
         for entry in pending {
             spawn_delivery(state, entry.id);
         }
+        tokio::spawn(sweep_notes(Arc::downgrade(&state.callbacks.spool)));
     }
 }
 
@@ -185,7 +229,7 @@ async fn accept(
         _ => return Err(GatewayError::not_found(format!("no route for {path}"))),
     };
     routes::require_method(&request, &[Method::POST])?;
-    let claims = state.callbacks.keys.open(&token, now_ms())?;
+    let (claims, note) = state.callbacks.open_claims(&token).await?;
     record.caller_namespace = Some(claims.caller_namespace.clone());
     record.endpoint = Some(claims.endpoint.clone());
     record.endpoint_id = Some(claims.endpoint_id.clone());
@@ -233,8 +277,32 @@ async fn accept(
         .map_err(|e| GatewayError::internal(format!("cannot store the completion: {e}")))?;
     state.callbacks.pending.fetch_add(1, Ordering::Relaxed);
     debug!(id = entry.id, "completion accepted");
+    if let Some(note) = note {
+        // The completion is final and now spooled; the note is no longer needed.
+        let spool = state.callbacks.spool.clone();
+        let removed = tokio::task::spawn_blocking(move || spool.remove_note(note)).await;
+        if let Ok(Err(error)) = removed {
+            warn!(%error, note, "cannot remove a used callback note; it goes when it expires");
+        }
+    }
     spawn_delivery(state, entry.id);
     Ok(Response::new(empty()))
+}
+
+/// Deletes callback notes past their expiry (operations that never completed), for as long as
+/// the spool is open (a weak handle, so a stopped gateway's database closes).
+async fn sweep_notes(spool: std::sync::Weak<Spool>) {
+    let mut tick = tokio::time::interval(NOTE_SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(spool) = spool.upgrade() else { return };
+        match tokio::task::spawn_blocking(move || spool.sweep_notes(now_ms())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(swept)) => info!(swept, "deleted expired callback notes"),
+            Ok(Err(error)) => warn!(%error, "cannot sweep expired callback notes"),
+            Err(error) => warn!(%error, "callback note sweep failed"),
+        }
+    }
 }
 
 /// Headers for the caller: its own callback headers, then the completion's Nexus headers.

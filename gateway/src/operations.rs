@@ -140,7 +140,8 @@ async fn serve(
             &path,
             &mut below_prefix,
             &mut forwarded,
-        )?;
+        )
+        .await?;
     }
     let wait = wait_budget(timeout, state);
     match &endpoint.spec.target {
@@ -205,7 +206,7 @@ async fn serve(
 
 /// Replaces the caller's `callback` URL with a sealed gateway URL and removes the caller's
 /// `Nexus-Callback-*` headers, which travel inside the seal.
-fn seal_callback(
+async fn seal_callback(
     state: &State,
     caller: &str,
     endpoint: &Endpoint,
@@ -259,7 +260,7 @@ fn seal_callback(
         start_ms: now,
         expires_ms: now + state.callbacks.settings.expiry.as_millis() as u64,
     };
-    let sealed = state.callbacks.callback_url(&claims)?;
+    let sealed = state.callbacks.callback_url(&claims).await?;
     let rewritten: Vec<String> = query
         .split('&')
         .map(|pair| {

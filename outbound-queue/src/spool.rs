@@ -1,14 +1,20 @@
 //! A durable spool of deliveries that must not be lost (e.g. async completions accepted from a
 //! handler but not yet delivered to the caller). Each push is committed (fsync) before it
 //! returns, so `kill -9` after an acknowledgement loses nothing. Payloads are opaque bytes.
+//!
+//! It also keeps *notes*: opaque bytes kept durably under a short id until taken or expired
+//! (e.g. a callback too long to travel inside its own URL).
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Note id → expiry (unix ms, little-endian u64) ‖ payload.
+const NOTES: TableDefinition<u64, &[u8]> = TableDefinition::new("notes");
 const NEXT_ID: &str = "next_id";
+const NEXT_NOTE: &str = "next_note";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
@@ -57,8 +63,72 @@ impl Spool {
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(ENTRIES).map_err(err)?;
         tx.open_table(META).map_err(err)?;
+        tx.open_table(NOTES).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Spool { db })
+    }
+
+    /// Keeps `payload` durably until `expires_ms` (or until removed); returns its id.
+    pub fn put_note(&self, payload: &[u8], expires_ms: u64) -> Result<u64, SpoolError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let id = {
+            let mut meta = tx.open_table(META).map_err(err)?;
+            let id = meta.get(NEXT_NOTE).map_err(err)?.map_or(1, |v| v.value());
+            meta.insert(NEXT_NOTE, id + 1).map_err(err)?;
+            let mut value = expires_ms.to_le_bytes().to_vec();
+            value.extend_from_slice(payload);
+            let mut notes = tx.open_table(NOTES).map_err(err)?;
+            notes.insert(id, value.as_slice()).map_err(err)?;
+            id
+        };
+        tx.commit().map_err(err)?;
+        Ok(id)
+    }
+
+    /// The note's payload, unless it was removed or has expired by `now_ms`.
+    pub fn get_note(&self, id: u64, now_ms: u64) -> Result<Option<Vec<u8>>, SpoolError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(NOTES).map_err(err)?;
+        let Some(value) = table.get(id).map_err(err)? else {
+            return Ok(None);
+        };
+        let value = value.value();
+        let (expires, payload) = value
+            .split_first_chunk::<8>()
+            .ok_or_else(|| SpoolError(format!("note {id} is corrupt")))?;
+        Ok((u64::from_le_bytes(*expires) >= now_ms).then(|| payload.to_vec()))
+    }
+
+    /// Removes a note; false if it was not there.
+    pub fn remove_note(&self, id: u64) -> Result<bool, SpoolError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let removed = tx
+            .open_table(NOTES)
+            .map_err(err)?
+            .remove(id)
+            .map_err(err)?
+            .is_some();
+        tx.commit().map_err(err)?;
+        Ok(removed)
+    }
+
+    /// Removes the notes expired by `now_ms`; returns how many.
+    pub fn sweep_notes(&self, now_ms: u64) -> Result<usize, SpoolError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let swept = {
+            let mut notes = tx.open_table(NOTES).map_err(err)?;
+            let before = notes.len().map_err(err)?;
+            notes
+                .retain(|_, value| {
+                    value
+                        .first_chunk::<8>()
+                        .is_none_or(|expires| u64::from_le_bytes(*expires) >= now_ms)
+                })
+                .map_err(err)?;
+            before - notes.len().map_err(err)?
+        };
+        tx.commit().map_err(err)?;
+        Ok(swept as usize)
     }
 
     /// Stores a new pending entry, durably, and returns its id.
@@ -227,6 +297,36 @@ mod tests {
         assert!(!spool.remove(a.id).unwrap());
         // Ids are never reused.
         assert_eq!(spool.push(b"third", 3_000, 9_000).unwrap().id, 3);
+    }
+
+    #[test]
+    fn notes_survive_reopen_until_removed_or_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.redb");
+        let (a, b) = {
+            let spool = Spool::open(&path).unwrap();
+            (
+                spool.put_note(b"long callback", 5_000).unwrap(),
+                spool.put_note(b"another", 9_000).unwrap(),
+            )
+        };
+        let spool = Spool::open(&path).unwrap();
+        assert_eq!(
+            spool.get_note(a, 1_000).unwrap().as_deref(),
+            Some(&b"long callback"[..])
+        );
+        assert_eq!(spool.get_note(a, 6_000).unwrap(), None, "expired");
+        assert_eq!(spool.sweep_notes(6_000).unwrap(), 1);
+        assert_eq!(
+            spool.get_note(b, 6_000).unwrap().as_deref(),
+            Some(&b"another"[..])
+        );
+        assert!(spool.remove_note(b).unwrap());
+        assert!(!spool.remove_note(b).unwrap());
+        assert_eq!(spool.get_note(b, 0).unwrap(), None);
+        // Note ids are never reused, and apart from entry ids.
+        assert_eq!(spool.put_note(b"third", 9_000).unwrap(), 3);
+        assert_eq!(spool.push(b"entry", 0, 9_000).unwrap().id, 1);
     }
 
     #[test]

@@ -10,6 +10,12 @@ const BOUND: Duration = Duration::from_secs(10);
 /// Starts an async operation whose handler reports what it saw; returns the callback URL the
 /// handler was given.
 async fn start_with_callback(gw: &TestGateway, receiver: &Receiver) -> String {
+    start_with_callback_token(gw, receiver, "caller-secret").await
+}
+
+/// [`start_with_callback`] with the caller's `Temporal-Callback-Token` (secret: it must not
+/// appear in what the handler sees).
+async fn start_with_callback_token(gw: &TestGateway, receiver: &Receiver, secret: &str) -> String {
     let caller = gw.client(&ns("orders"));
     let callback = format!("http://{}/callback?run=42", receiver.addr);
     let uri = gw.uri(&format!(
@@ -21,7 +27,7 @@ async fn start_with_callback(gw: &TestGateway, receiver: &Receiver) -> String {
         post(
             uri,
             &[
-                ("nexus-callback-temporal-callback-token", "caller-secret"),
+                ("nexus-callback-temporal-callback-token", secret),
                 ("nexus-request-id", "req-1"),
             ],
             "",
@@ -48,7 +54,7 @@ async fn start_with_callback(gw: &TestGateway, receiver: &Receiver) -> String {
         )),
         "{sealed}"
     );
-    assert!(!sealed.contains("caller-secret") && !sealed.contains(&receiver.addr.to_string()));
+    assert!(!sealed.contains(secret) && !sealed.contains(&receiver.addr.to_string()));
     sealed
 }
 
@@ -289,4 +295,36 @@ async fn external_target_callbacks_are_sealed_too() {
     let got = receiver.next(BOUND).await.expect("delivered");
     assert_eq!(got.header("temporal-callback-token"), Some("caller-secret"));
     assert_eq!(got.body, "done");
+}
+
+/// A Temporal caller's callback token is a few hundred characters; sealed whole into the URL it
+/// would pass Temporal's 1,000-character limit on callback URLs. The gateway then keeps the
+/// callback in a durable note and hands the handler a short URL; the completion still reaches
+/// the caller with the whole token, once.
+#[tokio::test]
+async fn long_callbacks_get_a_short_url_and_still_reach_the_caller() {
+    let (gw, _worker) = setup().await;
+    let mut receiver = Receiver::start(200).await;
+    let secret = format!("{{\"v\":1,\"d\":\"{}\"}}", "Q".repeat(700));
+    let url = start_with_callback_token(&gw, &receiver, &secret).await;
+    assert!(url.len() <= 1000, "{} characters: {url}", url.len());
+    let handler = gw.client(&ns("billing"));
+    let ack = send(&handler, completion(&url, "succeeded", "{}")).await;
+    assert_eq!(ack.status, 200, "{:?}", ack.body);
+    let got = receiver.next(BOUND).await.expect("delivered");
+    assert_eq!(got.path, "/callback?run=42");
+    assert_eq!(got.header("temporal-callback-token"), Some(secret.as_str()));
+    assert_eq!(got.header("nexus-operation-state"), Some("succeeded"));
+
+    // The operation is complete: the same URL no longer opens.
+    let again = send(&handler, completion(&url, "succeeded", "{}")).await;
+    assert_eq!(again.status, 404);
+    assert_eq!(
+        again.message(),
+        "callback token refers to an operation this gateway no longer tracks: already \
+         completed or expired"
+    );
+    // Short callbacks still travel inside their URL.
+    let short = start_with_callback(&gw, &receiver).await;
+    assert!(short.len() > 200, "claims sealed in the URL: {short}");
 }
