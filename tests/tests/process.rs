@@ -697,7 +697,15 @@ async fn accepted_completions_survive_kill_9() {
     let handler = client_for(&ns("billing"));
     let poll = format!("{base}/api/v1/namespaces/billing/task-queues/charges/nexus-tasks/poll");
     let mut expected = Vec::new();
-    for i in 0..5 {
+    // The sixth is started with a Temporal-sized callback token (kept in a note, not the URL)
+    // and completed only after the restart.
+    let mut after_restart = None;
+    for i in 0..6 {
+        let secret = if i == 5 {
+            format!("secret-{i}-{}", "t".repeat(800))
+        } else {
+            format!("secret-{i}")
+        };
         let callback = format!("http://{receiver_addr}/cb/{i}");
         let uri: http::Uri = format!(
             "{base}/nexus/endpoints/payments/services/svc/op?callback={}",
@@ -707,13 +715,8 @@ async fn accepted_completions_survive_kill_9() {
         .unwrap();
         let start = tokio::spawn({
             let caller = caller.clone();
-            async move {
-                send(
-                    &caller,
-                    post(uri, &[("nexus-callback-token", &format!("secret-{i}"))], ""),
-                )
-                .await
-            }
+            let secret = secret.clone();
+            async move { send(&caller, post(uri, &[("nexus-callback-token", &secret)], "")).await }
         });
         // Act as the worker by hand: take the task, answer 201, then complete.
         let task = send(
@@ -741,6 +744,12 @@ async fn accepted_completions_survive_kill_9() {
         );
         assert_eq!(send(&handler, answer).await.status, 200);
         assert_eq!(start.await.unwrap().status, 201);
+        expected.push((format!("/cb/{i}"), secret, format!("result-{i}")));
+        if i == 5 {
+            assert!(sealed.len() <= 1000, "{sealed}");
+            after_restart = Some(sealed);
+            continue;
+        }
         let done = post(
             sealed.parse().unwrap(),
             &[
@@ -754,11 +763,6 @@ async fn accepted_completions_survive_kill_9() {
             200,
             "completion {i} acknowledged"
         );
-        expected.push((
-            format!("/cb/{i}"),
-            format!("secret-{i}"),
-            format!("result-{i}"),
-        ));
     }
     gw.signal("KILL");
     tokio::task::spawn_blocking(move || gw.wait_exit())
@@ -767,9 +771,26 @@ async fn accepted_completions_survive_kill_9() {
 
     let mut receiver = Receiver::start_on(receiver_addr, 200).await;
     let d = dir.path().to_path_buf();
-    let _gw = tokio::task::spawn_blocking(move || start_serve(&d))
+    let (_gw, new_port) = tokio::task::spawn_blocking(move || start_serve(&d))
         .await
         .unwrap();
+    // Same gateway, same path; only the test's port changed with the restart.
+    let later = after_restart
+        .unwrap()
+        .replace(&format!(":{port}/"), &format!(":{new_port}/"));
+    let done = post(
+        later.parse().unwrap(),
+        &[
+            ("nexus-operation-state", "succeeded"),
+            ("nexus-operation-token", "op-5"),
+        ],
+        "result-5",
+    );
+    assert_eq!(
+        send(&handler, done).await.status,
+        200,
+        "a long callback's note survives kill -9"
+    );
     let mut delivered = Vec::new();
     while delivered.len() < expected.len() {
         let got = receiver
