@@ -105,10 +105,24 @@ fn lookup_ns(r: &Registry, keys: &[String], lookups: u64) -> f64 {
     ns
 }
 
-fn keys(all: &[Endpoint], by_name: bool) -> Vec<String> {
+/// Which endpoints the 4,096 looked-up keys name.
+#[derive(Clone, Copy)]
+enum KeySet {
+    /// Spread over the whole table: the working set grows with the table.
+    Spread,
+    /// Ten endpoints spread over the table, repeated: the same working set at every size, so
+    /// only the table's own size differs.
+    Hot10,
+}
+
+fn keys(all: &[Endpoint], by_name: bool, set: KeySet) -> Vec<String> {
     (0..4096usize)
         .map(|i| {
-            let e = &all[(i.wrapping_mul(7919)) % all.len()];
+            let at = match set {
+                KeySet::Spread => i.wrapping_mul(7919) % all.len(),
+                KeySet::Hot10 => (i % 10) * (all.len() / 10),
+            };
+            let e = &all[at];
             if by_name {
                 e.spec.name.clone()
             } else {
@@ -142,7 +156,7 @@ fn worst_lookup(
     updates: bool,
 ) -> Result<(f64, u64)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let keys = keys(all, true);
+    let keys = keys(all, true, KeySet::Spread);
     let reader = {
         let (r, stop) = (r.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -231,17 +245,27 @@ pub fn s6(args: S6Args) -> Result<String> {
     }
     let (big, big_all) = registry(10_000)?;
     let (small, small_all) = registry(10)?;
-    let mut rows_name = Vec::new();
-    let mut rows_id = Vec::new();
+    // (by name, key set) → per-pair (ns at 10,000, ns at 10).
+    let cases = [
+        (true, KeySet::Spread),
+        (false, KeySet::Spread),
+        (true, KeySet::Hot10),
+        (false, KeySet::Hot10),
+    ];
+    let mut measured: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
     for pair in 1..=args.pairs {
-        let bn = lookup_ns(&big, &keys(&big_all, true), args.lookups);
-        let sn = lookup_ns(&small, &keys(&small_all, true), args.lookups);
-        let bi = lookup_ns(&big, &keys(&big_all, false), args.lookups);
-        let si = lookup_ns(&small, &keys(&small_all, false), args.lookups);
-        eprintln!("pair {pair}: by name {bn:.1} / {sn:.1} ns, by id {bi:.1} / {si:.1} ns");
-        rows_name.push((bn, sn));
-        rows_id.push((bi, si));
+        for (case, &(by_name, set)) in cases.iter().enumerate() {
+            let b = lookup_ns(&big, &keys(&big_all, by_name, set), args.lookups);
+            let s = lookup_ns(&small, &keys(&small_all, by_name, set), args.lookups);
+            measured[case].push((b, s));
+        }
+        let ns: Vec<String> = measured
+            .iter()
+            .map(|m| format!("{:.1}/{:.1}", m[pair - 1].0, m[pair - 1].1))
+            .collect();
+        eprintln!("pair {pair}: by name, by id (spread; hot 10) ns 10,000/10: {ns:?}");
     }
+    let [rows_name, rows_id, hot_name, hot_id] = measured.try_into().expect("four cases");
     let big_updates = update_us(&big, &big_all, 200)?;
     let small_updates = update_us(&small, &small_all, 200)?;
     let big = Arc::new(big);
@@ -270,7 +294,8 @@ pub fn s6(args: S6Args) -> Result<String> {
         out,
         "### S6: registry at 10,000 vs 10 endpoints\n\n\
          In process: `Registry::resolve` through a store that only loads a prepared table; {} \
-         pairs (10,000 then 10), {} lookups each, cycling over 4,096 keys spread over the table. \
+         pairs (10,000 then 10), {} lookups each, cycling over 4,096 keys spread over the table \
+         (and, to separate the table's size from the working set's, over 10 endpoints). \
          Cells: median (min – max).\n",
         args.pairs, args.lookups
     );
@@ -291,6 +316,20 @@ pub fn s6(args: S6Args) -> Result<String> {
             cell(pairs_summary(&rows_id, &|p| p.0), 1),
             cell(pairs_summary(&rows_id, &|p| p.1), 1),
             "≤ 1.3 and < 150 ns".into(),
+        ],
+        vec![
+            "same 10 hot endpoints, by name: ns at 10,000 / at 10".into(),
+            cell(pairs_summary(&hot_name, &|p| p.0 / p.1), 2),
+            cell(pairs_summary(&hot_name, &|p| p.0), 1),
+            cell(pairs_summary(&hot_name, &|p| p.1), 1),
+            "—".into(),
+        ],
+        vec![
+            "same 10 hot endpoints, by id: ns at 10,000 / at 10".into(),
+            cell(pairs_summary(&hot_id, &|p| p.0 / p.1), 2),
+            cell(pairs_summary(&hot_id, &|p| p.0), 1),
+            cell(pairs_summary(&hot_id, &|p| p.1), 1),
+            "—".into(),
         ],
     ];
     out.push_str(&table(
