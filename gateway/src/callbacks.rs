@@ -270,21 +270,16 @@ async fn accept(
     let payload = encode(&delivery, &body);
     let spool = state.callbacks.spool.clone();
     let expires = claims.expires_ms;
-    // The 200 goes out only once the completion is on disk.
-    let entry = tokio::task::spawn_blocking(move || spool.push(&payload, now_ms(), expires))
-        .await
-        .map_err(|e| GatewayError::internal(e.to_string()))?
-        .map_err(|e| GatewayError::internal(format!("cannot store the completion: {e}")))?;
+    // The 200 goes out only once the completion is on disk. It uses up a long callback's note,
+    // in the same transaction.
+    let entry = tokio::task::spawn_blocking(move || {
+        spool.push_taking_note(&payload, now_ms(), expires, note)
+    })
+    .await
+    .map_err(|e| GatewayError::internal(e.to_string()))?
+    .map_err(|e| GatewayError::internal(format!("cannot store the completion: {e}")))?;
     state.callbacks.pending.fetch_add(1, Ordering::Relaxed);
     debug!(id = entry.id, "completion accepted");
-    if let Some(note) = note {
-        // The completion is final and now spooled; the note is no longer needed.
-        let spool = state.callbacks.spool.clone();
-        let removed = tokio::task::spawn_blocking(move || spool.remove_note(note)).await;
-        if let Ok(Err(error)) = removed {
-            warn!(%error, note, "cannot remove a used callback note; it goes when it expires");
-        }
-    }
     spawn_delivery(state, entry.id);
     Ok(Response::new(empty()))
 }

@@ -2,8 +2,9 @@
 //! handler but not yet delivered to the caller). Each push is committed (fsync) before it
 //! returns, so `kill -9` after an acknowledgement loses nothing. Payloads are opaque bytes.
 //!
-//! It also keeps *notes*: opaque bytes kept durably under a short id until taken or expired
-//! (e.g. a callback too long to travel inside its own URL).
+//! It also keeps *notes*: opaque bytes kept durably under a short id until an entry takes them
+//! or they expire (e.g. a callback too long to travel inside its own URL, taken by the
+//! completion that uses it).
 
 use std::path::Path;
 
@@ -99,19 +100,6 @@ impl Spool {
         Ok((u64::from_le_bytes(*expires) >= now_ms).then(|| payload.to_vec()))
     }
 
-    /// Removes a note; false if it was not there.
-    pub fn remove_note(&self, id: u64) -> Result<bool, SpoolError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        let removed = tx
-            .open_table(NOTES)
-            .map_err(err)?
-            .remove(id)
-            .map_err(err)?
-            .is_some();
-        tx.commit().map_err(err)?;
-        Ok(removed)
-    }
-
     /// Removes the notes expired by `now_ms`; returns how many.
     pub fn sweep_notes(&self, now_ms: u64) -> Result<usize, SpoolError> {
         let tx = self.db.begin_write().map_err(err)?;
@@ -138,7 +126,25 @@ impl Spool {
         now_ms: u64,
         expires_ms: u64,
     ) -> Result<SpoolEntry, SpoolError> {
+        self.push_taking_note(payload, now_ms, expires_ms, None)
+    }
+
+    /// [`Self::push`], removing note `note` (if any) in the same transaction: an entry that
+    /// uses up the note it was made from.
+    pub fn push_taking_note(
+        &self,
+        payload: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        note: Option<u64>,
+    ) -> Result<SpoolEntry, SpoolError> {
         let tx = self.db.begin_write().map_err(err)?;
+        if let Some(note) = note {
+            tx.open_table(NOTES)
+                .map_err(err)?
+                .remove(note)
+                .map_err(err)?;
+        }
         let entry = {
             let mut meta = tx.open_table(META).map_err(err)?;
             let id = meta.get(NEXT_ID).map_err(err)?.map_or(1, |v| v.value());
@@ -321,12 +327,18 @@ mod tests {
             spool.get_note(b, 6_000).unwrap().as_deref(),
             Some(&b"another"[..])
         );
-        assert!(spool.remove_note(b).unwrap());
-        assert!(!spool.remove_note(b).unwrap());
-        assert_eq!(spool.get_note(b, 0).unwrap(), None);
+        let entry = spool
+            .push_taking_note(b"completion", 6_000, 9_000, Some(b))
+            .unwrap();
+        assert_eq!(spool.get(entry.id).unwrap(), Some(entry));
+        assert_eq!(
+            spool.get_note(b, 6_000).unwrap(),
+            None,
+            "taken with the push"
+        );
         // Note ids are never reused, and apart from entry ids.
         assert_eq!(spool.put_note(b"third", 9_000).unwrap(), 3);
-        assert_eq!(spool.push(b"entry", 0, 9_000).unwrap().id, 1);
+        assert_eq!(spool.push(b"entry", 0, 9_000).unwrap().id, 2);
     }
 
     #[test]
