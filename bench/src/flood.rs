@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Uri, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use nexus_gateway::client::{HttpClient, HttpVersions, http_client};
 
 use crate::load::{self, Measured, Tally};
 use crate::report::{cell, num, table};
 use crate::scenarios::{
     Common, INPUT, check, create_endpoint_allowing, over, probe, quantile_ratio_row, spawn_self,
-    start_gateway_with,
+    start_gateway_with, status_key,
 };
 use crate::serve::RESULT;
 use crate::{Result, pki};
@@ -100,20 +100,7 @@ pub async fn flood(args: FloodArgs) -> Result<String> {
                             .header(header::CONTENT_TYPE, "application/json")
                             .body(Full::new(Bytes::from_static(INPUT)))
                             .expect("valid request");
-                        let key = match tokio::time::timeout(
-                            Duration::from_secs(10),
-                            client.request(request),
-                        )
-                        .await
-                        {
-                            Ok(Ok(r)) => {
-                                let s = r.status().as_u16().to_string();
-                                let _ = r.into_body().collect().await;
-                                s
-                            }
-                            Ok(Err(_)) => "error".into(),
-                            Err(_) => "timeout".into(),
-                        };
+                        let key = status_key(&client, request, Duration::from_secs(10)).await;
                         *seen.entry(key).or_default() += 1;
                     }
                     let mut all = statuses.lock().expect("lock");

@@ -302,36 +302,24 @@ pub fn s6(args: S6Args) -> Result<String> {
     let pairs_summary = |v: &[(f64, f64)], f: &dyn Fn(&(f64, f64)) -> f64| {
         summarize(&v.iter().map(f).collect::<Vec<_>>())
     };
-    let rows = vec![
-        vec![
-            "resolve by name: ns at 10,000 / at 10".into(),
-            cell(pairs_summary(&rows_name, &|p| p.0 / p.1), 2),
-            cell(pairs_summary(&rows_name, &|p| p.0), 1),
-            cell(pairs_summary(&rows_name, &|p| p.1), 1),
-            "≤ 1.3 and < 150 ns".into(),
-        ],
-        vec![
-            "resolve by id: ns at 10,000 / at 10".into(),
-            cell(pairs_summary(&rows_id, &|p| p.0 / p.1), 2),
-            cell(pairs_summary(&rows_id, &|p| p.0), 1),
-            cell(pairs_summary(&rows_id, &|p| p.1), 1),
-            "≤ 1.3 and < 150 ns".into(),
-        ],
-        vec![
-            "same 10 hot endpoints, by name: ns at 10,000 / at 10".into(),
-            cell(pairs_summary(&hot_name, &|p| p.0 / p.1), 2),
-            cell(pairs_summary(&hot_name, &|p| p.0), 1),
-            cell(pairs_summary(&hot_name, &|p| p.1), 1),
-            "—".into(),
-        ],
-        vec![
-            "same 10 hot endpoints, by id: ns at 10,000 / at 10".into(),
-            cell(pairs_summary(&hot_id, &|p| p.0 / p.1), 2),
-            cell(pairs_summary(&hot_id, &|p| p.0), 1),
-            cell(pairs_summary(&hot_id, &|p| p.1), 1),
-            "—".into(),
-        ],
+    let lookup_rows = [
+        ("resolve by name", &rows_name, "≤ 1.3 and < 150 ns"),
+        ("resolve by id", &rows_id, "≤ 1.3 and < 150 ns"),
+        ("same 10 hot endpoints, by name", &hot_name, "—"),
+        ("same 10 hot endpoints, by id", &hot_id, "—"),
     ];
+    let rows: Vec<Vec<String>> = lookup_rows
+        .into_iter()
+        .map(|(label, ns, target)| {
+            vec![
+                format!("{label}: ns at 10,000 / at 10"),
+                cell(pairs_summary(ns, &|p| p.0 / p.1), 2),
+                cell(pairs_summary(ns, &|p| p.0), 1),
+                cell(pairs_summary(ns, &|p| p.1), 1),
+                target.into(),
+            ]
+        })
+        .collect();
     out.push_str(&table(
         &[
             "ratio",

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Uri, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use nexus_gateway::client::{HttpClient, HttpVersions, http_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,7 +20,7 @@ use crate::load::{self, Measured, Tally};
 use crate::report::{cell, num, table};
 use crate::scenarios::{
     Common, INPUT, check, create_endpoint_with, over, probe, quantile_ratio_row, spawn_self,
-    start_gateway_with,
+    start_gateway_with, status_key,
 };
 use crate::serve::RESULT;
 use crate::{Result, pki};
@@ -184,20 +184,7 @@ pub async fn s4(args: S4Args) -> Result<String> {
                             .expect("valid request");
                         let (client, statuses) = (client.clone(), statuses.clone());
                         tokio::spawn(async move {
-                            let key = match tokio::time::timeout(
-                                Duration::from_secs(5),
-                                client.request(request),
-                            )
-                            .await
-                            {
-                                Ok(Ok(r)) => {
-                                    let s = r.status().as_u16().to_string();
-                                    let _ = r.into_body().collect().await;
-                                    s
-                                }
-                                Ok(Err(_)) => "error".into(),
-                                Err(_) => "no answer in 5 s".into(),
-                            };
+                            let key = status_key(&client, request, Duration::from_secs(5)).await;
                             *statuses.lock().expect("lock").entry(key).or_default() += 1;
                         });
                     }

@@ -385,6 +385,24 @@ pub(crate) fn over<T>(items: &[T], f: impl Fn(&T) -> f64) -> Summary {
     summarize(&items.iter().map(f).collect::<Vec<_>>())
 }
 
+/// Sends `request` and names how it ended: the status code, `error`, or `timeout` after `limit`
+/// (the body is read, so the connection can be reused).
+pub(crate) async fn status_key(
+    client: &nexus_gateway::client::HttpClient,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    limit: Duration,
+) -> String {
+    match tokio::time::timeout(limit, client.request(request)).await {
+        Ok(Ok(r)) => {
+            let s = r.status().as_u16().to_string();
+            let _ = r.into_body().collect().await;
+            s
+        }
+        Ok(Err(_)) => "error".into(),
+        Err(_) => format!("no answer in {} s", limit.as_secs()),
+    }
+}
+
 /// A ratio-table row: latency quantile `q` of each pair's second window over its first.
 pub(crate) fn quantile_ratio_row(
     label: &str,
