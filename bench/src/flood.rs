@@ -16,8 +16,8 @@ use nexus_gateway::client::{HttpClient, HttpVersions, http_client};
 use crate::load::{self, Measured, Tally};
 use crate::report::{cell, num, table};
 use crate::scenarios::{
-    Common, INPUT, check, create_endpoint_allowing, over, probe, quantile_ratio_row, spawn_self,
-    start_gateway_with, status_key,
+    Common, INPUT, check, create_endpoint_allowing, latency_line, over, probe, quantile_ratio_row,
+    spawn_self, start_gateway_with, status_key,
 };
 use crate::serve::RESULT;
 use crate::{Result, pki};
@@ -117,13 +117,9 @@ pub async fn flood(args: FloodArgs) -> Result<String> {
         let f = both.pop().expect("two");
         let q = both.pop().expect("two");
         eprintln!(
-            "pair {pair}: quiet p50 {} p99 {} err {} | flood p50 {} p99 {} err {}",
-            num(q.tally.quantile_us(0.5), 0),
-            num(q.tally.quantile_us(0.99), 0),
-            q.tally.errors,
-            num(f.tally.quantile_us(0.5), 0),
-            num(f.tally.quantile_us(0.99), 0),
-            f.tally.errors,
+            "pair {pair}: quiet {} | flood {}",
+            latency_line(&q),
+            latency_line(&f)
         );
         pairs.push((q, f));
     }

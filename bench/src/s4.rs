@@ -19,8 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::load::{self, Measured, Tally};
 use crate::report::{cell, num, table};
 use crate::scenarios::{
-    Common, INPUT, check, create_endpoint_with, over, probe, quantile_ratio_row, spawn_self,
-    start_gateway_with, status_key,
+    Common, INPUT, check, create_endpoint_with, latency_line, over, probe, quantile_ratio_row,
+    spawn_self, start_gateway_with, status_key,
 };
 use crate::serve::RESULT;
 use crate::{Result, pki};
@@ -203,13 +203,9 @@ pub async fn s4(args: S4Args) -> Result<String> {
         let s = both.pop().expect("two");
         let c = both.pop().expect("two");
         eprintln!(
-            "pair {pair}: clean p50 {} p99 {} err {} | stalled p50 {} p99 {} err {} | RSS {} kB, in-flight max {}",
-            num(c.tally.quantile_us(0.5), 0),
-            num(c.tally.quantile_us(0.99), 0),
-            c.tally.errors,
-            num(s.tally.quantile_us(0.5), 0),
-            num(s.tally.quantile_us(0.99), 0),
-            s.tally.errors,
+            "pair {pair}: clean {} | stalled {} | RSS {} kB, in-flight max {}",
+            latency_line(&c),
+            latency_line(&s),
             rss_kb(pids[0]),
             max_in_flight,
         );

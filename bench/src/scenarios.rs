@@ -403,6 +403,16 @@ pub(crate) async fn status_key(
     }
 }
 
+/// `p50 … p99 … err …` of one window, for progress lines.
+pub(crate) fn latency_line(m: &Measured) -> String {
+    format!(
+        "p50 {} p99 {} err {}",
+        num(m.tally.quantile_us(0.5), 0),
+        num(m.tally.quantile_us(0.99), 0),
+        m.tally.errors
+    )
+}
+
 /// A ratio-table row: latency quantile `q` of each pair's second window over its first.
 pub(crate) fn quantile_ratio_row(
     label: &str,
