@@ -21,6 +21,7 @@
 //!   Temporal's rules.
 //! - [`RegistryError`]: one variant per HTTP status (400, 404, 409, 500).
 
+mod index;
 mod model;
 mod registry;
 mod shards;

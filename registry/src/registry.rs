@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::index::KeyIndex;
 use crate::model::{Endpoint, EndpointSpec, RegistryError, url_prefix};
 use crate::shards::Shards;
 use crate::store::{RedbStore, Store};
@@ -37,6 +38,9 @@ struct Snapshot {
     by_name: Shards<HashMap<Arc<str>, Arc<Endpoint>>>,
     /// Id order within each shard, for stable pagination (merged across shards per page).
     ordered: Shards<BTreeMap<Arc<str>, Arc<Endpoint>>>,
+    /// What [`Registry::resolve`] answers for each id and name, in one probe: the endpoint with
+    /// that id, else the one with that name.
+    resolved: Shards<KeyIndex>,
 }
 
 impl Snapshot {
@@ -56,13 +60,26 @@ impl Snapshot {
         self.by_name
             .insert(endpoint.spec.name.as_str().into(), endpoint.clone());
         self.by_id.insert(id.clone(), endpoint.clone());
-        self.ordered.insert(id, endpoint);
+        self.ordered.insert(id, endpoint.clone());
+        self.refresh_resolved(&endpoint.id);
+        self.refresh_resolved(&endpoint.spec.name);
     }
 
     fn remove(&mut self, endpoint: &Endpoint) {
         self.by_name.remove(endpoint.spec.name.as_str());
         self.by_id.remove(endpoint.id.as_str());
         self.ordered.remove(endpoint.id.as_str());
+        self.refresh_resolved(&endpoint.id);
+        self.refresh_resolved(&endpoint.spec.name);
+    }
+
+    /// Recomputes `key`'s entry in `resolved` from the two maps. An id shadows an equal name
+    /// of another endpoint, and the name shows again once that id is gone.
+    fn refresh_resolved(&mut self, key: &str) {
+        match self.by_id.get(key).or_else(|| self.by_name.get(key)) {
+            Some(endpoint) => self.resolved.insert(key.into(), endpoint.clone()),
+            None => self.resolved.remove::<Arc<Endpoint>>(key),
+        }
     }
 
     fn len(&self) -> usize {
@@ -109,14 +126,9 @@ impl Registry {
     }
 
     /// The endpoint with id `id_or_name`, else the one named so. Lock-free:
-    /// one atomic snapshot load and at most two hash lookups.
+    /// one atomic snapshot load and one probe of the lookup index.
     pub fn resolve(&self, id_or_name: &str) -> Option<Arc<Endpoint>> {
-        let snapshot = self.snapshot.load();
-        snapshot
-            .by_id
-            .get(id_or_name)
-            .or_else(|| snapshot.by_name.get(id_or_name))
-            .cloned()
+        self.snapshot.load().resolved.get(id_or_name).cloned()
     }
 
     /// The endpoint with id `id`.

@@ -5,6 +5,9 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::index::KeyIndex;
+use crate::model::Endpoint;
+
 const SHARDS: usize = 64;
 
 /// Picks a key's shard from its length and last bytes: O(1) on long keys, and enough spread for
@@ -47,6 +50,21 @@ macro_rules! shard_map {
 
 shard_map!(HashMap);
 shard_map!(BTreeMap);
+
+impl ShardMap<Arc<Endpoint>> for KeyIndex {
+    fn insert_key(&mut self, key: Arc<str>, value: Arc<Endpoint>) {
+        self.insert(&key, value);
+    }
+    fn remove_key(&mut self, key: &str) {
+        self.remove(key);
+    }
+    fn get_key(&self, key: &str) -> Option<&Arc<Endpoint>> {
+        self.get(key)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
 
 /// `SHARDS` maps behind `Arc`s: cloning copies 64 pointers; a write clones only the shard it
 /// touches, and only if an older snapshot still shares it.
