@@ -59,21 +59,11 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 /// Linear probing at a load of at most one half, with backward-shift deletion (no tombstones),
 /// so a probe ends at the first empty slot.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct KeyIndex {
     slots: Box<[Slot]>,
     len: usize,
     hasher: RandomState,
-}
-
-impl Default for KeyIndex {
-    fn default() -> Self {
-        KeyIndex {
-            slots: Box::default(),
-            len: 0,
-            hasher: RandomState::default(),
-        }
-    }
 }
 
 impl KeyIndex {
@@ -222,7 +212,7 @@ mod tests {
             seed
         };
         let key = |k: u64| {
-            if k % 3 == 0 {
+            if k.is_multiple_of(3) {
                 format!("a-long-key-that-does-not-fit-in-the-slot-{k:0>40}")
             } else {
                 format!("k{k}")
@@ -230,7 +220,7 @@ mod tests {
         };
         for _ in 0..20_000 {
             let k = key(next() % 300);
-            if next() % 3 == 0 {
+            if next().is_multiple_of(3) {
                 index.remove(&k);
                 model.remove(&k);
             } else {
