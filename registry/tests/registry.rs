@@ -128,6 +128,28 @@ fn rename_frees_old_name() {
     assert_eq!(registry.resolve("old-name").unwrap(), other);
 }
 
+/// A name may spell another endpoint's id (a UUID starting with a letter is a valid name): the
+/// id wins, and the name resolves again once that endpoint is gone.
+#[test]
+fn an_id_shadows_an_equal_name_until_it_is_deleted() {
+    let registry = memory_registry();
+    let shadowing = (0..100)
+        .map(|n| registry.create(spec(&format!("e{n}"))).unwrap())
+        .find(|e| e.id.as_bytes()[0].is_ascii_alphabetic())
+        .expect("a random id starting with a letter");
+    let named_like_it = registry.create(spec(&shadowing.id)).unwrap();
+    assert_eq!(registry.resolve(&shadowing.id).unwrap(), shadowing);
+    assert_eq!(registry.resolve(&named_like_it.id).unwrap(), named_like_it);
+
+    registry.delete(&shadowing.id, shadowing.version).unwrap();
+    assert_eq!(registry.resolve(&shadowing.id).unwrap(), named_like_it);
+    registry
+        .update(&named_like_it.id, named_like_it.version, spec("renamed"))
+        .unwrap();
+    assert!(registry.resolve(&shadowing.id).is_none());
+    assert_eq!(registry.resolve("renamed").unwrap().id, named_like_it.id);
+}
+
 #[test]
 fn delete_checks_version() {
     let registry = memory_registry();
