@@ -99,6 +99,11 @@ enum Command {
     },
 }
 
+/// The gateway's allocator, so in-process measurements (S6's registry lookups and updates) see
+/// the heap layout the gateway has.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
