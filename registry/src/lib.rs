@@ -11,7 +11,8 @@
 //!
 //! Key types:
 //! - [`Registry`]: the API. Reads come from an immutable snapshot behind an
-//!   `ArcSwap`, so they never lock and take a few hash lookups. Writes are
+//!   `ArcSwap`, so they never lock; a lookup by id or name probes one index
+//!   whose slots are a cache line each (`index.rs`). Writes are
 //!   serialized, made durable in the [`Store`], then published as a new
 //!   snapshot before the call returns.
 //! - [`Store`] / [`RedbStore`]: crash-safe persistence in a redb file; every
