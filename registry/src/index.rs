@@ -200,8 +200,9 @@ mod tests {
         })
     }
 
-    /// Random inserts, replacements and removals, long and short keys, checked against a
-    /// `HashMap` after every step: backward-shift deletion must never strand an entry.
+    /// Random inserts, replacements and removals, long and short keys; the length is checked
+    /// against a `HashMap` after every step and every key's answer at the end: backward-shift
+    /// deletion must never strand an entry.
     #[test]
     fn agrees_with_a_hash_map_through_inserts_and_removals() {
         let mut index = KeyIndex::default();
@@ -238,6 +239,52 @@ mod tests {
             assert_eq!(index.get(&k).map(|e| &e.id), want, "key {k}");
         }
         assert!(index.get("absent").is_none());
+    }
+
+    /// Runs that wrap from the last slot to slot 0, with a deletion on either side of the end.
+    #[test]
+    fn backward_shift_across_the_end_of_the_table() {
+        for _ in 0..20 {
+            let probe = KeyIndex::default(); // a fresh hasher each round
+            // 1. Three keys homed at 15 fill slots 15, 0, 1. Removing the one at 0 must pull
+            //    the one at 1 back across the end.
+            let a = homed(&probe, 15, 3, "a");
+            let keys: Vec<_> = a.iter().map(|k| (15, k.clone())).collect();
+            check_with(&probe, &keys, &a[1]);
+            // 2. x homed at 13; y, z, w homed at 14 fill 14, 15, 0. Removing x must NOT pull
+            //    w (home 14) back to 13, in front of its home.
+            let x = homed(&probe, 13, 1, "x");
+            let mut keys = vec![(13, x[0].clone())];
+            keys.extend(homed(&probe, 14, 3, "y").into_iter().map(|k| (14, k)));
+            check_with(&probe, &keys, &x[0]);
+        }
+    }
+
+    /// Keys whose home in a 16-slot table is `home`, under `index`'s hasher.
+    fn homed(index: &KeyIndex, home: usize, n: usize, tag: &str) -> Vec<String> {
+        (0..)
+            .map(|i| format!("{tag}{i}"))
+            .filter(|k| (index.hasher.hash_one(k.as_str()) >> 32) as usize & 15 == home)
+            .take(n)
+            .collect()
+    }
+
+    /// Inserts `keys` in order into a clone of `probe` (same hasher), removes one, checks all.
+    fn check_with(probe: &KeyIndex, keys: &[(usize, String)], remove: &str) {
+        let mut index = probe.clone();
+        for (n, (_, k)) in keys.iter().enumerate() {
+            index.insert(k, endpoint(n));
+        }
+        assert_eq!(index.slots.len(), 16);
+        for (home, k) in keys {
+            assert_eq!(index.home(index.hasher.hash_one(k.as_str())), *home);
+        }
+        index.remove(remove);
+        for (n, (_, k)) in keys.iter().enumerate() {
+            let got = index.get(k).map(|e| e.id.clone());
+            let want = (k != remove).then(|| format!("id-{n}"));
+            assert_eq!(got, want, "key {k} after removing {remove}");
+        }
     }
 
     #[test]

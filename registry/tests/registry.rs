@@ -133,10 +133,13 @@ fn rename_frees_old_name() {
 #[test]
 fn an_id_shadows_an_equal_name_until_it_is_deleted() {
     let registry = memory_registry();
-    let shadowing = (0..100)
+    let mut letter_ids = (0..200)
         .map(|n| registry.create(spec(&format!("e{n}"))).unwrap())
-        .find(|e| e.id.as_bytes()[0].is_ascii_alphabetic())
+        .filter(|e| e.id.as_bytes()[0].is_ascii_alphabetic());
+    let shadowing = letter_ids
+        .next()
         .expect("a random id starting with a letter");
+    let renamed_onto = letter_ids.next().expect("another one");
     let named_like_it = registry.create(spec(&shadowing.id)).unwrap();
     assert_eq!(registry.resolve(&shadowing.id).unwrap(), shadowing);
     assert_eq!(registry.resolve(&named_like_it.id).unwrap(), named_like_it);
@@ -148,6 +151,20 @@ fn an_id_shadows_an_equal_name_until_it_is_deleted() {
         .unwrap();
     assert!(registry.resolve(&shadowing.id).is_none());
     assert_eq!(registry.resolve("renamed").unwrap().id, named_like_it.id);
+
+    // An endpoint renamed to another's id does not take the id over either.
+    let onto = registry
+        .update(
+            &named_like_it.id,
+            named_like_it.version + 1,
+            spec(&renamed_onto.id),
+        )
+        .unwrap();
+    assert_eq!(registry.resolve(&renamed_onto.id).unwrap(), renamed_onto);
+    registry
+        .delete(&renamed_onto.id, renamed_onto.version)
+        .unwrap();
+    assert_eq!(registry.resolve(&renamed_onto.id).unwrap(), onto);
 }
 
 #[test]
