@@ -10,7 +10,7 @@ use nexus_gateway::client::{HttpClient, HttpVersions, http_client};
 
 use crate::load::{self, Measured, Window};
 use crate::procs::Pinned;
-use crate::report::{cell, num, table};
+use crate::report::{cell, labelled, num, table};
 use crate::scenarios::{
     Common, INPUT, check, create_endpoint_with, over, probe, spawn_self, start_gateway_with,
 };
@@ -307,7 +307,7 @@ pub(crate) fn absolute_rows(
     bare: usize,
 ) -> Vec<Vec<String>> {
     let col = |f: &dyn Fn(&Measured, usize) -> f64, d: usize| per_candidate(cands, rounds, f, d);
-    [
+    labelled([
         ("requests/s", col(&|m, _| m.per_second(), 0)),
         (
             "CPU µs/req, process under test (core 0)",
@@ -338,10 +338,7 @@ pub(crate) fn absolute_rows(
             "other processes (% of a core)",
             col(&|m, _| 100.0 * m.others_utilisation(), 0),
         ),
-    ]
-    .into_iter()
-    .map(|(name, cells)| [vec![name.to_owned()], cells].concat())
-    .collect()
+    ])
 }
 
 /// Requests/s and CPU µs/req of each candidate, round by round, folded away.

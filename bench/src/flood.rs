@@ -14,7 +14,7 @@ use http_body_util::Full;
 use nexus_gateway::client::{HttpClient, HttpVersions, http_client};
 
 use crate::load::{self, Measured, Tally};
-use crate::report::{cell, num, table};
+use crate::report::{cell, labelled, num, table};
 use crate::scenarios::{
     Common, INPUT, check, create_endpoint_allowing, latency_line, over, probe, quantile_ratio_row,
     spawn_self, start_gateway_with, status_key,
@@ -148,7 +148,7 @@ pub async fn flood(args: FloodArgs) -> Result<String> {
             cell(over(&pairs, |(_, x)| f(x)), d),
         ]
     };
-    let rows: Vec<Vec<String>> = [
+    let rows = labelled([
         ("victim p50 (µs)", col(&|m| m.tally.quantile_us(0.5), 0)),
         ("victim p99 (µs)", col(&|m| m.tally.quantile_us(0.99), 0)),
         ("victim req/s", col(&|m| m.per_second(), 0)),
@@ -168,10 +168,7 @@ pub async fn flood(args: FloodArgs) -> Result<String> {
             "other processes (% of a core)",
             col(&|m| 100.0 * m.others_utilisation(), 0),
         ),
-    ]
-    .into_iter()
-    .map(|(name, cells)| [vec![name.to_owned()], cells].concat())
-    .collect();
+    ]);
     out.push_str(&table(&["absolute input", "quiet", "flood"], &rows));
     let st = statuses.lock().expect("lock");
     let listed: Vec<String> = st.iter().map(|(k, v)| format!("{k}: {v}")).collect();

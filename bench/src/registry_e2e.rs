@@ -32,7 +32,7 @@ use crate::ext::EXT_PATH;
 use crate::load::{self, Measured, Span, Tally, Window};
 use crate::procs::thread_times;
 use crate::registry::{data_dir, endpoint};
-use crate::report::{cell, num, table};
+use crate::report::{cell, labelled, num, table};
 use crate::scenarios::{
     Gateway, INPUT, check, create_endpoint_with, over, probe, send, spawn_self, start_gateway_in,
     threads_line,
@@ -495,7 +495,7 @@ fn absolute_table(pairs: &[Pair]) -> String {
     let puts = |f: &dyn Fn(&Pair) -> f64, d: usize| vec!["—".into(), cell(over(pairs, f), d)];
     let measured_s = |p: &Pair| p.updates.wall.as_secs_f64();
     let pct = |m: &Measured, i: usize| 100.0 * m.utilisation(i);
-    let rows: Vec<Vec<String>> = [
+    let rows = labelled([
         ("caller p50 (µs)", both(&|m| m.tally.quantile_us(0.5), 0)),
         ("caller p99 (µs)", both(&|m| m.tally.quantile_us(0.99), 0)),
         (
@@ -539,10 +539,7 @@ fn absolute_table(pairs: &[Pair]) -> String {
             "steal (% of a core)",
             both(&|m| 100.0 * m.steal_utilisation(), 0),
         ),
-    ]
-    .into_iter()
-    .map(|(name, cells)| [vec![name.to_owned()], cells].concat())
-    .collect();
+    ]);
     table(&["absolute input", "quiet", "updates"], &rows)
 }
 

@@ -67,6 +67,13 @@ pub fn cell(s: Summary, decimals: usize) -> String {
     )
 }
 
+/// Table rows from a label and the cells that follow it.
+pub fn labelled<'a>(rows: impl IntoIterator<Item = (&'a str, Vec<String>)>) -> Vec<Vec<String>> {
+    rows.into_iter()
+        .map(|(label, cells)| [vec![label.to_owned()], cells].concat())
+        .collect()
+}
+
 /// A markdown table: header cells, then rows of cells.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = String::new();

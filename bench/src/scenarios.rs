@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::load::{self, Measured, REQUEST_BOUND, Window};
 use crate::procs::{Pinned, thread_times};
-use crate::report::{Summary, cell, num, summarize, table};
+use crate::report::{Summary, cell, labelled, num, summarize, table};
 use crate::serve::{self, RESULT, TASK_QUEUE};
 use crate::{Result, pki};
 
@@ -516,7 +516,7 @@ fn w1_report(
             cell(over(&b, |m| f(m)), decimals),
         ]
     };
-    let rows: Vec<Vec<String>> = [
+    let rows = labelled([
         ("requests/s", both(&|m| m.per_second(), 0)),
         (
             "CPU µs/req, process under test (core 0)",
@@ -551,10 +551,7 @@ fn w1_report(
             "steal (% of a core)",
             both(&|m| 100.0 * m.steal_utilisation(), 0),
         ),
-    ]
-    .into_iter()
-    .map(|(name, cells)| [vec![name.to_owned()], cells].concat())
-    .collect();
+    ]);
     out.push_str(&table(&["absolute input", "G", "B-tls"], &rows));
     out.push('\n');
     let per_pair: Vec<Vec<String>> = pairs
