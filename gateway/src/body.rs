@@ -2,7 +2,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -92,40 +93,109 @@ impl Drop for RequestBody {
     }
 }
 
-/// Counts the data bytes passing through and keeps the inner body's size hint, so a relayed
-/// request keeps its exact length (a `Content-Length` upstream, not chunked encoding).
-pub struct Counted<B> {
-    inner: B,
-    bytes: Arc<AtomicU64>,
+/// Why a relayed request body ended early: always the caller's doing, never the
+/// destination's, so it answers the caller with 400 or 408 and never moves a breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFault {
+    TooLarge { max: usize },
+    Unreadable(String),
 }
 
-impl<B> Counted<B> {
-    /// The body and the counter it adds to.
-    pub fn new(inner: B) -> (Self, Arc<AtomicU64>) {
-        let bytes = Arc::new(AtomicU64::new(0));
-        let counted = Counted {
-            inner,
-            bytes: bytes.clone(),
-        };
-        (counted, bytes)
+/// What a [`CappedBody`] saw, shared with whoever sent it upstream.
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    bytes: AtomicU64,
+    ended: AtomicBool,
+    fault: Mutex<Option<BodyFault>>,
+}
+
+impl BodyWatch {
+    /// Data bytes that passed through.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the caller's body reached its end.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Why the body stopped before its end, if it did.
+    pub fn fault(&self) -> Option<BodyFault> {
+        self.fault.lock().expect("not poisoned").clone()
+    }
+
+    fn set_fault(&self, fault: BodyFault) {
+        self.fault
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert(fault);
     }
 }
 
-impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Counted<B> {
+/// A caller's request body relayed as a stream, with the size cap enforced on the bytes
+/// themselves: crossing `max` ends the stream with an error, so the upstream request is
+/// aborted (chunked: no last chunk; with a length: short) and never completes with a cut
+/// body. Keeps the inner size hint so a body with `Content-Length` is relayed with it.
+pub struct CappedBody<B> {
+    inner: B,
+    max: usize,
+    watch: Arc<BodyWatch>,
+}
+
+impl<B> CappedBody<B> {
+    pub fn new(inner: B, max: usize) -> (Self, Arc<BodyWatch>) {
+        let watch = Arc::new(BodyWatch::default());
+        let body = CappedBody {
+            inner,
+            max,
+            watch: watch.clone(),
+        };
+        (body, watch)
+    }
+}
+
+impl<B> http_body::Body for CappedBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let watch = &self.watch;
+        match frame {
+            None => {
+                watch.ended.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let total = watch.bytes.fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if total > self.max as u64 {
+                        let fault = BodyFault::TooLarge { max: self.max };
+                        watch.set_fault(fault);
+                        return Poll::Ready(Some(Err(format!(
+                            "request body exceeds the limit of {} bytes",
+                            self.max
+                        )
+                        .into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => {
+                let message = error.to_string();
+                watch.set_fault(BodyFault::Unreadable(message.clone()));
+                Poll::Ready(Some(Err(message.into())))
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -492,21 +492,20 @@ async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
     })
     .await;
     match sent {
-        Ok(Ok((status, _))) if status.is_success() => {
-            permit.finish(Outcome::Success);
-            Attempt::Delivered
-        }
         Ok(Ok((status, body))) => {
-            let detail = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            if matches!(status.as_u16(), 408 | 429 | 500..=599) {
-                permit.finish(Outcome::DestinationDown);
-                Attempt::Retry {
-                    reason: format!("{host} answered {status}: {detail}"),
+            let outcome = crate::destination::classify(status);
+            permit.finish(outcome);
+            let detail = || {
+                let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+                format!("{host} answered {status}: {}", text.trim_end())
+            };
+            match outcome {
+                Outcome::Success => Attempt::Delivered,
+                Outcome::DestinationDown => Attempt::Retry {
+                    reason: detail(),
                     at_least: Duration::ZERO,
-                }
-            } else {
-                permit.finish(Outcome::OperationFailed);
-                Attempt::GiveUp(format!("{host} answered {status}: {detail}"))
+                },
+                Outcome::OperationFailed => Attempt::GiveUp(detail()),
             }
         }
         Ok(Err(error)) => {

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use nexus_outbound_queue::{LaneKey, Outcome, Rejection};
 use tokio::time::Instant;
 
-use crate::body::Body;
+use crate::body::{Body, BodyFault, BodyWatch};
 use crate::error::GatewayError;
 use crate::nexus::{self, headers};
 use crate::state::State;
@@ -53,7 +53,9 @@ pub struct Forward<'a> {
     pub below_prefix: &'a str,
     /// Headers to send (already filtered), without `Request-Timeout`.
     pub headers: HeaderMap,
+    /// The caller's body, capped ([`crate::body::CappedBody`]); `watch` says how it ended.
     pub body: Body,
+    pub watch: std::sync::Arc<BodyWatch>,
     /// When the gateway stops waiting.
     pub deadline: Instant,
 }
@@ -105,6 +107,12 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         HeaderValue::from_str(&nexus::format_timeout(left)).expect("ascii"),
     );
     let sent = tokio::time::timeout_at(f.deadline, state.proxy.request(request)).await;
+    // A request that failed because of the caller's body is the caller's fault: the permit
+    // is dropped unfinished, so the breaker hears nothing of it.
+    if let Some(fault) = f.watch.fault() {
+        drop(permit);
+        return Err(caller_fault(fault));
+    }
     let response = match sent {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
@@ -115,6 +123,13 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
             ))
             .from_upstream());
         }
+        Err(_) if !f.watch.ended() => {
+            drop(permit);
+            return Err(GatewayError::new(
+                crate::ErrorType::RequestTimeout,
+                "request body not received before the deadline",
+            ));
+        }
         Err(_) => {
             permit.finish(Outcome::DestinationDown);
             return Err(GatewayError::upstream_timeout(format!(
@@ -124,16 +139,23 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         }
     };
     let status = response.status();
-    permit.finish(match status.as_u16() {
-        429 | 500..=599 => Outcome::DestinationDown,
-        200..=299 => Outcome::Success,
-        _ => Outcome::OperationFailed,
-    });
+    permit.finish(crate::destination::classify(status));
     let (parts, body) = response.into_parts();
     let mut out = Response::new(body.map_err(Into::into).boxed());
     *out.status_mut() = status;
     nexus::copy_relayed(&parts.headers, out.headers_mut());
     Ok(out)
+}
+
+fn caller_fault(fault: BodyFault) -> GatewayError {
+    match fault {
+        BodyFault::TooLarge { max } => {
+            GatewayError::bad_request(format!("request body exceeds the limit of {max} bytes"))
+        }
+        BodyFault::Unreadable(error) => {
+            GatewayError::bad_request(format!("request body could not be read: {error}"))
+        }
+    }
 }
 
 fn rejected(host: &str, rejection: Rejection) -> GatewayError {

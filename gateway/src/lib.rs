@@ -28,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod config_file;
 pub mod demo;
+pub mod destination;
 pub mod error;
 pub mod external;
 pub mod inbound;

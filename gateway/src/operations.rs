@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use nexus_registry::{Endpoint, Target};
 use tokio::time::Instant;
 
@@ -13,7 +14,7 @@ use std::sync::atomic::Ordering;
 use nexus_certs::Identity;
 
 use crate::attribution::Record;
-use crate::body::{Body, BoxError, Counted, RequestBody, full};
+use crate::body::{Body, CappedBody, RequestBody, full};
 use crate::callback_token::CallbackClaims;
 use crate::error::GatewayError;
 use crate::external;
@@ -112,6 +113,13 @@ async fn serve(
         .admit_or_push_back(&caller, &endpoint.spec.name)
         .await?;
     let timeout = nexus::request_timeout(request.headers())?;
+    let max = state.limits.max_body_bytes;
+    if request.body().size_hint().lower() > max as u64 {
+        // A declared length over the cap: refused before anything reaches the target.
+        return Err(GatewayError::bad_request(format!(
+            "request body exceeds the limit of {max} bytes"
+        )));
+    }
     let received = Instant::now();
     let cancel_token = match &path.kind {
         OperationKind::Start => None,
@@ -173,17 +181,7 @@ async fn serve(
                 headers::CALLER_NAMESPACE,
                 header_value(&caller, "caller namespace")?,
             );
-            let max = state.limits.max_body_bytes;
-            let (body, counted) = Counted::new(body);
-            let body = Limited::new(body, max)
-                .map_err(move |e| -> BoxError {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        format!("request body exceeds the limit of {max} bytes").into()
-                    } else {
-                        e
-                    }
-                })
-                .boxed();
+            let (body, watch) = CappedBody::new(body, state.limits.max_body_bytes);
             let forwarded = external::forward(
                 state,
                 external::Forward {
@@ -193,12 +191,13 @@ async fn serve(
                     base_url: url,
                     below_prefix: &below_prefix,
                     headers: forwarded,
-                    body,
+                    body: body.boxed(),
+                    watch: watch.clone(),
                     deadline: received + wait,
                 },
             )
             .await;
-            record.request_bytes = counted.load(Ordering::Relaxed);
+            record.request_bytes = watch.bytes();
             forwarded
         }
     }

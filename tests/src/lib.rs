@@ -653,3 +653,102 @@ impl TestGateway {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 }
+
+/// Records of the metering API after `after`, at most `limit`, as JSON values.
+pub async fn attribution_events(
+    gw: &TestGateway,
+    after: u64,
+    limit: usize,
+) -> Vec<serde_json::Value> {
+    let request = Request::get(gw.uri(&format!(
+        "/api/v1/attribution/events?after={after}&limit={limit}"
+    )))
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let reply = send(
+        &gw.client(&Identity::Metering("billing-pipeline".into())),
+        request,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    String::from_utf8(reply.body.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A plain-HTTP server on 127.0.0.1 that answers 200 to every request whose body arrived
+/// whole, and counts what reached it: connections, whole requests (with their body
+/// lengths) and requests whose body was cut off.
+pub struct CountingServer {
+    pub addr: SocketAddr,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    pub completed: Arc<std::sync::Mutex<Vec<usize>>>,
+    pub aborted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Signalled after every request, whole or cut.
+    pub seen: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+}
+
+impl CountingServer {
+    pub async fn start() -> CountingServer {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = CountingServer {
+            addr: listener.local_addr().unwrap(),
+            connections: Default::default(),
+            completed: Default::default(),
+            aborted: Default::default(),
+            seen: Default::default(),
+            stop: CancellationToken::new(),
+        };
+        let (connections, completed, aborted, seen, stop) = (
+            server.connections.clone(),
+            server.completed.clone(),
+            server.aborted.clone(),
+            server.seen.clone(),
+            server.stop.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    Ok((tcp, _)) = listener.accept() => tcp,
+                    () = stop.cancelled() => break,
+                };
+                connections.fetch_add(1, SeqCst);
+                let (completed, aborted, seen) = (completed.clone(), aborted.clone(), seen.clone());
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (completed, aborted, seen) =
+                            (completed.clone(), aborted.clone(), seen.clone());
+                        async move {
+                            match request.into_body().collect().await {
+                                Ok(body) => completed.lock().unwrap().push(body.to_bytes().len()),
+                                Err(_) => {
+                                    aborted.fetch_add(1, SeqCst);
+                                }
+                            }
+                            seen.notify_one();
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+                );
+            }
+        });
+        server
+    }
+
+    pub fn completed(&self) -> Vec<usize> {
+        self.completed.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CountingServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
