@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 
 use crate::attribution::Record;
 use crate::body::{Body, RequestBody, empty, full, json};
+use crate::callback_policy::{AllowedCallback, CallbackPolicy};
 use crate::callback_token::{CallbackClaims, CallbackKeys, NoteRef, Sealed};
+use crate::client::CallbackClient;
 use crate::error::GatewayError;
 use crate::nexus::{decode_segment, headers};
 use crate::routes;
@@ -42,6 +44,9 @@ pub struct CallbackSettings {
     pub attempt_timeout: Duration,
     /// Delay between attempts: 1 s doubling to 1 h, 80-100 % jitter.
     pub backoff: Backoff,
+    /// Callback hosts allowed beyond the default (https to public addresses only); see
+    /// [`crate::callback_policy`]. Default none; `dev` allows loopback.
+    pub allowed: Vec<AllowedCallback>,
 }
 
 impl Default for CallbackSettings {
@@ -50,6 +55,7 @@ impl Default for CallbackSettings {
             expiry: Duration::from_secs(60 * 24 * 3600),
             attempt_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
+            allowed: Vec::new(),
         }
     }
 }
@@ -69,6 +75,9 @@ struct Delivery {
 
 pub struct Callbacks {
     keys: CallbackKeys,
+    /// Where completions may go, and the client that goes only there.
+    pub policy: Arc<CallbackPolicy>,
+    client: CallbackClient,
     spool: Arc<Spool>,
     pub settings: CallbackSettings,
     public_url: String,
@@ -88,11 +97,18 @@ pub fn now_ms() -> u64 {
 }
 
 impl Callbacks {
+    /// `tls` is the client identity deliveries present; `own` the gateway's own addresses,
+    /// which callbacks may never reach.
     pub fn open(
         data_dir: &std::path::Path,
         public_url: String,
         settings: CallbackSettings,
+        tls: &nexus_certs::TlsMaterial,
+        own: Vec<std::net::IpAddr>,
     ) -> Result<Callbacks, String> {
+        let policy = Arc::new(CallbackPolicy::new(settings.allowed.clone(), own));
+        let client =
+            crate::client::callback_client(tls, policy.clone()).map_err(|e| e.to_string())?;
         let keys = CallbackKeys::load_or_create(data_dir).map_err(|e| e.to_string())?;
         let spool = Spool::open(&data_dir.join("callbacks.redb")).map_err(|e| e.to_string())?;
         let entries = spool.list(None).map_err(|e| e.to_string())?;
@@ -102,6 +118,8 @@ impl Callbacks {
             .count() as i64;
         Ok(Callbacks {
             keys,
+            policy,
+            client,
             spool: Arc::new(spool),
             settings,
             public_url: public_url.trim_end_matches('/').to_owned(),
@@ -302,7 +320,12 @@ async fn sweep_notes(spool: std::sync::Weak<Spool>) {
 
 /// Headers for the caller: its own callback headers, then the completion's Nexus headers.
 fn completion_headers(claims: &CallbackClaims, from: &HeaderMap) -> Vec<(String, String)> {
-    let mut out = claims.headers.clone();
+    let mut out: Vec<(String, String)> = claims
+        .headers
+        .iter()
+        .filter(|(name, _)| completion_header_allowed(name))
+        .cloned()
+        .collect();
     for (name, value) in from {
         let n = name.as_str();
         let relayed = n.starts_with("content-") && n != "content-length"
@@ -447,6 +470,9 @@ async fn give_up(state: &State, mut entry: SpoolEntry, reason: String) {
 
 async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
     let timeout = state.callbacks.settings.attempt_timeout;
+    if let Err(why) = state.callbacks.policy.check_url(&delivery.url) {
+        return Attempt::GiveUp(why);
+    }
     let uri: http::Uri = match delivery.url.parse() {
         Ok(uri) => uri,
         Err(e) => return Attempt::GiveUp(format!("callback URL is invalid: {e}")),
@@ -485,7 +511,7 @@ async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
         }
     }
     let sent = tokio::time::timeout(timeout, async {
-        let response = state.proxy.request(request).await?;
+        let response = state.callbacks.client.request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
@@ -508,10 +534,14 @@ async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
                 Outcome::OperationFailed => Attempt::GiveUp(detail()),
             }
         }
+        Ok(Err(error)) if crate::callback_policy::is_refused(error.as_ref()) => {
+            drop(permit);
+            Attempt::GiveUp(format!("{host}: {}", root_cause(error.as_ref())))
+        }
         Ok(Err(error)) => {
             permit.finish(Outcome::DestinationDown);
             Attempt::Retry {
-                reason: format!("{host} unreachable: {error}"),
+                reason: format!("{host} unreachable: {}", root_cause(error.as_ref())),
                 at_least: Duration::ZERO,
             }
         }
@@ -523,6 +553,37 @@ async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
             }
         }
     }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+/// Whether a caller's callback header (a `Nexus-Callback-*` header, prefix stripped) may be
+/// sent with the completion: never framing, hop-by-hop or routing headers, and never one the
+/// gateway sets itself from the completion.
+pub fn completion_header_allowed(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    !(matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "expect"
+            | "nexus-link"
+    ) || name.starts_with("proxy-")
+        || name.starts_with("content-")
+        || name.starts_with("nexus-operation-")
+        || name.starts_with(crate::nexus::headers::TASK_PREFIX))
 }
 
 /// Admin API for completions: `GET /api/v1/callbacks[?state=pending|failed]`,

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::callback_policy::AllowedCallback;
+
 use nexus_outbound_queue::LaneSettings;
 
 use crate::config::Config;
@@ -86,6 +88,34 @@ fn duration(v: &toml::Value) -> Result<Duration, String> {
     let s = string(v)?;
     humantime::parse_duration(&s)
         .map_err(|e| format!("{s:?} is not a duration like \"30s\" or \"5m\" ({e})"))
+}
+
+/// `[{ host = "*.example.com", allow_insecure = false }, ...]`
+fn allowed_callbacks(v: &toml::Value) -> Result<Vec<AllowedCallback>, String> {
+    let shape = "expected a list like [{ host = \"*.example.com\", allow_insecure = false }]";
+    let list = v.as_array().ok_or(shape)?;
+    list.iter()
+        .map(|entry| {
+            let table = entry.as_table().ok_or(shape)?;
+            if let Some(unknown) = table
+                .keys()
+                .find(|k| !matches!(k.as_str(), "host" | "allow_insecure"))
+            {
+                return Err(format!(
+                    "unknown key {unknown:?} in an entry (host, allow_insecure)"
+                ));
+            }
+            let host = table
+                .get("host")
+                .and_then(|h| h.as_str())
+                .ok_or("every entry needs host = \"pattern[:port]\"")?;
+            let insecure = match table.get("allow_insecure") {
+                None => false,
+                Some(b) => b.as_bool().ok_or("allow_insecure must be true or false")?,
+            };
+            AllowedCallback::parse(host, insecure)
+        })
+        .collect()
 }
 
 fn positive(v: &toml::Value) -> Result<usize, String> {
@@ -510,9 +540,17 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
             "attempt_timeout",
             "backoff_initial",
             "backoff_max",
+            "allowed",
         ],
     );
     let callbacks = &mut config.callbacks;
+    r.parse(
+        c,
+        "callbacks",
+        "allowed",
+        &mut callbacks.allowed,
+        allowed_callbacks,
+    );
     r.parse(c, "callbacks", "expiry", &mut callbacks.expiry, duration);
     r.parse(
         c,

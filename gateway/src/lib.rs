@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod attribution;
 pub mod body;
+pub mod callback_policy;
 pub mod callback_token;
 pub mod callbacks;
 pub mod cli;

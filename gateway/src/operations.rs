@@ -216,17 +216,27 @@ async fn seal_callback(
     let Some((raw_path, query)) = below_prefix.split_once('?') else {
         return Ok(());
     };
-    let Some(callback) = form_pairs(query)
-        .find(|(k, _)| k == "callback")
-        .map(|(_, v)| v)
-    else {
+    // Keys compare after percent-decoding (`%63allback` is `callback`), so what is validated
+    // is what is sealed and rewritten.
+    let mut callbacks = form_pairs(query).filter(|(k, _)| k == "callback");
+    let Some((_, callback)) = callbacks.next() else {
         return Ok(());
     };
+    let repeated = callbacks.next().is_some();
+    drop(callbacks);
+    if repeated {
+        return Err(GatewayError::bad_request(
+            "more than one callback query parameter",
+        ));
+    }
     validate_callback_url(state, &callback)?;
     let callback_headers: Vec<(String, String)> = forwarded
         .iter()
         .filter_map(|(name, value)| {
             let stripped = name.as_str().strip_prefix(CALLBACK_PREFIX)?;
+            if !crate::callbacks::completion_header_allowed(stripped) {
+                return None;
+            }
             Some((stripped.to_owned(), value.to_str().ok()?.to_owned()))
         })
         .collect();
@@ -264,7 +274,7 @@ async fn seal_callback(
         .split('&')
         .map(|pair| {
             let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-            if key == "callback" {
+            if form_decode(key) == "callback" {
                 format!("callback={}", form_encode(&sealed))
             } else {
                 pair.to_owned()
@@ -284,29 +294,11 @@ fn validate_callback_url(state: &State, url: &str) -> Result<(), GatewayError> {
             "callback URL is longer than {MAX} characters"
         )));
     }
-    let uri: http::Uri = url.parse().map_err(|_| {
-        GatewayError::bad_request(format!("callback URL {url:?} is not a valid URL"))
-    })?;
-    let plain_ok = match state.upstream.plain_http {
-        external::PlainHttp::Never => false,
-        external::PlainHttp::Always => true,
-        external::PlainHttp::Loopback => uri.host().is_some_and(|h| {
-            h == "localhost"
-                || h.trim_matches(|c| c == '[' || c == ']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }),
-    };
-    match uri.scheme_str() {
-        Some("https") if uri.authority().is_some() => Ok(()),
-        Some("http") if uri.authority().is_some() && plain_ok => Ok(()),
-        Some("http") if uri.authority().is_some() => Err(GatewayError::bad_request(format!(
-            "callback URL {url:?} must use https"
-        ))),
-        _ => Err(GatewayError::bad_request(format!(
-            "callback URL {url:?} must be an absolute http(s) URL"
-        ))),
-    }
+    state
+        .callbacks
+        .policy
+        .check_url(url)
+        .map_err(GatewayError::bad_request)
 }
 
 fn form_encode(value: &str) -> String {
@@ -363,13 +355,14 @@ fn cancel_token(
 pub fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        (decode(k), decode(v))
+        (form_decode(k), form_decode(v))
     })
+}
+
+fn form_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn header_value(value: &str, what: &str) -> Result<HeaderValue, GatewayError> {

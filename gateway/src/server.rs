@@ -49,6 +49,15 @@ pub enum StartError {
     Attribution(#[from] crate::attribution::AttributionError),
 }
 
+/// The gateway's own addresses, which callbacks may never reach: the specific addresses
+/// it listens on (loopback and private ones are refused anyway).
+fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
+    [config.listen.ip(), config.ops_listen.ip()]
+        .into_iter()
+        .filter(|ip| !ip.is_unspecified())
+        .collect()
+}
+
 /// A gateway with its ports bound, ready to [`App::run`].
 pub struct App {
     data: TcpListener,
@@ -88,10 +97,16 @@ impl App {
                 format!("https://{data_addr}")
             }
         });
+        let mut upstream_tls = config.tls.clone();
+        if let Some(ca) = &config.upstream.ca {
+            upstream_tls.ca = ca.clone();
+        }
         let callbacks = crate::callbacks::Callbacks::open(
             &config.data_dir,
             public_url,
             config.callbacks.clone(),
+            &upstream_tls,
+            own_addresses(&config),
         )
         .map_err(StartError::Callbacks)?;
         let attribution = if config.attribution_enabled {
@@ -101,10 +116,6 @@ impl App {
         } else {
             None
         };
-        let mut upstream_tls = config.tls.clone();
-        if let Some(ca) = &config.upstream.ca {
-            upstream_tls.ca = ca.clone();
-        }
         let proxy = crate::client::http_client(&upstream_tls, crate::client::HttpVersions::Any)?;
         let state = Arc::new(State {
             registry,

@@ -124,6 +124,8 @@ impl TestGateway {
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.ops_listen = "127.0.0.1:0".parse().unwrap();
         config.shutdown_grace = Duration::from_secs(5);
+        // Test callers' callback receivers listen on loopback, as under `dev`.
+        config.callbacks.allowed = nexus_gateway::callback_policy::AllowedCallback::loopback();
         tweak(&mut config);
         let app = App::build(config).await.expect("gateway starts");
         let (stop, stopped) = oneshot::channel::<()>();

@@ -140,9 +140,17 @@ fn serve(dir: &Path) -> (Proc, u16) {
 /// `serve` on free ports with the certificates and data directory in `dir` (a restart keeps
 /// the data).
 fn start_serve(dir: &Path) -> (Proc, u16) {
+    // The tests' callback receivers listen on loopback.
+    std::fs::write(
+        dir.join("callbacks.toml"),
+        "[callbacks]\nallowed = [{ host = \"127.0.0.1\", allow_insecure = true }]\n",
+    )
+    .unwrap();
     let mut gw = Proc::spawn(
         &[
             "serve",
+            "--config",
+            "callbacks.toml",
             "--listen",
             "127.0.0.1:0",
             "--ops-listen",

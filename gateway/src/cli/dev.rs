@@ -47,6 +47,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let mut config = Config::new(pki.server_files().load()?, args.data_dir.clone());
     config.listen = args.listen;
     config.ops_listen = args.ops_listen;
+    // Dev callers listen on this machine: let completions reach loopback, over http too.
+    config.callbacks.allowed = crate::callback_policy::AllowedCallback::loopback();
     let app = App::build(config).await?;
     let stop_signal = super::shutdown_signal();
     let data = app.data_addr();
