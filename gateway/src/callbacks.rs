@@ -81,8 +81,9 @@ pub struct Callbacks {
     spool: Arc<Spool>,
     pub settings: CallbackSettings,
     public_url: String,
-    /// Deliveries running in this process, to wake one on `retry`.
-    active: DashMap<u64, Arc<Notify>>,
+    /// Deliveries running in this process, to wake one on `retry` or when its destination
+    /// has just taken another completion.
+    active: DashMap<u64, Arc<Active>>,
     pub pending: AtomicI64,
     pub failed: AtomicI64,
     pub delivered: AtomicU64,
@@ -193,8 +194,18 @@ impl Callbacks {
                 "resuming delivery of pending completions"
             );
         }
-        for entry in pending {
+        // One completion per destination goes at once, whatever its backoff said: if the
+        // destination is back, its success wakes the others (see `wake_siblings`).
+        let mut probed = std::collections::HashSet::new();
+        let mut by_due: Vec<_> = pending.iter().collect();
+        by_due.sort_by_key(|e| e.next_attempt_ms);
+        for entry in by_due {
+            let host = decode(&entry.payload).map(|(d, _)| destination_of(&d.url));
+            let probe = host.is_some_and(|h| probed.insert(h));
             spawn_delivery(state, entry.id);
+            if probe && let Some(active) = state.callbacks.active.get(&entry.id) {
+                active.due_now();
+            }
         }
         tokio::spawn(sweep_notes(Arc::downgrade(&state.callbacks.spool)));
     }
@@ -220,9 +231,13 @@ pub async fn complete(
         ..Record::default()
     };
     let response = match accept(state, peer, request, &mut record).await {
-        Ok(response) => {
+        Ok(Accepted::New) => {
             record.outcome = "accepted".into();
-            response
+            Response::new(empty())
+        }
+        Ok(Accepted::Duplicate) => {
+            record.outcome = "duplicate".into();
+            Response::new(empty())
         }
         Err(error) => {
             record.outcome = crate::metering::error_outcome(&error);
@@ -233,12 +248,26 @@ pub async fn complete(
     Ok(response)
 }
 
+/// How an acceptable completion was taken.
+enum Accepted {
+    New,
+    /// Its token's completion was already accepted: answered like the first, not delivered
+    /// again.
+    Duplicate,
+}
+
+/// The key a completion is accepted once under: a digest of its token.
+fn once_key(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().try_into().expect("32 bytes")
+}
+
 async fn accept(
     state: &Arc<State>,
     peer: &Peer,
     request: Request<RequestBody>,
     record: &mut Record,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<Accepted, GatewayError> {
     let sender = routes::namespace(peer, "complete operations")?.to_owned();
     record.target_namespace = Some(sender.clone());
     let path = request.uri().path();
@@ -247,6 +276,16 @@ async fn accept(
         _ => return Err(GatewayError::not_found(format!("no route for {path}"))),
     };
     routes::require_method(&request, &[Method::POST])?;
+    let key = once_key(&token);
+    // Only tokens this gateway accepted are keyed, so a forged token never matches.
+    let spool = state.callbacks.spool.clone();
+    let seen = tokio::task::spawn_blocking(move || spool.was_pushed(&key, now_ms()))
+        .await
+        .map_err(|e| GatewayError::internal(e.to_string()))?
+        .map_err(|e| GatewayError::internal(format!("cannot read the completion spool: {e}")))?;
+    if seen {
+        return Ok(Accepted::Duplicate);
+    }
     let (claims, note) = state.callbacks.open_claims(&token).await?;
     record.caller_namespace = Some(claims.caller_namespace.clone());
     record.endpoint = Some(claims.endpoint.clone());
@@ -290,16 +329,19 @@ async fn accept(
     let expires = claims.expires_ms;
     // The 200 goes out only once the completion is on disk. It uses up a long callback's note,
     // in the same transaction.
-    let entry = tokio::task::spawn_blocking(move || {
-        spool.push_taking_note(&payload, now_ms(), expires, note)
+    let pushed = tokio::task::spawn_blocking(move || {
+        spool.push_once(&key, &payload, now_ms(), expires, note)
     })
     .await
     .map_err(|e| GatewayError::internal(e.to_string()))?
     .map_err(|e| GatewayError::internal(format!("cannot store the completion: {e}")))?;
+    let Some(entry) = pushed else {
+        return Ok(Accepted::Duplicate);
+    };
     state.callbacks.pending.fetch_add(1, Ordering::Relaxed);
     debug!(id = entry.id, "completion accepted");
     spawn_delivery(state, entry.id);
-    Ok(Response::new(empty()))
+    Ok(Accepted::New)
 }
 
 /// Deletes callback notes past their expiry (operations that never completed), for as long as
@@ -373,18 +415,52 @@ fn decode(payload: &[u8]) -> Option<(Delivery, Bytes)> {
     Some((meta, Bytes::copy_from_slice(&payload[4 + len..])))
 }
 
+/// A delivery running in this process.
+#[derive(Default)]
+struct Active {
+    wake: Notify,
+    /// Set to attempt at once, whatever the backoff said.
+    now: std::sync::atomic::AtomicBool,
+    /// The destination (`host:port`), once known.
+    destination: std::sync::OnceLock<String>,
+}
+
+impl Active {
+    fn due_now(&self) {
+        self.now.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+fn destination_of(url: &str) -> String {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default()
+}
+
+/// A destination just took a completion: the others waiting for it go now instead of after
+/// their backoff.
+fn wake_siblings(state: &State, destination: &str) {
+    for active in state.callbacks.active.iter() {
+        if active.destination.get().is_some_and(|d| d == destination) {
+            active.due_now();
+        }
+    }
+}
+
 fn spawn_delivery(state: &Arc<State>, id: u64) {
     use dashmap::mapref::entry::Entry;
-    let wake = match state.callbacks.active.entry(id) {
+    let active = match state.callbacks.active.entry(id) {
         Entry::Occupied(running) => {
-            running.get().notify_one();
+            running.get().wake.notify_one();
             return;
         }
-        Entry::Vacant(slot) => slot.insert(Arc::new(Notify::new())).clone(),
+        Entry::Vacant(slot) => slot.insert(Arc::new(Active::default())).clone(),
     };
     let state = state.clone();
     tokio::spawn(async move {
-        deliver(&state, id, &wake).await;
+        deliver(&state, id, &active).await;
         state.callbacks.active.remove(&id);
     });
 }
@@ -399,7 +475,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.ok()
 }
 
-async fn deliver(state: &Arc<State>, id: u64, wake: &Notify) {
+async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
     let callbacks = &state.callbacks;
     loop {
         let spool = callbacks.spool.clone();
@@ -414,19 +490,22 @@ async fn deliver(state: &Arc<State>, id: u64, wake: &Notify) {
             give_up(state, entry, "expired before it could be delivered".into()).await;
             return;
         }
-        if entry.next_attempt_ms > now {
-            let wait = Duration::from_millis(entry.next_attempt_ms.min(entry.expires_ms) - now);
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = wake.notified() => {}
-                () = state.shutdown.cancelled() => return,
-            }
-            continue;
-        }
         let Some((delivery, body)) = decode(&entry.payload) else {
             give_up(state, entry, "stored completion is unreadable".into()).await;
             return;
         };
+        let destination = active
+            .destination
+            .get_or_init(|| destination_of(&delivery.url));
+        if entry.next_attempt_ms > now && !active.now.swap(false, Ordering::AcqRel) {
+            let wait = Duration::from_millis(entry.next_attempt_ms.min(entry.expires_ms) - now);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = active.wake.notified() => {}
+                () = state.shutdown.cancelled() => return,
+            }
+            continue;
+        }
         callbacks.attempts.fetch_add(1, Ordering::Relaxed);
         match attempt(state, &delivery, body).await {
             Attempt::Delivered => {
@@ -435,6 +514,7 @@ async fn deliver(state: &Arc<State>, id: u64, wake: &Notify) {
                 callbacks.pending.fetch_sub(1, Ordering::Relaxed);
                 callbacks.delivered.fetch_add(1, Ordering::Relaxed);
                 debug!(id, "completion delivered");
+                wake_siblings(state, destination);
                 return;
             }
             Attempt::GiveUp(reason) => {
@@ -513,6 +593,16 @@ async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
     let sent = tokio::time::timeout(timeout, async {
         let response = state.callbacks.client.request(request).await?;
         let status = response.status();
+        if status.is_success() {
+            // Delivered once the status is in: recorded at once, not after the body, so a
+            // crash has the smallest window to deliver it again. The body is read in the
+            // background only so the connection can be reused.
+            let body = response.into_body();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(timeout, body.collect()).await;
+            });
+            return Ok((status, Bytes::new()));
+        }
         let body = response.into_body().collect().await?.to_bytes();
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
     })
@@ -688,8 +778,8 @@ pub async fn admin(
                 EntryState::Failed => &state.callbacks.failed,
             };
             counter.fetch_sub(1, Ordering::Relaxed);
-            if let Some(wake) = state.callbacks.active.get(&id) {
-                wake.notify_one();
+            if let Some(active) = state.callbacks.active.get(&id) {
+                active.wake.notify_one();
             }
             Ok(json(&serde_json::json!({})))
         }

@@ -14,6 +14,8 @@ const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Note id → expiry (unix ms, little-endian u64) ‖ payload.
 const NOTES: TableDefinition<u64, &[u8]> = TableDefinition::new("notes");
+/// Keys of entries pushed with [`Spool::push_once`], with their expiry (ms since the epoch).
+const ONCE: TableDefinition<&[u8], u64> = TableDefinition::new("once");
 const NEXT_ID: &str = "next_id";
 const NEXT_NOTE: &str = "next_note";
 
@@ -100,9 +102,14 @@ impl Spool {
         Ok((u64::from_le_bytes(*expires) >= now_ms).then(|| payload.to_vec()))
     }
 
-    /// Removes the notes expired by `now_ms`; returns how many.
+    /// Removes the notes and [`Self::push_once`] keys expired by `now_ms`; returns how many
+    /// notes.
     pub fn sweep_notes(&self, now_ms: u64) -> Result<usize, SpoolError> {
         let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(ONCE)
+            .map_err(err)?
+            .retain(|_, expires| expires >= now_ms)
+            .map_err(err)?;
         let swept = {
             let mut notes = tx.open_table(NOTES).map_err(err)?;
             let before = notes.len().map_err(err)?;
@@ -138,7 +145,58 @@ impl Spool {
         expires_ms: u64,
         note: Option<u64>,
     ) -> Result<SpoolEntry, SpoolError> {
+        self.push_inner(None, payload, now_ms, expires_ms, note)
+            .map(|e| e.expect("always pushed without a key"))
+    }
+
+    /// [`Self::push_taking_note`] at most once per `key` until `expires_ms`: `None`, and
+    /// nothing changed, when an entry was already pushed with this key. The key is recorded
+    /// in the same transaction as the entry, so a crash leaves both or neither.
+    pub fn push_once(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        note: Option<u64>,
+    ) -> Result<Option<SpoolEntry>, SpoolError> {
+        self.push_inner(Some(key), payload, now_ms, expires_ms, note)
+    }
+
+    /// Whether an entry was pushed with `key` (and the key has not expired by `now_ms`).
+    pub fn was_pushed(&self, key: &[u8], now_ms: u64) -> Result<bool, SpoolError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = match tx.open_table(ONCE) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(err(e)),
+        };
+        Ok(table
+            .get(key)
+            .map_err(err)?
+            .is_some_and(|expires| expires.value() >= now_ms))
+    }
+
+    fn push_inner(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        note: Option<u64>,
+    ) -> Result<Option<SpoolEntry>, SpoolError> {
         let tx = self.db.begin_write().map_err(err)?;
+        if let Some(key) = key {
+            let mut once = tx.open_table(ONCE).map_err(err)?;
+            let seen = once
+                .get(key)
+                .map_err(err)?
+                .is_some_and(|expires| expires.value() >= now_ms);
+            if seen {
+                return Ok(None);
+            }
+            once.insert(key, expires_ms).map_err(err)?;
+        }
         if let Some(note) = note {
             tx.open_table(NOTES)
                 .map_err(err)?
@@ -164,7 +222,7 @@ impl Spool {
             entry
         };
         tx.commit().map_err(err)?;
-        Ok(entry)
+        Ok(Some(entry))
     }
 
     /// Rewrites an entry's bookkeeping (attempts, state, next attempt, error).
@@ -339,6 +397,45 @@ mod tests {
         // Note ids are never reused, and apart from entry ids.
         assert_eq!(spool.put_note(b"third", 9_000).unwrap(), 3);
         assert_eq!(spool.push(b"entry", 0, 9_000).unwrap().id, 2);
+    }
+
+    #[test]
+    fn push_once_pushes_a_key_once_until_it_expires_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let spool = Spool::open(&path).unwrap();
+            assert!(!spool.was_pushed(b"k", 0).unwrap());
+            let first = spool.push_once(b"k", b"a", 1_000, 5_000, None).unwrap();
+            assert!(first.is_some());
+            assert!(
+                spool
+                    .push_once(b"k", b"b", 2_000, 5_000, None)
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(
+                spool
+                    .push_once(b"other", b"c", 2_000, 5_000, None)
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        let spool = Spool::open(&path).unwrap();
+        assert!(spool.was_pushed(b"k", 5_000).unwrap());
+        assert_eq!(
+            spool.list(None).unwrap().len(),
+            2,
+            "the duplicate was not stored"
+        );
+        assert!(!spool.was_pushed(b"k", 5_001).unwrap(), "expired");
+        spool.sweep_notes(6_000).unwrap();
+        assert!(
+            spool
+                .push_once(b"k", b"d", 6_000, 9_000, None)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -17,9 +17,12 @@ use nexus_e2e::*;
 use nexus_gateway::client::{HttpVersions, http_client};
 
 const MAX: usize = 2 * 1024 * 1024;
+const OVER: usize = MAX / (64 * 1024) + 1;
 const TOO_LARGE: &str = "request body exceeds the limit of 2097152 bytes";
 
 /// `chunks` chunks of 64 KiB with no length announced: sent chunked (HTTP/1.1).
+/// `OVER` of them cross the cap with the last chunk, so the caller has sent everything by
+/// the time the gateway answers and reads the 400 on a clean connection.
 struct Streamed {
     chunks: usize,
 }
@@ -100,7 +103,7 @@ async fn a_streamed_body_over_the_cap_is_aborted_upstream_and_never_opens_the_br
     // More than the breaker's threshold of destination-down outcomes (5), were they counted.
     for round in 1..=7 {
         let seen = upstream.seen.notified();
-        let (status, message) = send_streamed(&streaming, uri.clone(), 48).await;
+        let (status, message) = send_streamed(&streaming, uri.clone(), OVER).await;
         assert_eq!(
             (status, message.as_str()),
             (400, TOO_LARGE),
@@ -151,7 +154,7 @@ async fn a_worker_target_refuses_the_same_bodies_the_same_way() {
     let material = gw.pki.client_material(&ns("orders"));
     let streaming: StreamClient = http_client(&material, HttpVersions::Http1Only).unwrap();
     let uri = gw.uri("/nexus/endpoints/payments/services/svc/echo");
-    let (status, message) = send_streamed(&streaming, uri.clone(), 48).await;
+    let (status, message) = send_streamed(&streaming, uri.clone(), OVER).await;
     assert_eq!((status, message.as_str()), (400, TOO_LARGE));
     let reply = send(
         &gw.client(&ns("orders")),

@@ -316,15 +316,106 @@ async fn long_callbacks_get_a_short_url_and_still_reach_the_caller() {
     assert_eq!(got.header("temporal-callback-token"), Some(secret.as_str()));
     assert_eq!(got.header("nexus-operation-state"), Some("succeeded"));
 
-    // The operation is complete: the same URL no longer opens.
+    // The same completion again (the handler missed the 200, say): answered like the first,
+    // not delivered again.
     let again = send(&handler, completion(&url, "succeeded", "{}")).await;
-    assert_eq!(again.status, 404);
-    assert_eq!(
-        again.message(),
-        "callback token refers to an operation this gateway no longer tracks: already \
-         completed or expired"
-    );
+    assert_eq!((again.status.as_u16(), again.body.len()), (200, 0));
     // Short callbacks still travel inside their URL.
     let short = start_with_callback(&gw, &receiver).await;
     assert!(short.len() > 200, "claims sealed in the URL: {short}");
+}
+
+#[tokio::test]
+async fn a_completion_posted_twice_is_answered_twice_and_delivered_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = std::sync::Arc::new(Pki::new());
+    let mut gw = TestGateway::start_in(pki.clone(), dir.path(), |_| {}).await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let worker = gw.start_worker("billing", "charges");
+    let mut receiver = Receiver::start(200).await;
+    let url = start_with_callback(&gw, &receiver).await;
+    let handler = gw.client(&ns("billing"));
+    let first = send(&handler, completion(&url, "succeeded", "once")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(receiver.next(BOUND).await.unwrap().body, "once");
+    // The handler did not see the first 200 (say) and sends it again: the same answer,
+    // and nothing is stored to deliver.
+    let again = send(&handler, completion(&url, "succeeded", "once")).await;
+    assert_eq!((again.status, again.body.len()), (first.status, 0));
+    let pending = || async {
+        let mut list = post(gw.uri("/api/v1/callbacks"), &[], "");
+        *list.method_mut() = http::Method::GET;
+        send(&gw.client(&admin()), list).await.json()["completions"].clone()
+    };
+    assert_eq!(pending().await, serde_json::json!([]));
+    worker.stop().await;
+    gw.stop().await;
+    let old = format!("localhost:{}", gw.data_addr.port());
+    drop(gw);
+
+    let gw = TestGateway::start_in(pki, dir.path(), |_| {}).await;
+    let url = url.replace(&old, &format!("localhost:{}", gw.data_addr.port()));
+    let replay = send(
+        &gw.client(&ns("billing")),
+        completion(&url, "succeeded", "once"),
+    )
+    .await;
+    assert_eq!(replay.status, 200);
+    let outcomes: Vec<String> = attribution_events(&gw, 0, 100)
+        .await
+        .iter()
+        .filter(|r| r["kind"] == "completion")
+        .map(|r| r["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["accepted", "duplicate", "duplicate"]);
+    let mut list = post(gw.uri("/api/v1/callbacks"), &[], "");
+    *list.method_mut() = http::Method::GET;
+    let listed = send(&gw.client(&admin()), list).await.json();
+    assert_eq!(listed["completions"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn after_a_restart_pending_completions_go_at_once_instead_of_after_their_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = std::sync::Arc::new(Pki::new());
+    // After a failure the next attempt would be an hour away.
+    let hour = |c: &mut nexus_gateway::Config| {
+        c.callbacks.backoff.initial = Duration::from_secs(3600);
+        c.callbacks.backoff.jitter_min = 1.0;
+    };
+    let mut gw = TestGateway::start_in(pki.clone(), dir.path(), hour).await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let worker = gw.start_worker("billing", "charges");
+    let mut receiver = Receiver::start(503).await;
+    let handler = gw.client(&ns("billing"));
+    for body in ["first", "second", "third"] {
+        let url = start_with_callback(&gw, &receiver).await;
+        assert_eq!(
+            send(&handler, completion(&url, "succeeded", body))
+                .await
+                .status,
+            200
+        );
+        // The receiver is down: the attempt fails and the next one is scheduled in an hour.
+        assert_eq!(receiver.next(BOUND).await.unwrap().body, body);
+    }
+    worker.stop().await;
+    gw.stop().await;
+    drop(gw);
+
+    receiver.set_status(200);
+    let _gw = TestGateway::start_in(pki, dir.path(), hour).await;
+    // One goes at once as a probe; its success wakes the other two.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            receiver
+                .next(BOUND)
+                .await
+                .expect("delivered without waiting an hour")
+                .body,
+        );
+    }
+    got.sort();
+    assert_eq!(got, ["first", "second", "third"]);
 }
