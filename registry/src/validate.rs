@@ -61,6 +61,15 @@ impl EndpointSpec {
                 }
             }
             Target::External { url } => {
+                if has_userinfo(url) {
+                    // Not quoted: the value holds a secret, and errors are logged and shown.
+                    return Err(RegistryError::Invalid(
+                        "external target url is invalid: must not carry credentials \
+                         (user:password@); the gateway authenticates to targets with its \
+                         client certificate"
+                            .into(),
+                    ));
+                }
                 if let Some(rule) = url_rule(url) {
                     return Err(invalid("external target url", url, rule));
                 }
@@ -153,10 +162,13 @@ fn url_rule(url: &str) -> Option<String> {
     else {
         return Some("must start with http:// or https://".into());
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_userinfo, host_port)| host_port);
+    if url.contains('?') {
+        return Some("must not have a query (?...): operations are appended to its path".into());
+    }
+    if url.contains('#') {
+        return Some("must not have a fragment (#...)".into());
+    }
+    let host_port = rest.split('/').next().unwrap_or_default();
     // IPv6 literals carry colons, so the port starts after the closing bracket.
     let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
         match bracketed.split_once(']') {
@@ -181,6 +193,14 @@ fn url_rule(url: &str) -> Option<String> {
         return Some("must have a numeric port of at most 65535".into());
     }
     None
+}
+
+/// Whether the URL's authority carries `user[:password]@`.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -235,8 +255,8 @@ mod tests {
         worker(&"a".repeat(200)).validate().unwrap();
         for url in [
             "http://h",
-            "https://example.com:8443/base?x=1",
-            "HTTPS://user:pw@example.com",
+            "https://example.com:8443/base",
+            "HTTPS://example.com",
             "http://[::1]:7243",
             "http://host:",
         ] {
@@ -245,6 +265,21 @@ mod tests {
         let mut spec = worker("ok");
         spec.allowed_caller_namespaces.clear();
         spec.validate().unwrap();
+    }
+
+    #[test]
+    fn target_urls_carry_no_credentials_query_or_fragment() {
+        let m = message(&external("https://user:s3cret@example.com/x"));
+        assert!(m.contains("must not carry credentials"), "{m}");
+        assert!(!m.contains("s3cret"), "{m}");
+        assert_eq!(
+            message(&external("https://example.com/x?y=1")),
+            r#"external target url "https://example.com/x?y=1" is invalid: must not have a query (?...): operations are appended to its path"#
+        );
+        assert_eq!(
+            message(&external("https://example.com/x#f")),
+            r#"external target url "https://example.com/x#f" is invalid: must not have a fragment (#...)"#
+        );
     }
 
     #[test]
@@ -326,7 +361,7 @@ mod tests {
             message(&external("ftp://h")),
             r#"external target url "ftp://h" is invalid: must start with http:// or https://"#
         );
-        for no_host in ["http://", "https:///path", "http://user@/x", "http://:80"] {
+        for no_host in ["http://", "https:///path", "http://:80"] {
             assert!(
                 message(&external(no_host)).ends_with("must have a non-empty host"),
                 "{no_host}"
