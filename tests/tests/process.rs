@@ -995,3 +995,43 @@ async fn attribution_survives_kill_9_under_load_without_gaps() {
         serde_json::from_str(String::from_utf8_lossy(&rest.body).lines().next().unwrap()).unwrap();
     assert_eq!(first_rest["seq"].as_u64(), Some(half + 1));
 }
+
+#[test]
+fn serve_on_a_busy_port_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, _, err) = run(&["certs", "init", "--dir", "pki"], d);
+    assert_eq!(code, 0, "{err}");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let tls = [
+        "--tls-ca",
+        "pki/ca.pem",
+        "--tls-cert",
+        "pki/server.pem",
+        "--tls-key",
+        "pki/server-key.pem",
+    ];
+    for (flag, other) in [("--listen", "--ops-listen"), ("--ops-listen", "--listen")] {
+        let args = [
+            &[
+                "serve",
+                "--data-dir",
+                "fresh",
+                flag,
+                &addr,
+                other,
+                "127.0.0.1:0",
+            ][..],
+            &tls[..],
+        ]
+        .concat();
+        let (code, _, err) = run(&args, d);
+        assert_ne!(code, 0, "{err}");
+        assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+        assert!(
+            !d.join("fresh").exists(),
+            "{flag} busy: the data directory was created"
+        );
+    }
+}
