@@ -415,6 +415,8 @@ async fn deliver(state: &Arc<State>, id: u64, wake: &Notify) {
                 return;
             }
             Attempt::GiveUp(reason) => {
+                // It was tried: `attempts` counts deliveries made, not retries left.
+                entry.attempts += 1;
                 give_up(state, entry, reason).await;
                 return;
             }

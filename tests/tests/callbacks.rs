@@ -233,6 +233,7 @@ async fn undeliverable_completions_are_kept_retried_and_dropped() {
         "{failed}"
     );
     assert_eq!(failed["callerNamespace"], "orders");
+    assert_eq!(failed["attempts"], 1, "tried once: {failed}");
     let id = failed["id"].as_u64().unwrap();
 
     // Retry once the receiver accepts.
