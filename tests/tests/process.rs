@@ -1035,3 +1035,11 @@ fn serve_on_a_busy_port_creates_nothing() {
         );
     }
 }
+
+#[test]
+fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut gw, _) = serve(dir.path());
+    let line = gw.wait_for("serving");
+    assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+}

@@ -9,6 +9,7 @@ mod endpoint;
 mod serve;
 mod worker;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -122,6 +123,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching; files and pipes get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
