@@ -1043,3 +1043,81 @@ fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
     let line = gw.wait_for("serving");
     assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
 }
+
+/// Runs the CLI with a stdout pipe whose reader is already gone, as `| head -1` leaves it.
+async fn run_into_closed_pipe(args: &[String]) -> (Option<i32>, String) {
+    let (writer, reader) = tokio::net::unix::pipe::pipe().unwrap();
+    drop(reader);
+    // Not `output()`: tokio's replaces the stdout given with a pipe of its own.
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer.into_blocking_fd().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let gw = TestGateway::start().await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let dir = tempfile::tempdir().unwrap();
+    let list = [
+        vec!["endpoint".to_owned(), "list".to_owned()],
+        gw.cli_flags(&admin(), dir.path()),
+    ]
+    .concat();
+    for args in [list, vec!["config".into(), "example".into()]] {
+        let (code, err) = run_into_closed_pipe(&args).await;
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn endpoint_list_columns_line_up() {
+    let gw = TestGateway::start().await;
+    let long = "a-much-longer-endpoint-name-than-the-column-was";
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    gw.external_endpoint(
+        long,
+        "https://handler.internal:7243/namespaces/risk/task-queues/fraud/nexus-services",
+        &["payments"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["endpoint", "list"])
+        .args(gw.cli_flags(&admin(), dir.path()))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for title in ["ID", "TARGET", "ALLOWED CALLERS"] {
+        let at = lines[0].find(title).unwrap();
+        for row in &lines[1..] {
+            assert!(
+                row[..at].ends_with(' ') && !row[at..].starts_with(' '),
+                "{title} column not aligned:\n{text}"
+            );
+        }
+    }
+    let version_end = lines[0].find("VERSION").unwrap() + "VERSION".len();
+    for row in &lines[1..] {
+        assert_eq!(&row[version_end - 1..version_end], "1", "{text}");
+    }
+}

@@ -10,8 +10,8 @@ use http::Method;
 use http_body_util::{BodyExt, Full};
 use nexus_certs::Identity;
 
-use super::Failure;
 use super::conn::Connection;
+use super::{Failure, outln, write_stdout};
 use crate::attribution::{self, Dimension, Record};
 use crate::client::HttpClient;
 
@@ -140,7 +140,7 @@ pub async fn tail(args: TailArgs) -> Result<(), Failure> {
             () = &mut stop => return Ok(()),
         };
         for line in &lines {
-            println!("{line}");
+            outln!("{line}")?;
             after = seq_of(line)?;
         }
         if lines.len() < PAGE && !args.follow {
@@ -177,9 +177,8 @@ pub async fn usage(args: UsageArgs) -> Result<(), Failure> {
     }
     let rows = attribution::aggregate(records, args.from.as_deref(), args.to.as_deref(), &args.by);
     match args.format.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
-        "csv" => print!("{}", attribution::format_csv(&rows, &args.by)),
-        _ => print!("{}", attribution::format_table(&rows, &args.by)),
+        "json" => outln!("{}", serde_json::to_string_pretty(&rows)?),
+        "csv" => write_stdout(&attribution::format_csv(&rows, &args.by)),
+        _ => write_stdout(&attribution::format_table(&rows, &args.by)),
     }
-    Ok(())
 }

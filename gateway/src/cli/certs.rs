@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args as ClapArgs, Subcommand};
 use nexus_certs::{DevPki, Identity};
 
-use super::Failure;
+use super::{Failure, outln};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -51,9 +51,9 @@ pub fn run(command: Command) -> Result<(), Failure> {
         Command::Init { dir, server_names } => {
             let pki = DevPki::init(&dir, &server_names)?;
             let server = pki.server_files();
-            println!("CA:          {}", pki.ca_path().display());
-            println!("server cert: {}", server.cert.display());
-            println!("server key:  {}", server.key.display());
+            outln!("CA:          {}", pki.ca_path().display())?;
+            outln!("server cert: {}", server.cert.display())?;
+            outln!("server key:  {}", server.key.display())?;
             Ok(())
         }
         Command::Issue(args) => {
@@ -65,10 +65,10 @@ pub fn run(command: Command) -> Result<(), Failure> {
             };
             let pki = DevPki::open(&args.dir)?;
             let files = pki.issue(&identity, &args.trust_domain)?;
-            println!("identity: {}", identity.uri(&args.trust_domain));
-            println!("cert:     {}", files.cert.display());
-            println!("key:      {}", files.key.display());
-            println!("ca:       {}", files.ca.display());
+            outln!("identity: {}", identity.uri(&args.trust_domain))?;
+            outln!("cert:     {}", files.cert.display())?;
+            outln!("key:      {}", files.key.display())?;
+            outln!("ca:       {}", files.ca.display())?;
             Ok(())
         }
     }

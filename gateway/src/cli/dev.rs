@@ -12,7 +12,7 @@ use nexus_certs::{DevPki, Identity};
 use nexus_registry::{EndpointSpec, Target};
 use tokio_util::sync::CancellationToken;
 
-use super::Failure;
+use super::{Failure, outln};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
 
     let dir = args.data_dir.display();
     let c = |p: &PathBuf| p.display().to_string();
-    println!(
+    outln!(
         "\nnexus-gateway dev is running\n\
          \n  data port (mTLS): https://localhost:{port}\n  ops port:         http://{ops}/healthz  /readyz  /metrics\
          \n  data directory:   {dir}\n  certificates:     {certs} (CA {ca})\n\
@@ -93,9 +93,9 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         admin_cert = c(&admin.cert),
         caller_cert = c(&caller.cert),
         handler_cert = c(&handler.cert),
-    );
+    )?;
     if !args.no_demo {
-        println!(
+        outln!(
             "Call the demo endpoint as namespace \"{CALLER}\" (an echo worker of \"{HANDLER}\" answers):\n\n  \
              curl --cacert {ca} --cert {cert} --key {key} \\\n    \
              -H 'Content-Type: application/json' -d '{{\"hello\":\"nexus\"}}' \\\n    \
@@ -104,13 +104,13 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             cert = c(&caller.cert),
             key = c(&caller.key),
             port = data.port(),
-        );
+        )?;
     }
-    println!(
+    outln!(
         "Manage endpoints (uses the dev admin certificate):\n\n  \
          cargo run -q -p nexus-gateway -- endpoint list --gateway https://localhost:{port}\n",
         port = data.port()
-    );
+    )?;
     app.run(stop_signal).await;
     shutdown.cancel();
     if let Some(worker) = demo_worker {
