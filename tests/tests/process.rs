@@ -997,6 +997,84 @@ async fn attribution_survives_kill_9_under_load_without_gaps() {
 }
 
 #[test]
+fn certs_never_overwrite_other_files_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, _, err) = run(&["certs", "init", "--dir", "pki"], d);
+    assert_eq!(code, 0, "{err}");
+    // Issuing the same identity again keeps its files.
+    let issue = ["certs", "issue", "--dir", "pki", "--namespace", "orders"];
+    assert_eq!(run(&issue, d).0, 0);
+    let cert = d.join("pki/ns-orders.pem");
+    let before = std::fs::read(&cert).unwrap();
+    let (code, _, err) = run(&issue, d);
+    assert_eq!((code, std::fs::read(&cert).unwrap()), (0, before), "{err}");
+
+    // Someone's own file where a new certificate would go is left alone.
+    std::fs::write(d.join("pki/ns-billing.pem"), "my own certificate").unwrap();
+    let issue = ["certs", "issue", "--dir", "pki", "--namespace", "billing"];
+    let (code, _, err) = run(&issue, d);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("pki/ns-billing.pem") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("pki/ns-billing.pem")).unwrap(),
+        "my own certificate"
+    );
+    let (code, _, err) = run(&[&issue[..], &["--force"]].concat(), d);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read_to_string(d.join("pki/ns-billing.pem"))
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+
+    // Another identity's certificate under the same name: another trust domain.
+    let (code, _, err) = run(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "pki",
+            "--namespace",
+            "orders",
+            "--trust-domain",
+            "other",
+        ],
+        d,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("ns-orders.pem") && err.contains("--force"),
+        "{err}"
+    );
+
+    // A server certificate for other names.
+    let server = d.join("pki/server.pem");
+    let before = std::fs::read(&server).unwrap();
+    let init = [
+        "certs",
+        "init",
+        "--dir",
+        "pki",
+        "--server-name",
+        "gateway.internal",
+    ];
+    let (code, _, err) = run(&init, d);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("pki/server.pem") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&server).unwrap(), before);
+    let (code, _, err) = run(&[&init[..], &["--force"]].concat(), d);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(std::fs::read(&server).unwrap(), before);
+}
+
+#[test]
 fn serve_on_a_busy_port_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
