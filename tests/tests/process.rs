@@ -1199,3 +1199,37 @@ async fn endpoint_list_columns_line_up() {
         assert_eq!(&row[version_end - 1..version_end], "1", "{text}");
     }
 }
+
+#[test]
+fn readme_keeps_generated_files_out_of_the_workspace_crates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let ignored = std::fs::read_to_string(root.join(".gitignore")).unwrap();
+    let mut dirs = std::collections::BTreeSet::new();
+    for flag in ["--dir ", "--data-dir "] {
+        for (at, _) in readme.match_indices(flag) {
+            let path: String = readme[at + flag.len()..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '`')
+                .collect();
+            if let Some(top) = path
+                .split('/')
+                .next()
+                .filter(|t| !t.is_empty() && !t.starts_with(['<', '.']))
+            {
+                dirs.insert(top.to_owned());
+            }
+        }
+    }
+    assert!(!dirs.is_empty());
+    for dir in dirs {
+        assert!(
+            !root.join(&dir).join("Cargo.toml").exists(),
+            "README writes into the crate folder {dir}/"
+        );
+        assert!(
+            ignored.lines().any(|l| l.trim() == format!("/{dir}/")),
+            "/{dir}/ missing from .gitignore"
+        );
+    }
+}

@@ -12,7 +12,7 @@ use super::{Failure, outln};
 pub enum Command {
     /// Create a CA and the gateway's server certificate in DIR (kept if already there).
     Init {
-        #[arg(long, default_value = "certs")]
+        #[arg(long, default_value = "pki")]
         dir: PathBuf,
         /// DNS names and IP addresses the server certificate is valid for (repeatable).
         #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1", "::1"])]
@@ -27,7 +27,7 @@ pub enum Command {
 
 #[derive(ClapArgs)]
 pub struct IssueArgs {
-    #[arg(long, default_value = "certs")]
+    #[arg(long, default_value = "pki")]
     dir: PathBuf,
     #[command(flatten)]
     who: Who,
