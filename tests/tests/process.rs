@@ -1122,6 +1122,25 @@ fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
     assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
 }
 
+#[test]
+fn a_bad_config_file_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("gateway.toml"),
+        "[tls]\nca = \"missing/ca.pem\"\ncert = \"missing/server.pem\"\nkey = \"missing/server-key.pem\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("broken.toml"), "[server\n").unwrap();
+    std::fs::write(d.join("no-tls.toml"), "[server]\nshutdown_grace = \"5s\"\n").unwrap();
+    for file in ["gateway.toml", "broken.toml", "no-tls.toml", "absent.toml"] {
+        let (code, _, err) = run(&["serve", "--config", file], d);
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains(file), "{file} not named in:\n{err}");
+    }
+    assert!(!d.join("data").exists());
+}
+
 /// Runs the CLI with a stdout pipe whose reader is already gone, as `| head -1` leaves it.
 async fn run_into_closed_pipe(args: &[String]) -> (Option<i32>, String) {
     let (writer, reader) = tokio::net::unix::pipe::pipe().unwrap();
