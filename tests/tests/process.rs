@@ -1141,6 +1141,47 @@ fn a_bad_config_file_is_named_in_the_error() {
     assert!(!d.join("data").exists());
 }
 
+#[test]
+fn usage_refuses_a_reversed_window_and_explains_an_empty_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("attribution")).unwrap();
+    let (code, out, err) = run(
+        &[
+            "usage",
+            "--dir",
+            "attribution",
+            "--from",
+            "2026-12-01",
+            "--to",
+            "2026-11-01",
+        ],
+        d,
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("--from 2026-12-01") && err.contains("--to 2026-11-01"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "usage",
+            "--dir",
+            "attribution",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01",
+        ],
+        d,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("from 2026-11-01 to 2026-12-01") && err.contains("attribution"),
+        "{err}"
+    );
+}
+
 /// Runs the CLI with a stdout pipe whose reader is already gone, as `| head -1` leaves it.
 async fn run_into_closed_pipe(args: &[String]) -> (Option<i32>, String) {
     let (writer, reader) = tokio::net::unix::pipe::pipe().unwrap();
