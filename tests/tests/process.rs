@@ -179,6 +179,7 @@ fn dev_starts_from_nothing_and_the_printed_call_works() {
     );
     let line = dev.wait_for("data port (mTLS): https://localhost:");
     let port = port_after(&line, "https://localhost:");
+    dev.wait_for("metering \"metering\" .nexus-dev/certs/metering-metering.pem");
     dev.wait_for("curl --cacert");
     let certs = dir.path().join(".nexus-dev/certs");
     for file in [
