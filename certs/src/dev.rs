@@ -282,6 +282,16 @@ const CA_KEY: &str = "ca-key.pem";
 const SERVER_CERT: &str = "server.pem";
 const SERVER_KEY: &str = "server-key.pem";
 
+/// What [`DevPki::init_with`] and [`DevPki::issue_with`] do with existing certificate or key
+/// files they cannot reuse (another CA, expired, another identity or server names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Replace them: right for a directory only this tool writes (`nexus-gateway dev`).
+    Replace,
+    /// Fail with [`CertError::Exists`]: they may be someone's own files.
+    Refuse,
+}
+
 /// A dev PKI in one directory: `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`
 /// and clients as `<kind>-<name>.pem` / `<kind>-<name>-key.pem` (`ns-payments.pem`,
 /// `admin-admin.pem`, `metering-billing.pem`).
@@ -296,6 +306,16 @@ impl DevPki {
     /// are reused. A server certificate is reissued only if it is not signed by this CA,
     /// has expired, or does not cover `server_names`.
     pub fn init(dir: &Path, server_names: &[String]) -> Result<DevPki, CertError> {
+        Self::init_with(dir, server_names, Existing::Replace)
+    }
+
+    /// [`DevPki::init`], with a choice for a server certificate that cannot be reused.
+    /// A complete CA is always kept: replacing it would invalidate every issued certificate.
+    pub fn init_with(
+        dir: &Path,
+        server_names: &[String],
+        existing: Existing,
+    ) -> Result<DevPki, CertError> {
         fs::create_dir_all(dir).map_err(|source| CertError::Io {
             path: dir.to_owned(),
             source,
@@ -327,6 +347,7 @@ impl DevPki {
         };
         let files = pki.server_files();
         if !pki.reusable(&files, |c| covers_names(c, server_names)) {
+            may_replace(&files, existing)?;
             pki.ca
                 .issue_server(server_names)?
                 .save(&files.cert, &files.key)?;
@@ -377,6 +398,16 @@ impl DevPki {
     /// Names ending in `-key` are refused: `ns-x-key.pem` would be both the certificate of
     /// namespace `x-key` and the key of namespace `x`.
     pub fn issue(&self, identity: &Identity, trust_domain: &str) -> Result<TlsFiles, CertError> {
+        self.issue_with(identity, trust_domain, Existing::Replace)
+    }
+
+    /// [`DevPki::issue`], with a choice for existing files that cannot be reused.
+    pub fn issue_with(
+        &self,
+        identity: &Identity,
+        trust_domain: &str,
+        existing: Existing,
+    ) -> Result<TlsFiles, CertError> {
         identity.validate()?;
         validate_trust_domain(trust_domain).map_err(CertError::Invalid)?;
         if identity.name().ends_with("-key") {
@@ -389,6 +420,7 @@ impl DevPki {
         let files = self.client_files(identity);
         let uri = identity.uri(trust_domain);
         if !self.reusable(&files, |c| uri_sans(c) == [uri.as_str()]) {
+            may_replace(&files, existing)?;
             self.ca.issue_client(&uri)?.save(&files.cert, &files.key)?;
         }
         Ok(files)
@@ -423,6 +455,16 @@ impl DevPki {
             && cert.verify_signature(Some(ca.public_key())).is_ok()
             && cert.validity().is_valid()
             && wanted(&cert)
+    }
+}
+
+/// Whether `files` may be written over: always under [`Existing::Replace`], else only if
+/// neither exists.
+fn may_replace(files: &TlsFiles, existing: Existing) -> Result<(), CertError> {
+    let present = [&files.cert, &files.key].into_iter().find(|p| p.exists());
+    match (existing, present) {
+        (Existing::Refuse, Some(path)) => Err(CertError::Exists { path: path.clone() }),
+        _ => Ok(()),
     }
 }
 

@@ -31,7 +31,7 @@ use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls_pki_types::pem::{self, PemObject};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use dev::{Ca, DevPki, Issued};
+pub use dev::{Ca, DevPki, Existing, Issued};
 pub use identity::{
     Identity, IdentityError, PeerIdentity, parse_identity_uri, peer_identity,
     peer_identity_from_chain, validate_name, validate_trust_domain,
@@ -78,6 +78,12 @@ pub enum CertError {
         .dir.display(), .missing.display()
     )]
     NoDevPki { dir: PathBuf, missing: PathBuf },
+    /// A file that would be replaced by a new certificate or key, under [`Existing::Refuse`].
+    #[error(
+        "{} already exists and does not hold the certificate asked for; refusing to overwrite it",
+        .path.display()
+    )]
+    Exists { path: PathBuf },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// Bad caller input, e.g. no server names or no CA certificates.

@@ -518,6 +518,8 @@ async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
                 return;
             }
             Attempt::GiveUp(reason) => {
+                // It was tried: `attempts` counts deliveries made, not retries left.
+                entry.attempts += 1;
                 give_up(state, entry, reason).await;
                 return;
             }

@@ -70,12 +70,10 @@ pub struct App {
 impl App {
     /// Opens the registry and binds every port before returning, so callers (and tests) can
     /// read the real addresses.
+    ///
+    /// The ports are bound and TLS checked before the data directory is touched, so a start
+    /// that fails on those (port in use, say) leaves nothing behind on disk.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-        let registry = Arc::new(Registry::open(&config.data_dir.join("registry.redb"))?);
         let tls = Arc::new(ArcSwap::from_pointee(nexus_certs::server_config(
             &config.tls,
         )?));
@@ -86,6 +84,11 @@ impl App {
         };
         let data = bind(config.listen).await?;
         let ops = bind(config.ops_listen).await?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let registry = Arc::new(Registry::open(&config.data_dir.join("registry.redb"))?);
         let data_addr = data.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,

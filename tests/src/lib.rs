@@ -176,6 +176,21 @@ impl TestGateway {
         self.pki.client(identity)
     }
 
+    /// Flags that point the `nexus-gateway` CLI at this gateway with a certificate of
+    /// `identity`, whose files are written into `dir`.
+    pub fn cli_flags(&self, identity: &Identity, dir: &Path) -> Vec<String> {
+        let (ca, cert, key) = self.pki.write_files(dir, identity);
+        let mut flags = vec![
+            "--gateway".to_owned(),
+            format!("https://localhost:{}", self.data_addr.port()),
+        ];
+        for (flag, path) in [("--ca", ca), ("--cert", cert), ("--key", key)] {
+            flags.push(flag.to_owned());
+            flags.push(path.display().to_string());
+        }
+        flags
+    }
+
     /// Creates an endpoint targeting task queue `task_queue` of `namespace`.
     pub fn worker_endpoint(
         &self,
@@ -526,10 +541,12 @@ impl Captured {
 }
 
 /// An HTTP server on 127.0.0.1 that records every request and answers with the status that
-/// `status` currently holds (a caller's callback receiver, say). Stops on drop.
+/// `status` currently holds and the body `body` holds (a caller's callback receiver, say).
+/// Stops on drop.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub status: Arc<std::sync::atomic::AtomicU16>,
+    pub body: Arc<std::sync::Mutex<Bytes>>,
     pub captured: tokio::sync::mpsc::UnboundedReceiver<Captured>,
     stop: CancellationToken,
 }
@@ -543,10 +560,12 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let body = Arc::new(std::sync::Mutex::new(Bytes::new()));
         let (tx, captured) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let token = stop.clone();
         let answer = status.clone();
+        let answer_body = body.clone();
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = tokio::select! {
@@ -555,11 +574,13 @@ impl Receiver {
                 };
                 let tx = tx.clone();
                 let answer = answer.clone();
+                let answer_body = answer_body.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |request: Request<hyper::body::Incoming>| {
                             let tx = tx.clone();
                             let code = answer.load(std::sync::atomic::Ordering::SeqCst);
+                            let reply = answer_body.lock().unwrap().clone();
                             async move {
                                 let (parts, body) = request.into_parts();
                                 let body = body
@@ -572,7 +593,7 @@ impl Receiver {
                                     headers: parts.headers,
                                     body,
                                 });
-                                let mut response = Response::new(Full::new(Bytes::new()));
+                                let mut response = Response::new(Full::new(reply));
                                 *response.status_mut() = StatusCode::from_u16(code).unwrap();
                                 Ok::<_, Infallible>(response)
                             }
@@ -587,6 +608,7 @@ impl Receiver {
         Receiver {
             addr,
             status,
+            body,
             captured,
             stop,
         }
@@ -595,6 +617,10 @@ impl Receiver {
     pub fn set_status(&self, status: u16) {
         self.status
             .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_body(&self, body: &'static str) {
+        *self.body.lock().unwrap() = Bytes::from_static(body.as_bytes());
     }
 
     /// The next captured request, waiting at most `bound`.

@@ -210,6 +210,7 @@ async fn undeliverable_completions_are_kept_retried_and_dropped() {
     };
 
     // 400 is not retryable: the completion is kept as failed.
+    receiver.set_body("no such run\n");
     let url = start_with_callback(&gw, &receiver).await;
     assert_eq!(
         send(&handler, completion(&url, "succeeded", "first"))
@@ -233,7 +234,9 @@ async fn undeliverable_completions_are_kept_retried_and_dropped() {
         "{failed}"
     );
     assert_eq!(failed["callerNamespace"], "orders");
+    assert_eq!(failed["attempts"], 1, "tried once: {failed}");
     let id = failed["id"].as_u64().unwrap();
+    cli_lists_the_failed_completion(&gw, id).await;
 
     // Retry once the receiver accepts.
     receiver.set_status(200);
@@ -276,6 +279,42 @@ async fn undeliverable_completions_are_kept_retried_and_dropped() {
     );
     let forbidden = send(&handler, list("pending")).await;
     assert_eq!(forbidden.status, 403);
+}
+
+/// `callbacks list` shows the completion on one line under its headers, with the one attempt
+/// made and the receiver's answer without its line break.
+async fn cli_lists_the_failed_completion(gw: &TestGateway, id: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_nexus-gateway-e2e"))
+        .args(["callbacks", "list", "--failed"])
+        .args(gw.cli_flags(&admin(), dir.path()))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one row:\n{text}");
+    let (header, row) = (lines[0], lines[1]);
+    assert!(row.ends_with("400 Bad Request: no such run"), "{text}");
+    // Right-aligned numbers end under their titles.
+    let cell = |title: &str| {
+        let at = header.find(title).unwrap();
+        row[at..at + title.len()].trim()
+    };
+    assert_eq!(cell("ID"), id.to_string(), "{text}");
+    assert_eq!(cell("ATTEMPTS"), "1", "{text}");
+    for title in ["STATE", "CALLER", "ENDPOINT", "LAST ERROR"] {
+        let at = header.find(title).unwrap();
+        assert!(
+            row[..at].ends_with(' ') && !row[at..].starts_with(' '),
+            "{title} column not aligned:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -187,6 +187,7 @@ fn dev_starts_from_nothing_and_the_printed_call_works() {
     );
     let line = dev.wait_for("data port (mTLS): https://localhost:");
     let port = port_after(&line, "https://localhost:");
+    dev.wait_for("metering \"metering\" .nexus-dev/certs/metering-metering.pem");
     dev.wait_for("curl --cacert");
     let certs = dir.path().join(".nexus-dev/certs");
     for file in [
@@ -1002,4 +1003,302 @@ async fn attribution_survives_kill_9_under_load_without_gaps() {
     let first_rest: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&rest.body).lines().next().unwrap()).unwrap();
     assert_eq!(first_rest["seq"].as_u64(), Some(half + 1));
+}
+
+#[test]
+fn certs_never_overwrite_other_files_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, _, err) = run(&["certs", "init", "--dir", "pki"], d);
+    assert_eq!(code, 0, "{err}");
+    // Issuing the same identity again keeps its files.
+    let issue = ["certs", "issue", "--dir", "pki", "--namespace", "orders"];
+    assert_eq!(run(&issue, d).0, 0);
+    let cert = d.join("pki/ns-orders.pem");
+    let before = std::fs::read(&cert).unwrap();
+    let (code, _, err) = run(&issue, d);
+    assert_eq!((code, std::fs::read(&cert).unwrap()), (0, before), "{err}");
+
+    // Someone's own file where a new certificate would go is left alone.
+    std::fs::write(d.join("pki/ns-billing.pem"), "my own certificate").unwrap();
+    let issue = ["certs", "issue", "--dir", "pki", "--namespace", "billing"];
+    let (code, _, err) = run(&issue, d);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("pki/ns-billing.pem") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("pki/ns-billing.pem")).unwrap(),
+        "my own certificate"
+    );
+    let (code, _, err) = run(&[&issue[..], &["--force"]].concat(), d);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read_to_string(d.join("pki/ns-billing.pem"))
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+
+    // Another identity's certificate under the same name: another trust domain.
+    let (code, _, err) = run(
+        &[
+            "certs",
+            "issue",
+            "--dir",
+            "pki",
+            "--namespace",
+            "orders",
+            "--trust-domain",
+            "other",
+        ],
+        d,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("ns-orders.pem") && err.contains("--force"),
+        "{err}"
+    );
+
+    // A server certificate for other names.
+    let server = d.join("pki/server.pem");
+    let before = std::fs::read(&server).unwrap();
+    let init = [
+        "certs",
+        "init",
+        "--dir",
+        "pki",
+        "--server-name",
+        "gateway.internal",
+    ];
+    let (code, _, err) = run(&init, d);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("pki/server.pem") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&server).unwrap(), before);
+    let (code, _, err) = run(&[&init[..], &["--force"]].concat(), d);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(std::fs::read(&server).unwrap(), before);
+}
+
+#[test]
+fn serve_on_a_busy_port_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, _, err) = run(&["certs", "init", "--dir", "pki"], d);
+    assert_eq!(code, 0, "{err}");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let tls = [
+        "--tls-ca",
+        "pki/ca.pem",
+        "--tls-cert",
+        "pki/server.pem",
+        "--tls-key",
+        "pki/server-key.pem",
+    ];
+    for (flag, other) in [("--listen", "--ops-listen"), ("--ops-listen", "--listen")] {
+        let args = [
+            &[
+                "serve",
+                "--data-dir",
+                "fresh",
+                flag,
+                &addr,
+                other,
+                "127.0.0.1:0",
+            ][..],
+            &tls[..],
+        ]
+        .concat();
+        let (code, _, err) = run(&args, d);
+        assert_ne!(code, 0, "{err}");
+        assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+        assert!(
+            !d.join("fresh").exists(),
+            "{flag} busy: the data directory was created"
+        );
+    }
+}
+
+#[test]
+fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut gw, _) = serve(dir.path());
+    let line = gw.wait_for("serving");
+    assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+}
+
+#[test]
+fn a_bad_config_file_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("gateway.toml"),
+        "[tls]\nca = \"missing/ca.pem\"\ncert = \"missing/server.pem\"\nkey = \"missing/server-key.pem\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("broken.toml"), "[server\n").unwrap();
+    std::fs::write(d.join("no-tls.toml"), "[server]\nshutdown_grace = \"5s\"\n").unwrap();
+    for file in ["gateway.toml", "broken.toml", "no-tls.toml", "absent.toml"] {
+        let (code, _, err) = run(&["serve", "--config", file], d);
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains(file), "{file} not named in:\n{err}");
+    }
+    assert!(!d.join("data").exists());
+}
+
+#[test]
+fn usage_refuses_a_reversed_window_and_explains_an_empty_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("attribution")).unwrap();
+    let (code, out, err) = run(
+        &[
+            "usage",
+            "--dir",
+            "attribution",
+            "--from",
+            "2026-12-01",
+            "--to",
+            "2026-11-01",
+        ],
+        d,
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("--from 2026-12-01") && err.contains("--to 2026-11-01"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "usage",
+            "--dir",
+            "attribution",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01",
+        ],
+        d,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("from 2026-11-01 to 2026-12-01") && err.contains("attribution"),
+        "{err}"
+    );
+}
+
+/// Runs the CLI with a stdout pipe whose reader is already gone, as `| head -1` leaves it.
+async fn run_into_closed_pipe(args: &[String]) -> (Option<i32>, String) {
+    let (writer, reader) = tokio::net::unix::pipe::pipe().unwrap();
+    drop(reader);
+    // Not `output()`: tokio's replaces the stdout given with a pipe of its own.
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer.into_blocking_fd().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let gw = TestGateway::start().await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let dir = tempfile::tempdir().unwrap();
+    let list = [
+        vec!["endpoint".to_owned(), "list".to_owned()],
+        gw.cli_flags(&admin(), dir.path()),
+    ]
+    .concat();
+    for args in [list, vec!["config".into(), "example".into()]] {
+        let (code, err) = run_into_closed_pipe(&args).await;
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn endpoint_list_columns_line_up() {
+    let gw = TestGateway::start().await;
+    let long = "a-much-longer-endpoint-name-than-the-column-was";
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    gw.external_endpoint(
+        long,
+        "https://handler.internal:7243/namespaces/risk/task-queues/fraud/nexus-services",
+        &["payments"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["endpoint", "list"])
+        .args(gw.cli_flags(&admin(), dir.path()))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for title in ["ID", "TARGET", "ALLOWED CALLERS"] {
+        let at = lines[0].find(title).unwrap();
+        for row in &lines[1..] {
+            assert!(
+                row[..at].ends_with(' ') && !row[at..].starts_with(' '),
+                "{title} column not aligned:\n{text}"
+            );
+        }
+    }
+    let version_end = lines[0].find("VERSION").unwrap() + "VERSION".len();
+    for row in &lines[1..] {
+        assert_eq!(&row[version_end - 1..version_end], "1", "{text}");
+    }
+}
+
+#[test]
+fn readme_keeps_generated_files_out_of_the_workspace_crates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let ignored = std::fs::read_to_string(root.join(".gitignore")).unwrap();
+    let mut dirs = std::collections::BTreeSet::new();
+    for flag in ["--dir ", "--data-dir "] {
+        for (at, _) in readme.match_indices(flag) {
+            let path: String = readme[at + flag.len()..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '`')
+                .collect();
+            if let Some(top) = path
+                .split('/')
+                .next()
+                .filter(|t| !t.is_empty() && !t.starts_with(['<', '.']))
+            {
+                dirs.insert(top.to_owned());
+            }
+        }
+    }
+    assert!(!dirs.is_empty());
+    for dir in dirs {
+        assert!(
+            !root.join(&dir).join("Cargo.toml").exists(),
+            "README writes into the crate folder {dir}/"
+        );
+        assert!(
+            ignored.lines().any(|l| l.trim() == format!("/{dir}/")),
+            "/{dir}/ missing from .gitignore"
+        );
+    }
 }

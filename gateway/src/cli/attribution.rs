@@ -10,8 +10,8 @@ use http::Method;
 use http_body_util::{BodyExt, Full};
 use nexus_certs::Identity;
 
-use super::Failure;
 use super::conn::Connection;
+use super::{Failure, outln, write_stdout};
 use crate::attribution::{self, Dimension, Record};
 use crate::client::HttpClient;
 
@@ -70,6 +70,14 @@ impl Reader {
                 source.conn.base_uri()?,
             ))),
         })
+    }
+
+    /// Where the records come from, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Reader::Files(dir) => format!("directory {}", dir.display()),
+            Reader::Api(api) => format!("the attribution log of the gateway at {}", api.1),
+        }
     }
 
     /// Raw JSON lines after `after`; with `wait`, the API waits that long for new ones.
@@ -140,7 +148,7 @@ pub async fn tail(args: TailArgs) -> Result<(), Failure> {
             () = &mut stop => return Ok(()),
         };
         for line in &lines {
-            println!("{line}");
+            outln!("{line}")?;
             after = seq_of(line)?;
         }
         if lines.len() < PAGE && !args.follow {
@@ -150,9 +158,7 @@ pub async fn tail(args: TailArgs) -> Result<(), Failure> {
 }
 
 pub async fn usage(args: UsageArgs) -> Result<(), Failure> {
-    for bound in [&args.from, &args.to].into_iter().flatten() {
-        attribution::usage::parse_time(bound)?;
-    }
+    check_window(args.from.as_deref(), args.to.as_deref())?;
     if !matches!(args.format.as_str(), "table" | "json" | "csv") {
         return Err(format!(
             "invalid --format {:?}: expected table, json or csv",
@@ -176,10 +182,44 @@ pub async fn usage(args: UsageArgs) -> Result<(), Failure> {
         }
     }
     let rows = attribution::aggregate(records, args.from.as_deref(), args.to.as_deref(), &args.by);
+    if rows.is_empty() {
+        // An empty table alone cannot tell a quiet period from a wrong --dir or window.
+        eprintln!(
+            "no attribution records {} in {}",
+            window(args.from.as_deref(), args.to.as_deref()),
+            reader.describe()
+        );
+    }
     match args.format.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
-        "csv" => print!("{}", attribution::format_csv(&rows, &args.by)),
-        _ => print!("{}", attribution::format_table(&rows, &args.by)),
+        "json" => outln!("{}", serde_json::to_string_pretty(&rows)?),
+        "csv" => write_stdout(&attribution::format_csv(&rows, &args.by)),
+        _ => write_stdout(&attribution::format_table(&rows, &args.by)),
+    }
+}
+
+/// Both bounds parse, and the window is not reversed (which would silently match nothing).
+fn check_window(from: Option<&str>, to: Option<&str>) -> Result<(), Failure> {
+    let parse = |flag: &str, bound: Option<&str>| {
+        bound
+            .map(attribution::usage::parse_time)
+            .transpose()
+            .map_err(|e| Failure::from(format!("invalid {flag}: {e}")))
+    };
+    if let (Some(start), Some(end), Some(from), Some(to)) =
+        (parse("--from", from)?, parse("--to", to)?, from, to)
+        && start > end
+    {
+        return Err(format!("--from {from} is after --to {to}: the window is empty").into());
     }
     Ok(())
+}
+
+/// The period read, in the words of the flags.
+fn window(from: Option<&str>, to: Option<&str>) -> String {
+    match (from, to) {
+        (Some(from), Some(to)) => format!("from {from} to {to}"),
+        (Some(from), None) => format!("from {from} on"),
+        (None, Some(to)) => format!("before {to}"),
+        (None, None) => "at any time".into(),
+    }
 }

@@ -4,8 +4,9 @@ use clap::Subcommand;
 use http::Method;
 use nexus_certs::Identity;
 
-use super::Failure;
 use super::conn::{Connection, send_json};
+use super::table::{Align, render};
+use super::{Failure, outln, write_stdout};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -63,23 +64,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
             )
             .await?;
             let list = out["completions"].as_array().cloned().unwrap_or_default();
-            println!(
-                "{:>6}  {:<8} {:>8}  {:<30} {:<20} {:<20} LAST ERROR",
-                "ID", "STATE", "ATTEMPTS", "NEXT ATTEMPT", "CALLER", "ENDPOINT"
-            );
-            for c in list {
-                println!(
-                    "{:>6}  {:<8} {:>8}  {:<30} {:<20} {:<20} {}",
-                    c["id"],
-                    c["state"].as_str().unwrap_or(""),
-                    c["attempts"],
-                    c["nextAttempt"].as_str().unwrap_or(""),
-                    c["callerNamespace"].as_str().unwrap_or(""),
-                    c["endpoint"].as_str().unwrap_or(""),
-                    c["lastError"].as_str().unwrap_or("")
-                );
-            }
-            Ok(())
+            write_stdout(&table(&list))
         }
         Command::Retry { conn, id } => {
             let client = conn.client(&admin)?;
@@ -91,8 +76,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 None,
             )
             .await?;
-            println!("completion {id} queued for delivery");
-            Ok(())
+            outln!("completion {id} queued for delivery")
         }
         Command::Drop { conn, id } => {
             let client = conn.client(&admin)?;
@@ -104,8 +88,35 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 None,
             )
             .await?;
-            println!("completion {id} dropped");
-            Ok(())
+            outln!("completion {id} dropped")
         }
     }
+}
+
+fn table(completions: &[serde_json::Value]) -> String {
+    let header = [
+        ("ID", Align::Right),
+        ("STATE", Align::Left),
+        ("ATTEMPTS", Align::Right),
+        ("NEXT ATTEMPT", Align::Left),
+        ("CALLER", Align::Left),
+        ("ENDPOINT", Align::Left),
+        ("LAST ERROR", Align::Left),
+    ];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    let rows: Vec<Vec<String>> = completions
+        .iter()
+        .map(|c| {
+            vec![
+                c["id"].to_string(),
+                text(&c["state"]),
+                c["attempts"].to_string(),
+                text(&c["nextAttempt"]),
+                text(&c["callerNamespace"]),
+                text(&c["endpoint"]),
+                text(&c["lastError"]),
+            ]
+        })
+        .collect();
+    render(&header, &rows)
 }

@@ -4,19 +4,22 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Subcommand};
-use nexus_certs::{DevPki, Identity};
+use nexus_certs::{CertError, DevPki, Existing, Identity};
 
-use super::Failure;
+use super::{Failure, outln};
 
 #[derive(Subcommand)]
 pub enum Command {
     /// Create a CA and the gateway's server certificate in DIR (kept if already there).
     Init {
-        #[arg(long, default_value = "certs")]
+        #[arg(long, default_value = "pki")]
         dir: PathBuf,
         /// DNS names and IP addresses the server certificate is valid for (repeatable).
         #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1", "::1"])]
         server_names: Vec<String>,
+        /// Replace an existing server certificate that does not match (the CA is kept).
+        #[arg(long)]
+        force: bool,
     },
     /// Issue a client certificate from the CA in DIR.
     Issue(IssueArgs),
@@ -24,12 +27,15 @@ pub enum Command {
 
 #[derive(ClapArgs)]
 pub struct IssueArgs {
-    #[arg(long, default_value = "certs")]
+    #[arg(long, default_value = "pki")]
     dir: PathBuf,
     #[command(flatten)]
     who: Who,
     #[arg(long, default_value = crate::config::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
+    /// Replace existing files of this identity that hold another certificate.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(ClapArgs)]
@@ -48,13 +54,16 @@ pub struct Who {
 
 pub fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Init { dir, server_names } => {
-            let pki = DevPki::init(&dir, &server_names)?;
+        Command::Init {
+            dir,
+            server_names,
+            force,
+        } => {
+            let pki = DevPki::init_with(&dir, &server_names, existing(force)).map_err(refused)?;
             let server = pki.server_files();
-            println!("CA:          {}", pki.ca_path().display());
-            println!("server cert: {}", server.cert.display());
-            println!("server key:  {}", server.key.display());
-            Ok(())
+            outln!("CA:          {}", pki.ca_path().display())?;
+            outln!("server cert: {}", server.cert.display())?;
+            outln!("server key:  {}", server.key.display())
         }
         Command::Issue(args) => {
             let identity = match (args.who.namespace, args.who.admin, args.who.metering) {
@@ -64,12 +73,30 @@ pub fn run(command: Command) -> Result<(), Failure> {
                 _ => unreachable!("clap requires one identity"),
             };
             let pki = DevPki::open(&args.dir)?;
-            let files = pki.issue(&identity, &args.trust_domain)?;
-            println!("identity: {}", identity.uri(&args.trust_domain));
-            println!("cert:     {}", files.cert.display());
-            println!("key:      {}", files.key.display());
-            println!("ca:       {}", files.ca.display());
-            Ok(())
+            let files = pki
+                .issue_with(&identity, &args.trust_domain, existing(args.force))
+                .map_err(refused)?;
+            outln!("identity: {}", identity.uri(&args.trust_domain))?;
+            outln!("cert:     {}", files.cert.display())?;
+            outln!("key:      {}", files.key.display())?;
+            outln!("ca:       {}", files.ca.display())
         }
+    }
+}
+
+/// Files that hold something else are someone's: replaced only when asked.
+fn existing(force: bool) -> Existing {
+    if force {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    }
+}
+
+/// Tells how to go ahead when a file is in the way.
+fn refused(error: CertError) -> Failure {
+    match error {
+        CertError::Exists { .. } => format!("{error}; pass --force to replace it").into(),
+        other => other.into(),
     }
 }

@@ -12,7 +12,7 @@ use nexus_certs::{DevPki, Identity};
 use nexus_registry::{EndpointSpec, Target};
 use tokio_util::sync::CancellationToken;
 
-use super::Failure;
+use super::{Failure, outln};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -33,6 +33,7 @@ pub struct Args {
 const CALLER: &str = "caller";
 const HANDLER: &str = "handler";
 const DEMO: &str = "demo";
+const METERING: &str = "metering";
 
 pub async fn run(args: Args) -> Result<(), Failure> {
     let certs_dir = args.data_dir.join("certs");
@@ -42,7 +43,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let admin = pki.issue(&Identity::Admin("admin".into()), td)?;
     let caller = pki.issue(&Identity::Namespace(CALLER.into()), td)?;
     let handler = pki.issue(&Identity::Namespace(HANDLER.into()), td)?;
-    pki.issue(&Identity::Metering("metering".into()), td)?;
+    let metering = pki.issue(&Identity::Metering(METERING.into()), td)?;
 
     let mut config = Config::new(pki.server_files().load()?, args.data_dir.clone());
     config.listen = args.listen;
@@ -84,20 +85,21 @@ pub async fn run(args: Args) -> Result<(), Failure> {
 
     let dir = args.data_dir.display();
     let c = |p: &PathBuf| p.display().to_string();
-    println!(
+    outln!(
         "\nnexus-gateway dev is running\n\
          \n  data port (mTLS): https://localhost:{port}\n  ops port:         http://{ops}/healthz  /readyz  /metrics\
          \n  data directory:   {dir}\n  certificates:     {certs} (CA {ca})\n\
-         \n  identities: admin {admin_cert}\n              namespace \"{CALLER}\" {caller_cert}\n              namespace \"{HANDLER}\" {handler_cert}\n",
+         \n  identities: admin {admin_cert}\n              namespace \"{CALLER}\" {caller_cert}\n              namespace \"{HANDLER}\" {handler_cert}\n              metering \"{METERING}\" {metering_cert}\n",
         port = data.port(),
         certs = certs_dir.display(),
         ca = c(&pki.ca_path()),
         admin_cert = c(&admin.cert),
         caller_cert = c(&caller.cert),
         handler_cert = c(&handler.cert),
-    );
+        metering_cert = c(&metering.cert),
+    )?;
     if !args.no_demo {
-        println!(
+        outln!(
             "Call the demo endpoint as namespace \"{CALLER}\" (an echo worker of \"{HANDLER}\" answers):\n\n  \
              curl --cacert {ca} --cert {cert} --key {key} \\\n    \
              -H 'Content-Type: application/json' -d '{{\"hello\":\"nexus\"}}' \\\n    \
@@ -106,13 +108,13 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             cert = c(&caller.cert),
             key = c(&caller.key),
             port = data.port(),
-        );
+        )?;
     }
-    println!(
+    outln!(
         "Manage endpoints (uses the dev admin certificate):\n\n  \
          cargo run -q -p nexus-gateway -- endpoint list --gateway https://localhost:{port}\n",
         port = data.port()
-    );
+    )?;
     app.run(stop_signal).await;
     shutdown.cancel();
     if let Some(worker) = demo_worker {

@@ -8,8 +8,9 @@ use http::Method;
 use nexus_certs::Identity;
 use serde_json::{Value, json};
 
-use super::Failure;
 use super::conn::{Connection, send_json};
+use super::table::{Align, render};
+use super::{Failure, outln, write_stdout};
 use crate::worker::encode;
 
 #[derive(Subcommand)]
@@ -117,8 +118,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 Some(json!({"spec": spec})),
             )
             .await?;
-            print_json(&out["endpoint"]);
-            Ok(())
+            print_json(&out["endpoint"])
         }
         Command::Update(args) => {
             let client = args.conn.client(&admin())?;
@@ -145,8 +145,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 Some(body),
             )
             .await?;
-            print_json(&out["endpoint"]);
-            Ok(())
+            print_json(&out["endpoint"])
         }
         Command::Get(select) => {
             let client = select.conn.client(&admin())?;
@@ -157,8 +156,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 select.id.as_deref(),
             )
             .await?;
-            print_json(&endpoint);
-            Ok(())
+            print_json(&endpoint)
         }
         Command::List { conn, json } => {
             let client = conn.client(&admin())?;
@@ -175,11 +173,10 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 }
             }
             if json {
-                print_json(&Value::Array(all));
+                print_json(&Value::Array(all))
             } else {
-                print_table(&all);
+                write_stdout(&table(&all))
             }
-            Ok(())
         }
         Command::Delete(select) => {
             let client = select.conn.client(&admin())?;
@@ -196,11 +193,10 @@ pub async fn run(command: Command) -> Result<(), Failure> {
                 None,
             )
             .await?;
-            println!(
+            outln!(
                 "deleted endpoint {} ({id})",
                 endpoint["spec"]["name"].as_str().unwrap_or_default()
-            );
-            Ok(())
+            )
         }
     }
 }
@@ -276,40 +272,42 @@ async fn find(
         .ok_or_else(|| format!("endpoint {name:?} not found").into())
 }
 
-fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+fn print_json(value: &Value) -> Result<(), Failure> {
+    outln!("{}", serde_json::to_string_pretty(value)?)
 }
 
-fn print_table(endpoints: &[Value]) {
-    println!(
-        "{:<30} {:<36} {:>7}  {:<40} ALLOWED CALLERS",
-        "NAME", "ID", "VERSION", "TARGET"
-    );
-    for e in endpoints {
-        let target = &e["spec"]["target"];
-        let target = if let Some(w) = target.get("worker") {
-            format!(
-                "{}/{}",
-                w["namespace"].as_str().unwrap_or(""),
-                w["taskQueue"].as_str().unwrap_or("")
-            )
-        } else {
-            target["external"]["url"].as_str().unwrap_or("").to_owned()
-        };
-        let callers: Vec<&str> = e["spec"]["allowedCallerNamespaces"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        println!(
-            "{:<30} {:<36} {:>7}  {:<40} {}",
-            e["spec"]["name"].as_str().unwrap_or(""),
-            e["id"].as_str().unwrap_or(""),
-            e["version"],
-            target,
-            callers.join(",")
-        );
-    }
+fn table(endpoints: &[Value]) -> String {
+    let header = [
+        ("NAME", Align::Left),
+        ("ID", Align::Left),
+        ("VERSION", Align::Right),
+        ("TARGET", Align::Left),
+        ("ALLOWED CALLERS", Align::Left),
+    ];
+    let rows: Vec<Vec<String>> = endpoints.iter().map(row).collect();
+    render(&header, &rows)
+}
+
+fn row(e: &Value) -> Vec<String> {
+    let target = &e["spec"]["target"];
+    let target = if let Some(w) = target.get("worker") {
+        format!(
+            "{}/{}",
+            w["namespace"].as_str().unwrap_or(""),
+            w["taskQueue"].as_str().unwrap_or("")
+        )
+    } else {
+        target["external"]["url"].as_str().unwrap_or("").to_owned()
+    };
+    let callers: Vec<&str> = e["spec"]["allowedCallerNamespaces"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    vec![
+        e["spec"]["name"].as_str().unwrap_or("").to_owned(),
+        e["id"].as_str().unwrap_or("").to_owned(),
+        e["version"].to_string(),
+        target,
+        callers.join(","),
+    ]
 }

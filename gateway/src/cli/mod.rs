@@ -7,8 +7,10 @@ mod conn;
 mod dev;
 mod endpoint;
 mod serve;
+mod table;
 mod worker;
 
+use std::io::{ErrorKind, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +71,35 @@ pub struct Failure {
     pub code: u8,
 }
 
+impl Failure {
+    /// The reader of stdout went away (`| head`): nothing left to do, and nothing to report.
+    fn stdout_closed() -> Failure {
+        Failure {
+            message: String::new(),
+            code: 0,
+        }
+    }
+}
+
+/// Writes `text` to stdout and flushes. A closed stdout (EPIPE) ends the command quietly
+/// instead of panicking as `println!` would.
+pub fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Err(Failure::stdout_closed()),
+        Err(e) => Err(format!("cannot write to stdout: {e}").into()),
+    }
+}
+
+/// `println!` through [`write_stdout`]: evaluates to `Result<(), Failure>`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(error: E) -> Self {
         Failure {
@@ -101,14 +132,12 @@ pub fn main() -> ExitCode {
             Command::Callbacks(command) => callbacks::run(command).await,
             Command::Attribution(AttributionCommand::Tail(args)) => attribution::tail(args).await,
             Command::Usage(args) => attribution::usage(args).await,
-            Command::Config(ConfigCommand::Example) => {
-                print!("{}", crate::config_file::EXAMPLE);
-                Ok(())
-            }
+            Command::Config(ConfigCommand::Example) => write_stdout(crate::config_file::EXAMPLE),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(failure) if failure.code == 0 => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {}", failure.message);
             ExitCode::from(failure.code)
@@ -122,6 +151,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching; files and pipes get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -2,7 +2,7 @@
 //! and/or flags (flags win).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
@@ -58,24 +58,32 @@ pub struct Args {
     plain_http_upstreams: Option<crate::external::PlainHttp>,
 }
 
+/// `source` says where the bad settings came from: "in <file>", "in --upstream-ca", ...
 fn bad_config(problems: Vec<String>, source: &str) -> Failure {
     let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
     Failure {
-        message: format!("invalid configuration ({source}):\n{}", list.join("\n")),
+        message: format!("invalid configuration {source}:\n{}", list.join("\n")),
         code: BAD_CONFIG,
     }
 }
 
-pub async fn run(args: Args) -> Result<(), Failure> {
-    let FileConfig { mut config, tls } = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                bad_config(vec![format!("cannot read {}: {e}", path.display())], "file")
-            })?;
-            config_file::parse(&text).map_err(|p| bad_config(p, &path.display().to_string()))?
-        }
-        None => config_file::parse("").map_err(|p| bad_config(p, "defaults"))?,
+/// The config file, or the defaults without one.
+fn load_file(path: Option<&Path>) -> Result<FileConfig, Failure> {
+    let Some(path) = path else {
+        return config_file::parse("").map_err(|p| bad_config(p, "in the defaults"));
     };
+    let source = format!("in {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad_config(
+            vec![format!("cannot read {}: {e}", path.display())],
+            &source,
+        )
+    })?;
+    config_file::parse(&text).map_err(|p| bad_config(p, &source))
+}
+
+pub async fn run(args: Args) -> Result<(), Failure> {
+    let FileConfig { mut config, tls } = load_file(args.config.as_deref())?;
     if let Some(v) = args.listen {
         config.listen = v;
     }
@@ -103,21 +111,33 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     if let Some(path) = &args.upstream_ca {
         config.upstream.ca = Some(
             nexus_certs::load_certs(path)
-                .map_err(|e| bad_config(vec![e.to_string()], "--upstream-ca"))?,
+                .map_err(|e| bad_config(vec![e.to_string()], "in --upstream-ca"))?,
         );
     }
-    let files = match (args.tls_ca, args.tls_cert, args.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => TlsFiles { ca, cert, key },
-        _ => tls.ok_or_else(|| {
-            bad_config(
-                vec!["no TLS files: set [tls] ca, cert and key, or pass --tls-ca, --tls-cert and --tls-key".into()],
-                "tls",
-            )
-        })?,
+    // Problems with TLS files named in the config file name the config file too.
+    let (files, source) = match (args.tls_ca, args.tls_cert, args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => (
+            TlsFiles { ca, cert, key },
+            "in --tls-ca, --tls-cert, --tls-key".to_owned(),
+        ),
+        _ => match (tls, &args.config) {
+            (Some(files), Some(path)) => (files, format!("in [tls] of {}", path.display())),
+            (_, path) => {
+                let in_file = path
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" in {}", p.display()));
+                return Err(bad_config(
+                    vec![format!(
+                        "no TLS files: set [tls] ca, cert and key{in_file}, or pass --tls-ca, --tls-cert and --tls-key"
+                    )],
+                    "for TLS",
+                ));
+            }
+        },
     };
     config.tls = files
         .load()
-        .map_err(|e| bad_config(vec![e.to_string()], "tls"))?;
+        .map_err(|e| bad_config(vec![e.to_string()], &source))?;
     config.tls_files = Some(files);
     let app = App::build(config).await?;
     let shutdown = super::shutdown_signal();
