@@ -72,6 +72,7 @@ pub async fn handle(
     match (request.method().clone(), id) {
         (Method::POST, None) => {
             let body: CreateRequest = read_json(state, request).await?;
+            check_target(state, &body.spec)?;
             let endpoint = write(registry, move |r| r.create(body.spec)).await?;
             Ok(json(&serde_json::json!({ "endpoint": endpoint })))
         }
@@ -96,6 +97,7 @@ pub async fn handle(
         (Method::GET, Some(id)) => Ok(json(&serde_json::json!({ "endpoint": registry.get(&id)? }))),
         (Method::PUT, Some(id)) => {
             let body: UpdateRequest = read_json(state, request).await?;
+            check_target(state, &body.spec)?;
             let endpoint = write(registry, move |r| r.update(&id, body.version, body.spec)).await?;
             Ok(json(&serde_json::json!({ "endpoint": endpoint })))
         }
@@ -149,6 +151,49 @@ async fn read_json<T: DeserializeOwned>(
     request: Request<RequestBody>,
 ) -> Result<T, GatewayError> {
     let body = routes::read_body(state, request.into_body()).await?;
-    serde_json::from_slice(&body)
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))?;
+    check_shape(&value)?;
+    serde_json::from_value(value)
         .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))
+}
+
+/// The shape rules serde would only report as "expected value at line 1 column 37".
+fn check_shape(body: &serde_json::Value) -> Result<(), GatewayError> {
+    let Some(body) = body.as_object() else {
+        return Err(GatewayError::bad_request(
+            "invalid request body: expected a JSON object with \"spec\"",
+        ));
+    };
+    let Some(spec) = body.get("spec") else {
+        return Err(GatewayError::bad_request(
+            "invalid request body: missing \"spec\"",
+        ));
+    };
+    let Some(target) = spec.get("target") else {
+        return Err(GatewayError::bad_request(
+            "invalid spec: missing \"target\": give exactly one of {\"worker\": {\"namespace\", \"taskQueue\"}} or {\"external\": {\"url\"}}",
+        ));
+    };
+    let kinds: Vec<&str> = target
+        .as_object()
+        .map(|t| t.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    match kinds.as_slice() {
+        ["worker"] | ["external"] => Ok(()),
+        _ => Err(GatewayError::bad_request(format!(
+            "invalid spec.target {target}: give exactly one of {{\"worker\": {{\"namespace\", \"taskQueue\"}}}} or {{\"external\": {{\"url\"}}}}"
+        ))),
+    }
+}
+
+/// The gateway's own rule on external target URLs, beyond the registry's: plain http only
+/// where the upstream policy allows it.
+fn check_target(state: &State, spec: &EndpointSpec) -> Result<(), GatewayError> {
+    let nexus_registry::Target::External { url } = &spec.target else {
+        return Ok(());
+    };
+    crate::external::check_plain_http(state.upstream.plain_http, url).map_err(|why| {
+        GatewayError::bad_request(format!("external target url {url:?} is invalid: {why}"))
+    })
 }

@@ -105,6 +105,8 @@ pub enum BodyFault {
 #[derive(Debug, Default)]
 pub struct BodyWatch {
     bytes: AtomicU64,
+    /// The declared length, when there is one: the body has ended once that much passed.
+    declared: Option<u64>,
     ended: AtomicBool,
     fault: Mutex<Option<BodyFault>>,
 }
@@ -115,9 +117,10 @@ impl BodyWatch {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Whether the caller's body reached its end.
+    /// Whether the caller's body reached its end (a sender need not poll past a declared
+    /// length, or poll an empty body at all).
     pub fn ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+        self.ended.load(Ordering::Acquire) || self.declared.is_some_and(|n| self.bytes() >= n)
     }
 
     /// Why the body stopped before its end, if it did.
@@ -143,9 +146,12 @@ pub struct CappedBody<B> {
     watch: Arc<BodyWatch>,
 }
 
-impl<B> CappedBody<B> {
+impl<B: http_body::Body> CappedBody<B> {
     pub fn new(inner: B, max: usize) -> (Self, Arc<BodyWatch>) {
-        let watch = Arc::new(BodyWatch::default());
+        let watch = Arc::new(BodyWatch {
+            declared: inner.size_hint().exact(),
+            ..BodyWatch::default()
+        });
         let body = CappedBody {
             inner,
             max,

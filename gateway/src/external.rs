@@ -43,6 +43,34 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `url` may be used under the plain-http policy; why not if not.
+pub fn check_plain_http(policy: PlainHttp, url: &str) -> Result<(), String> {
+    let Ok(uri) = url.parse::<Uri>() else {
+        return Ok(()); // the registry's rules name what is wrong with it
+    };
+    if uri.scheme_str() != Some("http") {
+        return Ok(());
+    }
+    let allowed = match policy {
+        PlainHttp::Never => false,
+        PlainHttp::Loopback => is_loopback(uri.host().unwrap_or_default()),
+        PlainHttp::Always => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(match policy {
+            PlainHttp::Never => {
+                "plain http is not allowed (--plain-http-upstreams never; [upstream] plain_http)"
+            }
+            _ => {
+                "plain http is allowed only to loopback hosts unless --plain-http-upstreams always ([upstream] plain_http = \"always\")"
+            }
+        }
+        .into())
+    }
+}
+
 /// One request to forward.
 pub struct Forward<'a> {
     pub kind: &'static str,
@@ -62,25 +90,17 @@ pub struct Forward<'a> {
 
 pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, GatewayError> {
     let uri = upstream_uri(f.base_url, f.below_prefix)?;
+    // Without any userinfo, so that no credential reaches a lane key, a metric or a message.
     let host = uri
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .unwrap_or_default();
-    if uri.scheme_str() == Some("http") {
-        let allowed = match state.upstream.plain_http {
-            PlainHttp::Never => false,
-            PlainHttp::Loopback => is_loopback(uri.host().unwrap_or_default()),
-            PlainHttp::Always => true,
-        };
-        if !allowed {
-            return Err(GatewayError::new(
-                crate::ErrorType::Unavailable,
-                format!(
-                    "endpoint {:?} targets plain-HTTP URL {}, which this gateway's upstream policy ({:?}) forbids",
-                    f.endpoint_name, f.base_url, state.upstream.plain_http
-                ),
-            ));
-        }
+        .and_then(|a| a.as_str().rsplit('@').next())
+        .unwrap_or_default()
+        .to_owned();
+    if let Err(why) = check_plain_http(state.upstream.plain_http, f.base_url) {
+        return Err(GatewayError::unavailable(format!(
+            "endpoint {:?} targets {host} over plain http, which this gateway refuses: {why}",
+            f.endpoint_name
+        )));
     }
     let lane = LaneKey {
         kind: f.kind,

@@ -138,6 +138,28 @@ impl InboundLimits {
             .clone()
     }
 
+    /// A request that names no registered endpoint still spends the caller's own rate, so a
+    /// caller probing random names is limited like any other; 429 when over it.
+    pub fn charge_caller(&self, caller: &str) -> Result<(), GatewayError> {
+        let s = &self.settings;
+        let rate = *s.caller_overrides.get(caller).unwrap_or(&s.per_caller);
+        let Some(limiter) = self.limiter_for(&self.callers, caller, rate) else {
+            return Ok(());
+        };
+        match limiter.check() {
+            Ok(()) => Ok(()),
+            Err(not_until) => Err(GatewayError::resource_exhausted(format!(
+                "namespace {caller:?} is over its rate limit of {}/s",
+                rate.per_second
+            ))
+            .with_retry_after(
+                not_until
+                    .wait_time_from(self.clock.now())
+                    .max(Duration::from_secs(1)),
+            )),
+        }
+    }
+
     /// Admits one operation of `caller` on `endpoint`, or says why not, at once.
     pub fn admit(&self, caller: &str, endpoint: &str) -> Result<InboundPermit, GatewayError> {
         self.check(caller, endpoint).map_err(|r| r.error)

@@ -13,6 +13,9 @@ const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The endpoint label of requests naming no registered endpoint (never a valid name).
+pub const UNKNOWN_ENDPOINT: &str = "_unknown";
+
 /// Labels of one Nexus operation series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct OperationKey {
@@ -48,7 +51,13 @@ impl Metrics {
             .clone()
             .or_else(|| r.target_url.clone())
             .unwrap_or_default();
-        let endpoint = text(&r.endpoint);
+        // Only registered endpoints name a series: whatever a caller typed counts under one
+        // label, so callers cannot grow the series without bound.
+        let endpoint = match (&r.endpoint, &r.endpoint_id) {
+            (Some(name), Some(_)) => name.clone(),
+            (Some(_), None) => UNKNOWN_ENDPOINT.to_owned(),
+            (None, _) => String::new(),
+        };
         let key = OperationKey {
             kind: r.kind.clone(),
             caller: text(&r.caller_namespace),
@@ -71,6 +80,15 @@ impl Metrics {
         histogram
             .sum_micros
             .fetch_add(r.latency_us, Ordering::Relaxed);
+    }
+
+    /// Drops the series of endpoints no longer registered (deleted or renamed).
+    fn forget_unregistered(&self, registered: impl Fn(&str) -> bool) {
+        let keep = |endpoint: &str| {
+            endpoint.is_empty() || endpoint == UNKNOWN_ENDPOINT || registered(endpoint)
+        };
+        self.operations.retain(|k, _| keep(&k.endpoint));
+        self.latency.retain(|(_, endpoint), _| keep(endpoint));
     }
 
     pub fn record(&self, route: &'static str, status: u16, latency: Duration) {
@@ -147,6 +165,12 @@ pub fn render(state: &State) -> String {
         "nexus_gateway_tasks_pending {}",
         state.matching.pending_tasks()
     );
+    state.metrics.forget_unregistered(|name| {
+        state
+            .registry
+            .resolve(name)
+            .is_some_and(|e| e.spec.name == name)
+    });
     render_operations(&state.metrics, &mut out);
     render_lanes(state, &mut out);
     render_callbacks(state, &mut out);

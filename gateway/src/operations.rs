@@ -87,9 +87,13 @@ async fn serve(
     record.service = Some(path.service.clone());
     record.operation = Some(path.operation.clone());
     record.endpoint = Some(path.endpoint.clone());
-    let endpoint = state.registry.resolve(&path.endpoint).ok_or_else(|| {
-        GatewayError::not_found(format!("endpoint {:?} not found", path.endpoint))
-    })?;
+    let Some(endpoint) = state.registry.resolve(&path.endpoint) else {
+        state.inbound.charge_caller(&caller)?;
+        return Err(GatewayError::not_found(format!(
+            "endpoint {:?} not found",
+            path.endpoint
+        )));
+    };
     record.endpoint = Some(endpoint.spec.name.clone());
     record.endpoint_id = Some(endpoint.id.clone());
     match &endpoint.spec.target {

@@ -36,9 +36,10 @@ impl Endpoint {
     }
 }
 
-/// The admin-supplied part of an endpoint.
+/// The admin-supplied part of an endpoint. Unknown fields are refused: a typo such as
+/// `allowedCallerNamespace` would otherwise create an endpoint that allows nobody.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -50,7 +51,11 @@ pub struct EndpointSpec {
 
 /// Where requests to an endpoint go.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum Target {
     /// A worker polling `task_queue` in `namespace`.
     Worker {

@@ -93,3 +93,58 @@ async fn traceparent_reaches_workers_and_external_handlers() {
         assert_eq!(headers["tracestate"], "vendor=1", "{endpoint}");
     }
 }
+
+#[tokio::test]
+async fn metrics_name_only_registered_endpoints_and_forget_deleted_ones() {
+    let gw = TestGateway::start().await;
+    let endpoint = gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
+    let _worker = gw.start_worker("billing", "charges");
+    let caller = gw.client(&ns("orders"));
+    for i in 0..50 {
+        let uri = gw.uri(&format!("/nexus/endpoints/probe-{i}/services/svc/echo"));
+        assert_eq!(send(&caller, post(uri, &[], "")).await.status, 404);
+    }
+    let uri = gw.uri("/nexus/endpoints/payments/services/svc/echo");
+    assert_eq!(send(&caller, post(uri, &[], "x")).await.status, 200);
+    let (_, metrics) = gw.ops_get("/metrics").await;
+    let operations: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("nexus_gateway_operations_total{"))
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            r#"nexus_gateway_operations_total{kind="start",caller_namespace="orders",endpoint="_unknown",target="",outcome="rejected:not_found"} 50"#,
+            r#"nexus_gateway_operations_total{kind="start",caller_namespace="orders",endpoint="payments",target="billing",outcome="succeeded"} 1"#,
+        ]
+    );
+    assert!(!metrics.contains("probe-"), "{metrics}");
+
+    gw.registry.delete(&endpoint.id, endpoint.version).unwrap();
+    let (_, metrics) = gw.ops_get("/metrics").await;
+    assert!(!metrics.contains("endpoint=\"payments\""), "{metrics}");
+    assert!(metrics.contains("endpoint=\"_unknown\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn requests_for_unknown_endpoints_spend_the_callers_rate() {
+    let gw = TestGateway::start_with(|c| {
+        c.inbound.per_caller = nexus_gateway::inbound::Rate {
+            per_second: 1,
+            burst: 3,
+        };
+        c.inbound.push_back = std::time::Duration::ZERO;
+    })
+    .await;
+    let caller = gw.client(&ns("orders"));
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let uri = gw.uri(&format!("/nexus/endpoints/nope-{i}/services/svc/echo"));
+        statuses.push(send(&caller, post(uri, &[], "")).await.status.as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 404, 429]);
+    // Another namespace is not affected.
+    let other = gw.client(&ns("shipping"));
+    let uri = gw.uri("/nexus/endpoints/nope/services/svc/echo");
+    assert_eq!(send(&other, post(uri, &[], "")).await.status, 404);
+}

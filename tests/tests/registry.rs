@@ -270,3 +270,82 @@ async fn registry_survives_a_restart() {
     names.sort();
     assert_eq!(names, ["one", "three", "two"]);
 }
+
+#[tokio::test]
+async fn specs_of_the_wrong_shape_or_with_secrets_in_the_url_get_400_naming_the_rule() {
+    let gw = TestGateway::start().await;
+    let admin = gw.client(&admin());
+    let create = |spec: Value| request(&gw, Method::POST, PATH, Some(json!({"spec": spec})));
+    let either =
+        r#"give exactly one of {"worker": {"namespace", "taskQueue"}} or {"external": {"url"}}"#;
+    let cases = [
+        (
+            json!({"name": "ok", "target": {}}),
+            format!("invalid spec.target {{}}: {either}"),
+        ),
+        (
+            json!({"name": "ok", "target": {
+                "worker": {"namespace": "b", "taskQueue": "q"},
+                "external": {"url": "https://h"}}}),
+            format!(
+                r#"invalid spec.target {{"external":{{"url":"https://h"}},"worker":{{"namespace":"b","taskQueue":"q"}}}}: {either}"#
+            ),
+        ),
+        (
+            json!({"name": "ok"}),
+            format!(r#"invalid spec: missing "target": {either}"#),
+        ),
+        (
+            json!({"name": "ok", "target": {"worker": {"namespace": "b", "taskQueue": "q"}},
+                   "allowedCallerNamespace": ["orders"]}),
+            "invalid request body: unknown field `allowedCallerNamespace`, expected one of `name`, `description`, `target`, `allowedCallerNamespaces`".to_owned(),
+        ),
+        (
+            json!({"name": "ok", "target": {"external": {"url": "https://user:s3cret@h.example/x"}}}),
+            "external target url is invalid: must not carry credentials (user:password@); the gateway authenticates to targets with its client certificate".to_owned(),
+        ),
+        (
+            json!({"name": "ok", "target": {"external": {"url": "https://h.example/x?y=1"}}}),
+            r#"external target url "https://h.example/x?y=1" is invalid: must not have a query (?...): operations are appended to its path"#.to_owned(),
+        ),
+        (
+            json!({"name": "ok", "target": {"external": {"url": "https://h.example/x#top"}}}),
+            r#"external target url "https://h.example/x#top" is invalid: must not have a fragment (#...)"#.to_owned(),
+        ),
+        (
+            json!({"name": "ok", "target": {"external": {"url": "http://h.example:8080"}}}),
+            r#"external target url "http://h.example:8080" is invalid: plain http is allowed only to loopback hosts unless --plain-http-upstreams always ([upstream] plain_http = "always")"#.to_owned(),
+        ),
+    ];
+    for (spec, message) in cases {
+        let reply = send(&admin, create(spec.clone())).await;
+        let got = reply.message();
+        // serde appends the position: the rule comes first.
+        assert!(
+            reply.status == 400 && got.starts_with(&message),
+            "{spec}: {} {got}",
+            reply.status
+        );
+        assert!(!got.contains("s3cret"), "{got}");
+    }
+    let (_, metrics) = gw.ops_get("/metrics").await;
+    assert!(
+        metrics.contains("nexus_gateway_registry_endpoints 0"),
+        "{metrics}"
+    );
+    // Plain http to loopback stays allowed by default, and anywhere with "always".
+    let local = json!({"name": "local", "target": {"external": {"url": "http://127.0.0.1:9"}}});
+    assert_eq!(send(&admin, create(local)).await.status, 200);
+    let gw = TestGateway::start_with(|c| {
+        c.upstream.plain_http = nexus_gateway::external::PlainHttp::Always;
+    })
+    .await;
+    let remote =
+        json!({"name": "remote", "target": {"external": {"url": "http://h.example:8080"}}});
+    let reply = send(
+        &gw.client(&nexus_e2e::admin()),
+        request(&gw, Method::POST, PATH, Some(json!({"spec": remote}))),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.message());
+}
