@@ -227,19 +227,27 @@ impl Ca {
     /// Client certificate whose only SAN is `uri_san` (e.g. `spiffe://td/ns/payments`);
     /// CN = the URI. Valid 1 year (from a day ago), EKU clientAuth.
     pub fn issue_client(&self, uri_san: &str) -> Result<Issued, CertError> {
-        if uri_san.is_empty() {
+        self.issue_client_with_uris(&[uri_san])
+    }
+
+    /// [`Self::issue_client`] with several URI SANs: what a gateway must refuse (SPIFFE
+    /// allows exactly one), for tests. CN = the first.
+    pub fn issue_client_with_uris(&self, uri_sans: &[&str]) -> Result<Issued, CertError> {
+        if uri_sans.is_empty() || uri_sans.iter().any(|u| u.is_empty()) {
             return Err(CertError::Invalid(
                 "a client certificate needs a URI SAN".into(),
             ));
         }
-        let uri = uri_san
-            .try_into()
-            .map_err(rcgen_err(format!("invalid URI SAN {uri_san:?}")))?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = subject(uri_san);
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.distinguished_name = subject(uri_sans[0]);
+        for uri_san in uri_sans {
+            let uri = (*uri_san)
+                .try_into()
+                .map_err(rcgen_err(format!("invalid URI SAN {uri_san:?}")))?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params, &format!("the client ({uri_san})"))
+        self.sign(params, &format!("the client ({})", uri_sans.join(", ")))
     }
 }
 

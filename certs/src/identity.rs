@@ -95,6 +95,12 @@ pub enum IdentityError {
         found: Vec<String>,
         trust_domain: String,
     },
+    #[error(
+        "client certificate has {} URI SANs ({}); a SPIFFE identity certificate has exactly one",
+        .found.len(),
+        .found.join(", ")
+    )]
+    SeveralUriSans { found: Vec<String> },
     #[error("URI SAN {uri} is in trust domain {found:?}, expected trust domain {expected:?}")]
     WrongTrustDomain {
         uri: String,
@@ -195,8 +201,9 @@ pub fn parse_identity_uri(uri: &str, trust_domain: &str) -> Result<Identity, Ide
     Ok(make(name.to_owned()))
 }
 
-/// Identity of a peer certificate: the first URI SAN that is a recognised identity in
-/// `trust_domain`. The certificate must already have been verified (by the TLS handshake).
+/// Identity of a peer certificate: its one URI SAN (SPIFFE allows exactly one), a recognised
+/// identity in `trust_domain`. The certificate must already have been verified (by the TLS
+/// handshake).
 pub fn peer_identity(
     cert: &CertificateDer<'_>,
     trust_domain: &str,
@@ -219,40 +226,20 @@ pub fn peer_identity(
             trust_domain: trust_domain.to_owned(),
         });
     }
-
-    // Report the most specific failure: a bad name in our trust domain says more than a
-    // foreign trust domain, which says more than "nothing recognised".
-    let mut best: Option<IdentityError> = None;
-    for uri in &uris {
-        match parse_identity_uri(uri, trust_domain) {
-            Ok(identity) => {
-                return Ok(PeerIdentity {
-                    identity,
-                    uri: (*uri).to_owned(),
-                });
-            }
-            Err(e) => {
-                if rank(&e) > best.as_ref().map_or(0, rank) {
-                    best = Some(e);
-                }
-            }
-        }
-    }
-    Err(match best {
-        Some(e) if rank(&e) > 1 => e,
-        _ => IdentityError::Unrecognised {
+    // Which of several would be the identity is ambiguous, and a certificate carrying a
+    // second one could claim two namespaces: refused.
+    if uris.len() > 1 {
+        return Err(IdentityError::SeveralUriSans {
             found: uris.iter().map(|u| (*u).to_owned()).collect(),
-            trust_domain: trust_domain.to_owned(),
-        },
-    })
-}
-
-fn rank(e: &IdentityError) -> u8 {
-    match e {
-        IdentityError::InvalidName { .. } => 3,
-        IdentityError::WrongTrustDomain { .. } => 2,
-        _ => 1,
+        });
     }
+
+    let uri = uris[0];
+    let identity = parse_identity_uri(uri, trust_domain)?;
+    Ok(PeerIdentity {
+        identity,
+        uri: uri.to_owned(),
+    })
 }
 
 /// [`peer_identity`] for what `rustls` `peer_certificates()` returns: the leaf is

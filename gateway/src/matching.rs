@@ -251,9 +251,9 @@ impl Matching {
         match pending {
             Some(p) => p.reply.send(response).map_err(|_| unknown()),
             None => match self.pending.get(token) {
-                Some(p) => Err(GatewayError::unauthorized(format!(
-                    "namespace {namespace:?} may not answer a task of namespace {:?}",
-                    p.namespace
+                // Which namespace owns it is not this worker's business.
+                Some(_) => Err(GatewayError::unauthorized(format!(
+                    "namespace {namespace:?} may not answer this task: it belongs to another namespace"
                 ))),
                 None => Err(unknown()),
             },

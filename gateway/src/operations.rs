@@ -374,16 +374,11 @@ fn header_value(value: &str, what: &str) -> Result<HeaderValue, GatewayError> {
         .map_err(|_| GatewayError::bad_request(format!("{what} cannot be sent as a header")))
 }
 
-/// A unique, unguessable task token without a system call per task: a random per-process key
-/// and a counter. (Only the target namespace may answer a task in any case.)
+/// An unguessable task token: 128 random bits from the thread's generator (seeded from the
+/// operating system; no system call per task). Not sequential, so one task's token says
+/// nothing about another's.
 fn task_token() -> String {
-    use std::sync::OnceLock;
-    use std::sync::atomic::AtomicU64;
-    static KEY: OnceLock<u128> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let key = KEY.get_or_init(|| uuid::Uuid::new_v4().as_u128());
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{key:032x}{n:016x}")
+    format!("{:032x}", rand::random::<u128>())
 }
 
 fn add_task_headers(
@@ -413,4 +408,20 @@ fn add_task_headers(
         header_value(caller, "caller namespace")?,
     );
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_tokens_are_random_not_sequential() {
+        let tokens: Vec<String> = (0..1000).map(|_| task_token()).collect();
+        for pair in tokens.windows(2) {
+            assert_eq!(pair[0].len(), 32);
+            assert!(pair[0].bytes().all(|b| b.is_ascii_hexdigit()));
+            // Sharing a 16-digit prefix by chance: 2^-64.
+            assert_ne!(pair[0][..16], pair[1][..16], "{pair:?}");
+        }
+    }
 }

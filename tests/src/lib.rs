@@ -64,6 +64,15 @@ impl Pki {
             .expect("material")
     }
 
+    /// A client certificate with several URI SANs.
+    pub fn uris_material(&self, uris: &[&str]) -> TlsMaterial {
+        self.ca
+            .issue_client_with_uris(uris)
+            .expect("client cert")
+            .material(&self.ca)
+            .expect("material")
+    }
+
     pub fn client(&self, identity: &Identity) -> HttpClient {
         http_client(&self.client_material(identity), HttpVersions::Any).expect("client")
     }
