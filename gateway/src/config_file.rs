@@ -118,6 +118,15 @@ fn allowed_callbacks(v: &toml::Value) -> Result<Vec<AllowedCallback>, String> {
         .collect()
 }
 
+/// A duration where zero makes no sense (a timeout, an interval, an expiry).
+fn nonzero_duration(v: &toml::Value) -> Result<Duration, String> {
+    let d = duration(v)?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
 fn positive(v: &toml::Value) -> Result<usize, String> {
     match v.as_integer() {
         Some(n) if n > 0 => Ok(n as usize),
@@ -170,7 +179,7 @@ fn lane(reader: &mut Reader, table: Option<&toml::Table>, section: &str, into: &
         section,
         "breaker_open_for",
         &mut into.breaker.open_for,
-        duration,
+        nonzero_duration,
     );
 }
 
@@ -374,7 +383,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         "tls",
         "reload_interval",
         &mut config.tls_reload_interval,
-        duration,
+        nonzero_duration,
     );
     let tls = match (ca.is_empty(), cert.is_empty(), key.is_empty()) {
         (true, true, true) => None,
@@ -415,21 +424,21 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         "limits",
         "handshake_timeout",
         &mut limits.handshake_timeout,
-        duration,
+        nonzero_duration,
     );
     r.parse(
         l,
         "limits",
         "header_read_timeout",
         &mut limits.header_read_timeout,
-        duration,
+        nonzero_duration,
     );
     r.parse(
         l,
         "limits",
         "body_read_timeout",
         &mut limits.body_read_timeout,
-        duration,
+        nonzero_duration,
     );
     r.parse(
         l,
@@ -476,9 +485,15 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         "matching",
         "default_request_timeout",
         &mut matching.default_request_timeout,
-        duration,
+        nonzero_duration,
     );
-    r.parse(m, "matching", "max_poll", &mut matching.max_poll, duration);
+    r.parse(
+        m,
+        "matching",
+        "max_poll",
+        &mut matching.max_poll,
+        nonzero_duration,
+    );
 
     inbound(&mut r, &root, &mut config.inbound);
 
@@ -503,7 +518,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         "outbound",
         "idle_timeout",
         &mut config.outbound.idle_timeout,
-        duration,
+        nonzero_duration,
     );
     let mut per_destination = HashMap::new();
     if let Some(destinations) = o.and_then(|o| o.get("destinations")) {
@@ -551,27 +566,33 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         &mut callbacks.allowed,
         allowed_callbacks,
     );
-    r.parse(c, "callbacks", "expiry", &mut callbacks.expiry, duration);
+    r.parse(
+        c,
+        "callbacks",
+        "expiry",
+        &mut callbacks.expiry,
+        nonzero_duration,
+    );
     r.parse(
         c,
         "callbacks",
         "attempt_timeout",
         &mut callbacks.attempt_timeout,
-        duration,
+        nonzero_duration,
     );
     r.parse(
         c,
         "callbacks",
         "backoff_initial",
         &mut callbacks.backoff.initial,
-        duration,
+        nonzero_duration,
     );
     r.parse(
         c,
         "callbacks",
         "backoff_max",
         &mut callbacks.backoff.max,
-        duration,
+        nonzero_duration,
     );
 
     let a = r.section(
@@ -610,7 +631,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         "attribution",
         "fsync_interval",
         &mut attribution.fsync_interval,
-        duration,
+        nonzero_duration,
     );
     r.parse(
         a,
@@ -624,14 +645,14 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         "attribution",
         "segment_max_age",
         &mut attribution.segment_max_age,
-        duration,
+        nonzero_duration,
     );
     r.parse(
         a,
         "attribution",
         "retention_max_age",
         &mut attribution.retention_max_age,
-        |v| duration(v).map(Some),
+        |v| nonzero_duration(v).map(Some),
     );
     r.parse(
         a,
@@ -727,6 +748,66 @@ mod tests {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(problems.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn zero_durations_that_make_no_sense_are_refused() {
+        let text = r#"
+            [server]
+            shutdown_grace = "0s"
+            [tls]
+            reload_interval = "0s"
+            [limits]
+            handshake_timeout = "0s"
+            header_read_timeout = "0s"
+            body_read_timeout = "0s"
+            [matching]
+            default_request_timeout = "0s"
+            max_poll = "0s"
+            deadline_buffer = "0s"
+            [outbound]
+            idle_timeout = "0s"
+            breaker_open_for = "0s"
+            [callbacks]
+            expiry = "0s"
+            attempt_timeout = "0s"
+            backoff_initial = "0s"
+            backoff_max = "0s"
+            [attribution]
+            fsync_interval = "0s"
+            segment_max_age = "0s"
+            retention_max_age = "0s"
+            [inbound]
+            push_back = "0s"
+        "#;
+        let problems = parse(text).unwrap_err();
+        let refused: Vec<&str> = problems
+            .iter()
+            .filter_map(|p| p.strip_suffix(": must be longer than zero"))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                "[tls] reload_interval",
+                "[limits] handshake_timeout",
+                "[limits] header_read_timeout",
+                "[limits] body_read_timeout",
+                "[matching] default_request_timeout",
+                "[matching] max_poll",
+                "[outbound] breaker_open_for",
+                "[outbound] idle_timeout",
+                "[callbacks] expiry",
+                "[callbacks] attempt_timeout",
+                "[callbacks] backoff_initial",
+                "[callbacks] backoff_max",
+                "[attribution] fsync_interval",
+                "[attribution] segment_max_age",
+                "[attribution] retention_max_age",
+            ],
+            "{problems:#?}"
+        );
+        // Zero grace (stop at once), no deadline buffer and no push-back stay meaningful.
+        assert_eq!(problems.len(), refused.len(), "{problems:#?}");
     }
 
     #[test]

@@ -138,6 +138,11 @@ pub fn decode_segment(segment: &str, what: &str) -> Result<String, GatewayError>
         .map_err(|_| {
             GatewayError::bad_request(format!("{what} {segment:?} is not UTF-8 when decoded"))
         })?;
+    if decoded.chars().any(char::is_control) {
+        return Err(GatewayError::bad_request(format!(
+            "{what} {segment:?} contains a control character"
+        )));
+    }
     if decoded.len() > MAX_NAME_LEN {
         return Err(GatewayError::bad_request(format!(
             "{what} name is longer than {MAX_NAME_LEN} bytes"
@@ -199,7 +204,8 @@ pub fn format_timeout(d: Duration) -> String {
 
 /// Whether a header from one side may be relayed to the other. Drops hop-by-hop headers
 /// (and those a `Connection` header names), the length (the gateway frames bodies itself),
-/// `Host`, credentials, the caller-namespace header (only the gateway sets it) and the
+/// `Host`, `Expect` (the gateway answers it itself), credentials (`Authorization`, `Cookie`,
+/// `Proxy-*`), the caller-namespace header (only the gateway sets it) and the
 /// gateway-internal `Nexus-Task-*` headers.
 pub fn is_relayed(name: &HeaderName, connection_listed: &[HeaderName]) -> bool {
     let n = name.as_str();
@@ -214,6 +220,8 @@ pub fn is_relayed(name: &HeaderName, connection_listed: &[HeaderName]) -> bool {
             | "host"
             | "content-length"
             | "authorization"
+            | "cookie"
+            | "expect"
             | "request-timeout"
             | "nexus-caller-namespace"
     ) || n.starts_with("proxy-")
@@ -297,6 +305,14 @@ mod tests {
         assert_eq!(e.kind.status(), 404);
         let e = parse_operation_path("/nexus/endpoints/e/services//o", None).unwrap_err();
         assert_eq!(e.kind.status(), 400);
+        for bad in ["s%00", "s%0A", "s%7F", "s%C2%85"] {
+            let path = format!("/nexus/endpoints/e/services/{bad}/o");
+            let e = parse_operation_path(&path, None).unwrap_err();
+            assert_eq!(
+                (e.kind.status().as_u16(), e.message),
+                (400, format!("service {bad:?} contains a control character"))
+            );
+        }
     }
 
     #[test]
@@ -339,6 +355,8 @@ mod tests {
             ("nexus-link", "<a>; type=\"x\""),
             ("authorization", "secret"),
             ("proxy-authorization", "secret"),
+            ("cookie", "session=secret"),
+            ("expect", "100-continue"),
         ] {
             from.append(HeaderName::from_static(k), v.parse().unwrap());
         }

@@ -9,7 +9,6 @@ use http_body_util::BodyExt;
 use nexus_registry::{Endpoint, Target};
 use tokio::time::Instant;
 
-
 use nexus_certs::Identity;
 
 use crate::attribution::Record;

@@ -183,7 +183,11 @@ impl App {
             .max_concurrent_streams(1000);
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
-        let ops_task = tokio::spawn(serve_ops(ops, state.clone()));
+        let ops_task = tokio::spawn(serve_ops(
+            ops,
+            state.clone(),
+            config.limits.header_read_timeout,
+        ));
         crate::callbacks::Callbacks::resume(&state);
         let evict_task = tokio::spawn(evict_idle_lanes(state.clone()));
         let reload_task = config.tls_files.clone().map(|files| {
@@ -321,8 +325,13 @@ async fn serve_connection(
     }
 }
 
-/// Plain HTTP on localhost for probes and scrapes; never exposes the data APIs.
-async fn serve_ops(listener: TcpListener, state: Arc<State>) {
+/// Plain HTTP on localhost for probes and scrapes; never exposes the data APIs. A client that
+/// sends no complete header within `header_read_timeout` is cut off, as on the data port.
+async fn serve_ops(
+    listener: TcpListener,
+    state: Arc<State>,
+    header_read_timeout: std::time::Duration,
+) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
@@ -334,6 +343,8 @@ async fn serve_ops(listener: TcpListener, state: Arc<State>) {
                 async move { Ok::<_, std::convert::Infallible>(crate::ops::handle(&state, &request)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });

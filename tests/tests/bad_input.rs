@@ -506,3 +506,64 @@ async fn early_answers_over_http2_do_not_reset_a_body_still_being_sent() {
         .await
         .expect("the stream still takes the rest of the body");
 }
+
+#[tokio::test]
+async fn control_characters_in_names_get_400_and_credentials_are_not_relayed() {
+    let gw = TestGateway::start().await;
+    let (handler, _stop) = serve_reference_handler().await;
+    gw.external_endpoint("payments", &format!("http://{handler}"), &["orders"]);
+    let caller = gw.client(&ns("orders"));
+    let reply = send(&caller, post(op(&gw, "svc/ec%00ho"), &[], "")).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.message()),
+        (
+            400,
+            r#"operation "ec%00ho" contains a control character"#.to_owned()
+        )
+    );
+    let reply = send(&caller, post(op(&gw, "s%1Bvc/echo"), &[], "")).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.message()),
+        (
+            400,
+            r#"service "s%1Bvc" contains a control character"#.to_owned()
+        )
+    );
+    let seen = send(
+        &caller,
+        post(
+            op(&gw, "svc/headers"),
+            &[
+                ("cookie", "session=secret"),
+                ("proxy-authorization", "Basic c2VjcmV0"),
+                ("x-kept", "1"),
+            ],
+            "",
+        ),
+    )
+    .await;
+    let headers = &seen.json()["headers"];
+    assert_eq!(headers["x-kept"], "1");
+    for dropped in ["cookie", "proxy-authorization", "expect", "authorization"] {
+        assert!(headers.get(dropped).is_none(), "{dropped}: {headers}");
+    }
+}
+
+#[tokio::test]
+async fn the_ops_port_cuts_off_a_client_that_never_finishes_its_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start_with(|c| {
+        c.limits.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.ops_addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: loc")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(REQUEST_BOUND, tcp.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the ops port held a slow client open");
+    // Closed without an answer, as the data port does (no request was ever read).
+    assert_eq!(String::from_utf8_lossy(&answer), "");
+    assert_eq!(gw.ops_get("/healthz").await.0, 200);
+}
