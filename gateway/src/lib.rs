@@ -32,6 +32,7 @@ pub mod demo;
 pub mod destination;
 pub mod error;
 pub mod external;
+pub mod handshakes;
 pub mod inbound;
 pub mod matching;
 pub mod metering;

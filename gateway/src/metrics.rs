@@ -40,6 +40,8 @@ pub struct Metrics {
     requests: DashMap<(&'static str, u16), (AtomicU64, AtomicU64)>,
     operations: DashMap<OperationKey, AtomicU64>,
     latency: DashMap<(String, String), Histogram>,
+    /// Refused TLS handshakes by reason.
+    pub handshakes: crate::handshakes::HandshakeFailures,
 }
 
 impl Metrics {
@@ -192,6 +194,15 @@ pub fn render(state: &State) -> String {
         "nexus_gateway_tls_reloads_total{{result=\"refused\"}} {}",
         reloads.failed.load(Ordering::Relaxed)
     );
+    out.push_str("# HELP nexus_gateway_tls_handshake_failures_total TLS handshakes refused on the data port, by reason.\n");
+    out.push_str("# TYPE nexus_gateway_tls_handshake_failures_total counter\n");
+    for (reason, count) in state.metrics.handshakes.counts() {
+        let _ = writeln!(
+            out,
+            "nexus_gateway_tls_handshake_failures_total{{reason=\"{}\"}} {count}",
+            reason.as_str()
+        );
+    }
     out.push_str("# HELP nexus_gateway_registry_endpoints Endpoints in the registry.\n");
     out.push_str("# TYPE nexus_gateway_registry_endpoints gauge\n");
     let _ = writeln!(

@@ -296,11 +296,17 @@ async fn serve_connection(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
-            debug!(%remote, %error, "TLS handshake failed");
+            let reason = crate::handshakes::Reason::of(&error);
+            state.metrics.handshakes.record(remote.ip(), reason, &error);
             return;
         }
         Err(_) => {
-            debug!(%remote, "TLS handshake timed out");
+            let reason = crate::handshakes::Reason::Timeout;
+            let detail = format!("no handshake within {:?}", state.limits.handshake_timeout);
+            state
+                .metrics
+                .handshakes
+                .record(remote.ip(), reason, &detail);
             return;
         }
     };

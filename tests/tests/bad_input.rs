@@ -567,3 +567,42 @@ async fn the_ops_port_cuts_off_a_client_that_never_finishes_its_headers() {
     assert_eq!(String::from_utf8_lossy(&answer), "");
     assert_eq!(gw.ops_get("/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn refused_handshakes_are_counted_by_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = gateway().await;
+    let no_cert = try_send(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
+    assert!(no_cert.is_err());
+    let stranger = Pki::new();
+    let mut material = stranger.client_material(&ns("orders"));
+    material.ca = vec![gw.pki.ca.cert_der()];
+    let untrusted = http_client(&material, HttpVersions::Any).unwrap();
+    assert!(
+        try_send(&untrusted, post(op(&gw, "svc/echo"), &[], ""))
+            .await
+            .is_err()
+    );
+    // Plain HTTP to the TLS port.
+    let mut tcp = tokio::net::TcpStream::connect(gw.data_addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(REQUEST_BOUND, tcp.read_to_end(&mut rest)).await;
+    let expected = [
+        r#"nexus_gateway_tls_handshake_failures_total{reason="no_client_certificate"} 1"#,
+        r#"nexus_gateway_tls_handshake_failures_total{reason="untrusted_certificate"} 1"#,
+        r#"nexus_gateway_tls_handshake_failures_total{reason="protocol"} 1"#,
+    ];
+    let mut metrics = String::new();
+    eventually(
+        "refusals are counted",
+        Duration::from_secs(10),
+        async || {
+            metrics = gw.ops_get("/metrics").await.1;
+            expected.iter().all(|line| metrics.contains(line))
+        },
+    )
+    .await;
+}
