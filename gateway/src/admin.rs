@@ -10,21 +10,15 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
-use nexus_certs::Identity;
 use nexus_registry::{EndpointSpec, Registry, RegistryError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, json};
 use crate::error::GatewayError;
-use crate::nexus::decode_segment;
-use crate::operations::form_pairs;
-use crate::routes;
-use crate::server::Peer;
+use crate::request::{self, form_pairs};
 use crate::state::State;
-
-pub const PREFIX: &str = "/api/v1/nexus/endpoints";
-pub const PREFIX_SLASH: &str = "/api/v1/nexus/endpoints/";
 
 #[derive(Deserialize)]
 struct CreateRequest {
@@ -41,16 +35,10 @@ struct UpdateRequest {
 pub async fn handle(
     state: &State,
     peer: &Peer,
+    id: Option<String>,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
-    match routes::identity(peer)? {
-        Identity::Admin(_) => {}
-        other => {
-            return Err(GatewayError::unauthorized(format!(
-                "{other} may not manage endpoints: an admin certificate is required"
-            )));
-        }
-    }
+    authz::authorize(peer, Action::ManageEndpoints)?;
     let path = request.uri().path().to_owned();
     let query: Vec<(String, String)> = request
         .uri()
@@ -62,11 +50,6 @@ pub async fn handle(
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    };
-    let id = match path.strip_prefix(PREFIX_SLASH) {
-        None | Some("") => None,
-        Some(id) if !id.contains('/') => Some(decode_segment(id, "endpoint id")?),
-        Some(_) => return Err(GatewayError::not_found(format!("no route for {path}"))),
     };
     let registry = &state.registry;
     match (request.method().clone(), id) {
@@ -150,7 +133,7 @@ async fn read_json<T: DeserializeOwned>(
     state: &State,
     request: Request<RequestBody>,
 ) -> Result<T, GatewayError> {
-    let body = routes::read_body(state, request.into_body()).await?;
+    let body = request::read_body(request.into_body(), &state.limits).await?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))?;
     check_shape(&value)?;

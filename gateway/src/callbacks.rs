@@ -18,17 +18,17 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::attribution::Record;
+use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, empty, full, json};
 use crate::callback_policy::{AllowedCallback, CallbackPolicy};
 use crate::callback_token::{CallbackClaims, CallbackKeys, NoteRef, Sealed};
 use crate::client::CallbackClient;
 use crate::error::GatewayError;
-use crate::nexus::{decode_segment, headers};
-use crate::routes;
-use crate::server::Peer;
+use crate::nexus::headers;
+use crate::request::{self, CompletionsRoute};
 use crate::state::State;
 
-pub const PREFIX: &str = "/nexus/callbacks/";
+use crate::request::COMPLETION_PREFIX as PREFIX;
 /// Longest callback URL handed to a handler with the claims sealed inside (Temporal refuses
 /// longer ones); beyond it the claims go to a durable note and the URL carries its id.
 pub const MAX_CALLBACK_URL: usize = 1000;
@@ -216,6 +216,7 @@ impl Callbacks {
 pub async fn complete(
     state: &Arc<State>,
     peer: &Peer,
+    token: Result<String, GatewayError>,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let started = std::time::Instant::now();
@@ -230,7 +231,7 @@ pub async fn complete(
             .map(str::to_owned),
         ..Record::default()
     };
-    let response = match accept(state, peer, request, &mut record).await {
+    let response = match accept(state, peer, token, request, &mut record).await {
         Ok(Accepted::New) => {
             record.outcome = "accepted".into();
             Response::new(empty())
@@ -265,17 +266,14 @@ fn once_key(token: &str) -> [u8; 32] {
 async fn accept(
     state: &Arc<State>,
     peer: &Peer,
+    token: Result<String, GatewayError>,
     request: Request<RequestBody>,
     record: &mut Record,
 ) -> Result<Accepted, GatewayError> {
-    let sender = routes::namespace(peer, "complete operations")?.to_owned();
+    let sender = authz::authorize(peer, Action::CompleteOperation { target: None })?.to_owned();
     record.target_namespace = Some(sender.clone());
-    let path = request.uri().path();
-    let token = match routes::segments_after(path, PREFIX).as_slice() {
-        [token] => decode_segment(token, "callback token")?,
-        _ => return Err(GatewayError::not_found(format!("no route for {path}"))),
-    };
-    routes::require_method(&request, &[Method::POST])?;
+    let token = token?;
+    request::require_method(&request, &[Method::POST])?;
     let key = once_key(&token);
     // Only tokens this gateway accepted are keyed, so a forged token never matches.
     let spool = state.callbacks.spool.clone();
@@ -293,13 +291,12 @@ async fn accept(
     record.service = Some(claims.service.clone());
     record.operation = Some(claims.operation.clone());
     record.request_id = claims.request_id.clone();
-    if let Some(target) = &claims.target_namespace
-        && *target != sender
-    {
-        return Err(GatewayError::unauthorized(format!(
-            "namespace {sender:?} may not complete operations handled by namespace {target:?}"
-        )));
-    }
+    authz::authorize(
+        peer,
+        Action::CompleteOperation {
+            target: claims.target_namespace.as_deref(),
+        },
+    )?;
     let operation_state = request
         .headers()
         .get(headers::OPERATION_STATE)
@@ -312,7 +309,7 @@ async fn accept(
             )
         })?;
     let (parts, body) = request.into_parts();
-    let body = routes::read_body(state, body).await?;
+    let body = request::read_body(body, &state.limits).await?;
     record.request_bytes = body.len() as u64;
     let delivery = Delivery {
         headers: completion_headers(&claims, &parts.headers),
@@ -471,16 +468,34 @@ enum Attempt {
     GiveUp(String),
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(f).await.ok()
+/// Runs a spool operation off the async workers. A panicked task is an error, never "empty".
+async fn on_spool<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, nexus_outbound_queue::SpoolError> + Send + 'static,
+) -> Result<T, GatewayError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| GatewayError::internal(format!("completion spool task failed: {e}")))?
+        .map_err(|e| GatewayError::internal(format!("completion spool: {e}")))
+}
+
+/// [`on_spool`] where the caller can only log a failure and go on.
+async fn on_spool_logged<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, nexus_outbound_queue::SpoolError> + Send + 'static,
+) -> Option<T> {
+    on_spool(f)
+        .await
+        .inspect_err(|error| warn!(%error, "{what}"))
+        .ok()
 }
 
 async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
     let callbacks = &state.callbacks;
     loop {
         let spool = callbacks.spool.clone();
-        let Some(Ok(Some(mut entry))) = blocking(move || spool.get(id)).await else {
-            return; // dropped by an operator, or the spool is unreadable
+        let read = on_spool_logged("cannot read a pending completion", move || spool.get(id));
+        let Some(Some(mut entry)) = read.await else {
+            return; // dropped by an operator, or the spool is unreadable (logged)
         };
         if entry.state == EntryState::Failed {
             return;
@@ -510,7 +525,10 @@ async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
         match attempt(state, &delivery, body).await {
             Attempt::Delivered => {
                 let spool = callbacks.spool.clone();
-                blocking(move || spool.remove(id)).await;
+                on_spool_logged("cannot mark a completion delivered", move || {
+                    spool.remove(id)
+                })
+                .await;
                 callbacks.pending.fetch_sub(1, Ordering::Relaxed);
                 callbacks.delivered.fetch_add(1, Ordering::Relaxed);
                 debug!(id, "completion delivered");
@@ -534,7 +552,10 @@ async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
                 debug!(id, %reason, retry_in = ?delay, "completion delivery failed");
                 entry.last_error = Some(reason);
                 let spool = callbacks.spool.clone();
-                blocking(move || spool.update(&entry)).await;
+                on_spool_logged("cannot record a delivery attempt", move || {
+                    spool.update(&entry)
+                })
+                .await;
             }
         }
     }
@@ -545,7 +566,10 @@ async fn give_up(state: &State, mut entry: SpoolEntry, reason: String) {
     entry.state = EntryState::Failed;
     entry.last_error = Some(reason);
     let spool = state.callbacks.spool.clone();
-    blocking(move || spool.update(&entry)).await;
+    on_spool_logged("cannot mark a completion failed", move || {
+        spool.update(&entry)
+    })
+    .await;
     state.callbacks.pending.fetch_sub(1, Ordering::Relaxed);
     state.callbacks.failed.fetch_add(1, Ordering::Relaxed);
 }
@@ -680,28 +704,17 @@ pub fn completion_header_allowed(name: &str) -> bool {
 
 /// Admin API for completions: `GET /api/v1/callbacks[?state=pending|failed]`,
 /// `POST /api/v1/callbacks/{id}/retry`, `DELETE /api/v1/callbacks/{id}`.
-pub const ADMIN_PREFIX: &str = "/api/v1/callbacks";
-
 pub async fn admin(
     state: &Arc<State>,
+    peer: &Peer,
+    route: CompletionsRoute,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
-    let path = request.uri().path().to_owned();
-    let rest = path.strip_prefix(ADMIN_PREFIX).unwrap_or_default();
-    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let parse_id = |s: &str| {
-        s.parse::<u64>()
-            .map_err(|_| GatewayError::bad_request(format!("invalid completion id {s:?}")))
-    };
+    authz::authorize(peer, Action::ManageCompletions)?;
     let spool = state.callbacks.spool.clone();
-    let io = |e: nexus_outbound_queue::SpoolError| GatewayError::internal(e.to_string());
-    match (request.method().clone(), segments.as_slice()) {
-        (Method::GET, []) => {
-            let filter = request
-                .uri()
-                .query()
-                .and_then(|q| crate::operations::form_pairs(q).find(|(k, _)| k == "state"))
-                .map(|(_, v)| v);
+    match route {
+        CompletionsRoute::List => {
+            let filter = request::query_param(request.uri().query(), "state");
             let filter = match filter.as_deref() {
                 None | Some("") => None,
                 Some("pending") => Some(EntryState::Pending),
@@ -712,16 +725,12 @@ pub async fn admin(
                     )));
                 }
             };
-            let entries = blocking(move || spool.list(filter))
-                .await
-                .unwrap_or(Ok(Vec::new()))
-                .map_err(io)?;
+            let entries = on_spool(move || spool.list(filter)).await?;
             let list: Vec<_> = entries.iter().map(describe).collect();
             Ok(json(&serde_json::json!({ "completions": list })))
         }
-        (Method::POST, [id, "retry"]) => {
-            let id = parse_id(id)?;
-            let found = blocking(
+        CompletionsRoute::Retry(id) => {
+            let found = on_spool(
                 move || -> Result<Option<SpoolEntry>, nexus_outbound_queue::SpoolError> {
                     let Some(mut entry) = spool.get(id)? else {
                         return Ok(None);
@@ -742,9 +751,7 @@ pub async fn admin(
                     }))
                 },
             )
-            .await
-            .unwrap_or(Ok(None))
-            .map_err(io)?;
+            .await?;
             let Some(previous) = found else {
                 return Err(GatewayError::not_found(format!(
                     "completion {id} not found"
@@ -757,24 +764,17 @@ pub async fn admin(
             spawn_delivery(state, id);
             Ok(json(&serde_json::json!({})))
         }
-        (Method::DELETE, [id]) => {
-            let id = parse_id(id)?;
+        CompletionsRoute::Drop(id) => {
             let existing = {
                 let spool = spool.clone();
-                blocking(move || spool.get(id))
-                    .await
-                    .unwrap_or(Ok(None))
-                    .map_err(io)?
+                on_spool(move || spool.get(id)).await?
             };
             let Some(entry) = existing else {
                 return Err(GatewayError::not_found(format!(
                     "completion {id} not found"
                 )));
             };
-            blocking(move || spool.remove(id))
-                .await
-                .unwrap_or(Ok(false))
-                .map_err(io)?;
+            on_spool(move || spool.remove(id)).await?;
             let counter = match entry.state {
                 EntryState::Pending => &state.callbacks.pending,
                 EntryState::Failed => &state.callbacks.failed,
@@ -785,9 +785,7 @@ pub async fn admin(
             }
             Ok(json(&serde_json::json!({})))
         }
-        (method, _) => Err(GatewayError::bad_request(format!(
-            "invalid request method {method} for {path}"
-        ))),
+        CompletionsRoute::Invalid(message) => Err(GatewayError::bad_request(message)),
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod attribution;
+pub mod authz;
 pub mod body;
 pub mod callback_policy;
 pub mod callback_token;
@@ -41,6 +42,7 @@ pub mod nexus;
 pub mod operations;
 pub mod ops;
 pub mod reload;
+pub mod request;
 pub mod routes;
 pub mod server;
 pub mod state;

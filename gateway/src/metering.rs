@@ -7,19 +7,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body as _;
-use nexus_certs::Identity;
 use tracing::error;
 
 use crate::attribution::Record;
+use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, full};
 use crate::error::GatewayError;
 use crate::nexus::headers;
-use crate::operations::form_pairs;
-use crate::routes;
-use crate::server::Peer;
+use crate::request::{self, form_pairs};
 use crate::state::State;
-
-pub const EVENTS_PATH: &str = "/api/v1/attribution/events";
 
 /// The outcome of an answer that came from the target.
 pub fn target_outcome(kind: &str, response: &Response<Body>) -> String {
@@ -81,15 +77,8 @@ pub async fn events(
     peer: &Peer,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
-    match routes::identity(peer)? {
-        Identity::Metering(_) => {}
-        other => {
-            return Err(GatewayError::unauthorized(format!(
-                "{other} may not read attribution: a metering certificate is required"
-            )));
-        }
-    }
-    routes::require_method(&request, &[Method::GET])?;
+    authz::authorize(peer, Action::ReadAttribution)?;
+    request::require_method(&request, &[Method::GET])?;
     let Some(log) = &state.attribution else {
         return Err(GatewayError::new(
             crate::ErrorType::NotImplemented,

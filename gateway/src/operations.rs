@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use nexus_certs::Identity;
 
 use crate::attribution::Record;
+use crate::authz::{self, Action, Peer};
 use crate::body::{Body, CappedBody, RequestBody, full};
 use crate::callback_token::CallbackClaims;
 use crate::error::GatewayError;
@@ -19,24 +20,25 @@ use crate::external;
 use crate::matching::{QueueKey, Task};
 use crate::metering;
 use crate::nexus::{self, OperationKind, OperationPath, headers};
-use crate::routes;
-use crate::server::Peer;
+use crate::request;
 use crate::state::State;
 
 /// Serves one start or cancel and writes its attribution record before answering.
 pub async fn handle(
     state: &State,
     peer: &Peer,
+    path: Result<OperationPath, GatewayError>,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let started = std::time::Instant::now();
+    let kind = match &path {
+        Ok(path) => path.kind.as_str(),
+        // A path too malformed to parse is still attributed, by its last segment.
+        Err(_) if request.uri().path().ends_with("/cancel") => "cancel",
+        Err(_) => "start",
+    };
     let mut record = Record {
-        kind: if request.uri().path().ends_with("/cancel") {
-            "cancel"
-        } else {
-            "start"
-        }
-        .into(),
+        kind: kind.into(),
         ..Record::default()
     };
     if let Ok(p) = peer {
@@ -47,7 +49,7 @@ pub async fn handle(
     }
     record.request_id = header_text(request.headers(), &headers::REQUEST_ID);
     record.operation_token = header_text(request.headers(), &headers::OPERATION_TOKEN);
-    let response = match serve(state, peer, request, &mut record).await {
+    let response = match serve(state, peer, path, request, &mut record).await {
         Ok(response) => {
             record.outcome = metering::target_outcome(&record.kind, &response);
             record.billable = 1;
@@ -69,10 +71,11 @@ fn header_text(h: &HeaderMap, name: &HeaderName) -> Option<String> {
 async fn serve(
     state: &State,
     peer: &Peer,
+    path: Result<OperationPath, GatewayError>,
     request: Request<RequestBody>,
     record: &mut Record,
 ) -> Result<Response<Body>, GatewayError> {
-    let caller = routes::namespace(peer, "call Nexus endpoints")?.to_owned();
+    let caller = authz::authorize(peer, Action::CallEndpoints)?.to_owned();
     let _in_flight = state.track_operation();
     if state.is_draining() {
         return Err(GatewayError::unavailable(
@@ -80,8 +83,8 @@ async fn serve(
         )
         .with_retry_after(Duration::from_secs(1)));
     }
-    routes::require_method(&request, &[Method::POST])?;
-    let path = nexus::parse_operation_path(request.uri().path(), request.uri().query())?;
+    request::require_method(&request, &[Method::POST])?;
+    let path = path?;
     record.service = Some(path.service.clone());
     record.operation = Some(path.operation.clone());
     record.endpoint = Some(path.endpoint.clone());
@@ -104,12 +107,7 @@ async fn serve(
         }
         Target::External { url } => record.target_url = Some(url.clone()),
     }
-    if !endpoint.allows_caller(&caller) {
-        return Err(GatewayError::unauthorized(format!(
-            "namespace {caller:?} is not allowed to call endpoint {:?}",
-            endpoint.spec.name
-        )));
-    }
+    authz::authorize(peer, Action::CallEndpoint(&endpoint))?;
     let _admitted = state
         .inbound
         .admit_or_push_back(&caller, &endpoint.spec.name)
@@ -159,7 +157,7 @@ async fn serve(
             namespace,
             task_queue,
         } => {
-            let body = routes::read_body(state, body).await?;
+            let body = request::read_body(body, &state.limits).await?;
             record.request_bytes = body.len() as u64;
             let key = QueueKey {
                 namespace: namespace.clone(),
@@ -220,7 +218,7 @@ async fn seal_callback(
     };
     // Keys compare after percent-decoding (`%63allback` is `callback`), so what is validated
     // is what is sealed and rewritten.
-    let mut callbacks = form_pairs(query).filter(|(k, _)| k == "callback");
+    let mut callbacks = request::form_pairs(query).filter(|(k, _)| k == "callback");
     let Some((_, callback)) = callbacks.next() else {
         return Ok(());
     };
@@ -276,7 +274,7 @@ async fn seal_callback(
         .split('&')
         .map(|pair| {
             let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-            if form_decode(key) == "callback" {
+            if request::form_decode(key) == "callback" {
                 format!("callback={}", form_encode(&sealed))
             } else {
                 pair.to_owned()
@@ -333,7 +331,7 @@ fn cancel_token(
                 .map_err(|_| GatewayError::bad_request("Nexus-Operation-Token is not valid text"))
         })
         .transpose()?;
-    let from_query = query.and_then(|q| form_pairs(q).find(|(k, _)| k == "token").map(|(_, v)| v));
+    let from_query = request::query_param(query, "token");
     let token = path_token
         .map(str::to_owned)
         .or(from_header)
@@ -351,20 +349,6 @@ fn cancel_token(
         )));
     }
     Ok(token)
-}
-
-/// `application/x-www-form-urlencoded` pairs of a query string.
-pub fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (form_decode(k), form_decode(v))
-    })
-}
-
-fn form_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 fn header_value(value: &str, what: &str) -> Result<HeaderValue, GatewayError> {

@@ -1,18 +1,16 @@
-//! Top-level routing of data-port requests and the checks every route shares: identity,
-//! method, bounded body reads.
+//! Top-level routing of data-port requests: the route is parsed once ([`Route`]) and the
+//! request goes to its handler, which asks [`crate::authz`] before it acts. Every error
+//! becomes a Nexus failure response here.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
-use nexus_certs::Identity;
+use http::{Request, Response};
 use tracing::{Instrument, debug, debug_span};
 
+use crate::authz::Peer;
 use crate::body::{Body, RequestBody};
-use crate::error::{ErrorType, GatewayError};
-use crate::server::Peer;
+use crate::request::Route;
 use crate::state::State;
 use crate::{admin, callbacks, metering, operations, worker_api};
 
@@ -23,28 +21,23 @@ pub async fn handle(
     request: Request<RequestBody>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let route = route_name(&path);
+    let uri = request.uri();
+    let route = Route::parse(request.method(), uri.path(), uri.query());
+    let label = route.as_ref().map_or("unknown", Route::label);
     // Debug level: spans on every request cost measurable CPU when info is on.
-    let span = debug_span!("request", %method, %path);
+    let span = debug_span!("request", method = %request.method(), path = %uri.path());
     let result = async {
-        match route {
-            "operation" => operations::handle(&state, &peer, request).await,
-            "completion" => callbacks::complete(&state, &peer, request).await,
-            "callbacks-admin" => match identity(&peer)? {
-                Identity::Admin(_) => callbacks::admin(&state, request).await,
-                other => Err(GatewayError::unauthorized(format!(
-                    "{other} may not manage completions: an admin certificate is required"
-                ))),
-            },
-            "poll" => worker_api::poll(&state, &peer, request).await,
-            "respond" => worker_api::respond(&state, &peer, request).await,
-            "admin" => admin::handle(&state, &peer, request).await,
-            "attribution" => metering::events(&state, &peer, request).await,
-            _ => Err(GatewayError::not_found(format!(
-                "no route for {method} {path}"
-            ))),
+        match route? {
+            Route::Operation(path) => operations::handle(&state, &peer, path, request).await,
+            Route::Completion(token) => callbacks::complete(&state, &peer, token, request).await,
+            Route::Completions(route) => callbacks::admin(&state, &peer, route, request).await,
+            Route::Poll {
+                namespace,
+                task_queue,
+            } => worker_api::poll(&state, &peer, namespace, task_queue, request).await,
+            Route::Respond { token } => worker_api::respond(&state, &peer, token, request).await,
+            Route::Endpoints { id } => admin::handle(&state, &peer, id, request).await,
+            Route::AttributionEvents => metering::events(&state, &peer, request).await,
         }
     }
     .instrument(span)
@@ -55,91 +48,6 @@ pub async fn handle(
     });
     state
         .metrics
-        .record(route, response.status().as_u16(), started.elapsed());
+        .record(label, response.status().as_u16(), started.elapsed());
     response
-}
-
-fn route_name(path: &str) -> &'static str {
-    if path.starts_with(crate::nexus::ENDPOINTS_PREFIX) {
-        "operation"
-    } else if path.starts_with(callbacks::PREFIX) {
-        "completion"
-    } else if path == callbacks::ADMIN_PREFIX || path.starts_with("/api/v1/callbacks/") {
-        "callbacks-admin"
-    } else if path == metering::EVENTS_PATH {
-        "attribution"
-    } else if path.starts_with("/api/v1/namespaces/") {
-        "poll"
-    } else if path.starts_with("/api/v1/nexus-tasks/") {
-        "respond"
-    } else if path == admin::PREFIX || path.starts_with(admin::PREFIX_SLASH) {
-        "admin"
-    } else {
-        "unknown"
-    }
-}
-
-/// The verified identity, or 401 saying why there is none.
-pub fn identity(peer: &Peer) -> Result<&Identity, GatewayError> {
-    peer.as_ref().map(|p| &p.identity).map_err(|error| {
-        GatewayError::unauthenticated(format!("client certificate not accepted: {error}"))
-    })
-}
-
-/// The caller's namespace; other identities get 403.
-pub fn namespace<'a>(peer: &'a Peer, action: &str) -> Result<&'a str, GatewayError> {
-    match identity(peer)? {
-        Identity::Namespace(ns) => Ok(ns),
-        other => Err(GatewayError::unauthorized(format!(
-            "{other} may not {action}: a namespace certificate is required"
-        ))),
-    }
-}
-
-pub fn require_method(
-    request: &Request<RequestBody>,
-    allowed: &[Method],
-) -> Result<(), GatewayError> {
-    if allowed.contains(request.method()) {
-        Ok(())
-    } else {
-        Err(GatewayError::bad_request(format!(
-            "invalid request method {}: expected {}",
-            request.method(),
-            allowed
-                .iter()
-                .map(Method::as_str)
-                .collect::<Vec<_>>()
-                .join(" or ")
-        )))
-    }
-}
-
-/// Reads a whole body within the size cap and the read timeout.
-pub async fn read_body(state: &State, body: RequestBody) -> Result<Bytes, GatewayError> {
-    let max = state.limits.max_body_bytes;
-    let read = Limited::new(body, max).collect();
-    match tokio::time::timeout(state.limits.body_read_timeout, read).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(
-            GatewayError::bad_request(format!("request body exceeds the limit of {max} bytes")),
-        ),
-        Ok(Err(error)) => Err(GatewayError::bad_request(format!(
-            "request body could not be read: {error}"
-        ))),
-        Err(_) => Err(GatewayError::new(
-            ErrorType::RequestTimeout,
-            format!(
-                "request body not received within {:?}",
-                state.limits.body_read_timeout
-            ),
-        )),
-    }
-}
-
-/// Percent-decoded path segments after `prefix`.
-pub fn segments_after<'a>(path: &'a str, prefix: &str) -> Vec<&'a str> {
-    path.strip_prefix(prefix)
-        .map(|rest| rest.split('/').collect())
-        .unwrap_or_default()
 }

@@ -11,21 +11,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use nexus_certs::{IdentityError, PeerIdentity};
 use nexus_registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+use crate::authz::Peer;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::matching::Matching;
 use crate::metrics::Metrics;
 use crate::routes;
 use crate::state::State;
-
-/// Who is on the other end of a connection, as its certificate says.
-pub type Peer = Result<PeerIdentity, IdentityError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

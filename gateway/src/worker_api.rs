@@ -12,35 +12,32 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
+use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, empty, full};
 use crate::error::GatewayError;
 use crate::matching::{QueueKey, TaskResponse};
-use crate::nexus::{self, decode_segment, headers};
-use crate::routes;
-use crate::server::Peer;
+use crate::nexus::{self, headers};
+use crate::request;
 use crate::state::State;
 
 pub async fn poll(
     state: &State,
     peer: &Peer,
+    namespace: String,
+    task_queue: String,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
-    let namespace = routes::namespace(peer, "poll task queues")?;
-    let path = request.uri().path();
-    let key = match routes::segments_after(path, "/api/v1/namespaces/").as_slice() {
-        [ns, "task-queues", tq, "nexus-tasks", "poll"] => QueueKey {
-            namespace: decode_segment(ns, "namespace")?,
-            task_queue: decode_segment(tq, "task queue")?,
+    authz::authorize(
+        peer,
+        Action::PollQueue {
+            namespace: &namespace,
         },
-        _ => return Err(GatewayError::not_found(format!("no route for {path}"))),
+    )?;
+    request::require_method(&request, &[Method::POST])?;
+    let key = QueueKey {
+        namespace,
+        task_queue,
     };
-    routes::require_method(&request, &[Method::POST])?;
-    if key.namespace != namespace {
-        return Err(GatewayError::unauthorized(format!(
-            "namespace {namespace:?} may not poll task queues of namespace {:?}",
-            key.namespace
-        )));
-    }
     let wait = poll_wait(state, request.headers())?;
     poll_queue(state, &key, wait).await
 }
@@ -82,30 +79,21 @@ async fn poll_queue(
 pub async fn respond(
     state: &State,
     peer: &Peer,
+    token: String,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
-    let namespace = routes::namespace(peer, "answer Nexus tasks")?.to_owned();
-    let path = request.uri().path();
-    let token = match routes::segments_after(path, "/api/v1/nexus-tasks/").as_slice() {
-        [token, "response"] => decode_segment(token, "task token")?,
-        _ => return Err(GatewayError::not_found(format!("no route for {path}"))),
-    };
-    routes::require_method(&request, &[Method::POST])?;
+    let namespace = authz::authorize(peer, Action::AnswerTasks)?.to_owned();
+    request::require_method(&request, &[Method::POST])?;
     let status = task_status(request.headers())?;
     // `?next-task-queue=TQ` asks for the next task of TQ (own namespace) in the answer, saving
     // the worker a separate poll.
-    let next = match request.uri().query() {
-        Some(q) => crate::operations::form_pairs(q)
-            .find(|(k, _)| k == "next-task-queue")
-            .map(|(_, tq)| QueueKey {
-                namespace: namespace.clone(),
-                task_queue: tq,
-            }),
-        None => None,
-    };
+    let next = request::query_param(request.uri().query(), "next-task-queue").map(|tq| QueueKey {
+        namespace: namespace.clone(),
+        task_queue: tq,
+    });
     let wait = poll_wait(state, request.headers())?;
     let (parts, body) = request.into_parts();
-    let body = routes::read_body(state, body).await?;
+    let body = request::read_body(body, &state.limits).await?;
     let mut relayed = HeaderMap::new();
     nexus::copy_relayed(&parts.headers, &mut relayed);
     state.matching.complete(

@@ -96,7 +96,7 @@ impl Reader {
                 let (client, base) = &**api;
                 let mut path = format!(
                     "{}?after={after}&limit={PAGE}",
-                    crate::metering::EVENTS_PATH
+                    crate::request::ATTRIBUTION_EVENTS_PATH
                 );
                 if let Some(wait) = wait {
                     path.push_str(&format!("&wait={}ms", wait.as_millis()));

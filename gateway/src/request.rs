@@ -1,0 +1,308 @@
+//! A data-port request, parsed once: the [`Route`] with its parameters, and the helpers every
+//! handler shares to read the rest (method, query, body within its limits).
+//!
+//! | Route | Path |
+//! |---|---|
+//! | [`Route::Operation`] | `/nexus/endpoints/{endpoint}/services/{service}/{operation}[/cancel]` |
+//! | [`Route::Completion`] | `/nexus/callbacks/{token}` |
+//! | [`Route::Completions`] | `/api/v1/callbacks[/{id}[/retry]]` |
+//! | [`Route::Poll`] | `/api/v1/namespaces/{ns}/task-queues/{tq}/nexus-tasks/poll` |
+//! | [`Route::Respond`] | `/api/v1/nexus-tasks/{token}/response` |
+//! | [`Route::Endpoints`] | `/api/v1/nexus/endpoints[/{id}]` |
+//! | [`Route::AttributionEvents`] | `/api/v1/attribution/events` |
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Limited};
+
+use crate::body::RequestBody;
+use crate::error::{ErrorType, GatewayError};
+use crate::nexus::{self, OperationPath, decode_segment};
+
+pub const OPERATIONS_PREFIX: &str = nexus::ENDPOINTS_PREFIX;
+pub const COMPLETION_PREFIX: &str = "/nexus/callbacks/";
+pub const COMPLETIONS_PATH: &str = "/api/v1/callbacks";
+pub const POLL_PREFIX: &str = "/api/v1/namespaces/";
+pub const RESPOND_PREFIX: &str = "/api/v1/nexus-tasks/";
+pub const ENDPOINTS_PATH: &str = "/api/v1/nexus/endpoints";
+pub const ATTRIBUTION_EVENTS_PATH: &str = "/api/v1/attribution/events";
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A Nexus start or cancel; a path that does not parse is kept with its error so that
+    /// the refusal is still attributed to the caller.
+    Operation(Result<OperationPath, GatewayError>),
+    Completion(Result<String, GatewayError>),
+    Completions(CompletionsRoute),
+    Poll {
+        namespace: String,
+        task_queue: String,
+    },
+    Respond {
+        token: String,
+    },
+    Endpoints {
+        id: Option<String>,
+    },
+    AttributionEvents,
+}
+
+/// The admin API of the completion spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompletionsRoute {
+    List,
+    Retry(u64),
+    Drop(u64),
+    /// A path or method this API does not serve: 400 naming them.
+    Invalid(String),
+}
+
+impl Route {
+    /// Parses a path and method; unknown paths are 404, malformed segments 400.
+    pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, GatewayError> {
+        let no_route = || GatewayError::not_found(format!("no route for {method} {path}"));
+        if path.starts_with(OPERATIONS_PREFIX) {
+            return Ok(Route::Operation(nexus::parse_operation_path(path, query)));
+        }
+        if let Some(rest) = path.strip_prefix(COMPLETION_PREFIX) {
+            let token = match rest.split('/').collect::<Vec<_>>().as_slice() {
+                [token] => decode_segment(token, "callback token"),
+                _ => Err(GatewayError::not_found(format!("no route for {path}"))),
+            };
+            return Ok(Route::Completion(token));
+        }
+        if path == COMPLETIONS_PATH || path.starts_with("/api/v1/callbacks/") {
+            return Ok(Route::Completions(completions_route(method, path)?));
+        }
+        if path == ATTRIBUTION_EVENTS_PATH {
+            return Ok(Route::AttributionEvents);
+        }
+        if let Some(rest) = path.strip_prefix(POLL_PREFIX) {
+            let segments: Vec<&str> = rest.split('/').collect();
+            return match segments.as_slice() {
+                [ns, "task-queues", tq, "nexus-tasks", "poll"] => Ok(Route::Poll {
+                    namespace: decode_segment(ns, "namespace")?,
+                    task_queue: decode_segment(tq, "task queue")?,
+                }),
+                _ => Err(GatewayError::not_found(format!("no route for {path}"))),
+            };
+        }
+        if let Some(rest) = path.strip_prefix(RESPOND_PREFIX) {
+            let segments: Vec<&str> = rest.split('/').collect();
+            return match segments.as_slice() {
+                [token, "response"] => Ok(Route::Respond {
+                    token: decode_segment(token, "task token")?,
+                }),
+                _ => Err(GatewayError::not_found(format!("no route for {path}"))),
+            };
+        }
+        if path == ENDPOINTS_PATH {
+            return Ok(Route::Endpoints { id: None });
+        }
+        if let Some(id) = path.strip_prefix("/api/v1/nexus/endpoints/") {
+            return match id {
+                "" => Ok(Route::Endpoints { id: None }),
+                id if !id.contains('/') => Ok(Route::Endpoints {
+                    id: Some(decode_segment(id, "endpoint id")?),
+                }),
+                _ => Err(GatewayError::not_found(format!("no route for {path}"))),
+            };
+        }
+        Err(no_route())
+    }
+
+    /// The route's name in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Operation(_) => "operation",
+            Route::Completion(_) => "completion",
+            Route::Completions(_) => "callbacks-admin",
+            Route::Poll { .. } => "poll",
+            Route::Respond { .. } => "respond",
+            Route::Endpoints { .. } => "admin",
+            Route::AttributionEvents => "attribution",
+        }
+    }
+}
+
+fn completions_route(method: &Method, path: &str) -> Result<CompletionsRoute, GatewayError> {
+    let rest = path.strip_prefix(COMPLETIONS_PATH).unwrap_or_default();
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let parse_id = |s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| GatewayError::bad_request(format!("invalid completion id {s:?}")))
+    };
+    Ok(match (method.clone(), segments.as_slice()) {
+        (Method::GET, []) => CompletionsRoute::List,
+        (Method::POST, [id, "retry"]) => CompletionsRoute::Retry(parse_id(id)?),
+        (Method::DELETE, [id]) => CompletionsRoute::Drop(parse_id(id)?),
+        (method, _) => {
+            CompletionsRoute::Invalid(format!("invalid request method {method} for {path}"))
+        }
+    })
+}
+
+pub fn require_method(
+    request: &Request<RequestBody>,
+    allowed: &[Method],
+) -> Result<(), GatewayError> {
+    if allowed.contains(request.method()) {
+        Ok(())
+    } else {
+        Err(GatewayError::bad_request(format!(
+            "invalid request method {}: expected {}",
+            request.method(),
+            allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )))
+    }
+}
+
+/// Reads a whole body within the size cap and the read timeout.
+pub async fn read_body(
+    body: RequestBody,
+    limits: &crate::config::Limits,
+) -> Result<Bytes, GatewayError> {
+    let max = limits.max_body_bytes;
+    let read = Limited::new(body, max).collect();
+    match tokio::time::timeout(limits.body_read_timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(
+            GatewayError::bad_request(format!("request body exceeds the limit of {max} bytes")),
+        ),
+        Ok(Err(error)) => Err(GatewayError::bad_request(format!(
+            "request body could not be read: {error}"
+        ))),
+        Err(_) => Err(GatewayError::new(
+            ErrorType::RequestTimeout,
+            format!(
+                "request body not received within {:?}",
+                limits.body_read_timeout
+            ),
+        )),
+    }
+}
+
+/// `application/x-www-form-urlencoded` pairs of a query string, keys and values decoded.
+pub fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(k), form_decode(v))
+    })
+}
+
+pub fn form_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The value of query parameter `name`, if present.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_pairs(query?).find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(method: Method, path: &str) -> Result<Route, u16> {
+        Route::parse(&method, path, None).map_err(|e| e.kind.status().as_u16())
+    }
+
+    #[test]
+    fn every_route_and_its_parameters() {
+        let post = Method::POST;
+        assert!(matches!(
+            route(post.clone(), "/nexus/endpoints/e/services/s/o"),
+            Ok(Route::Operation(Ok(p))) if p.service == "s" && p.operation == "o"
+        ));
+        assert!(matches!(
+            route(post.clone(), "/nexus/endpoints/e/services"),
+            Ok(Route::Operation(Err(_)))
+        ));
+        assert_eq!(
+            route(post.clone(), "/nexus/callbacks/t%2F1"),
+            Ok(Route::Completion(Ok("t/1".into())))
+        );
+        assert_eq!(
+            route(
+                post.clone(),
+                "/api/v1/namespaces/b/task-queues/q%20x/nexus-tasks/poll"
+            ),
+            Ok(Route::Poll {
+                namespace: "b".into(),
+                task_queue: "q x".into()
+            })
+        );
+        assert_eq!(
+            route(post.clone(), "/api/v1/nexus-tasks/abc/response"),
+            Ok(Route::Respond {
+                token: "abc".into()
+            })
+        );
+        assert_eq!(
+            route(Method::GET, "/api/v1/nexus/endpoints"),
+            Ok(Route::Endpoints { id: None })
+        );
+        assert_eq!(
+            route(Method::GET, "/api/v1/nexus/endpoints/9b1f"),
+            Ok(Route::Endpoints {
+                id: Some("9b1f".into())
+            })
+        );
+        assert_eq!(
+            route(Method::GET, "/api/v1/attribution/events"),
+            Ok(Route::AttributionEvents)
+        );
+        assert_eq!(
+            route(Method::GET, "/api/v1/callbacks"),
+            Ok(Route::Completions(CompletionsRoute::List))
+        );
+        assert_eq!(
+            route(post.clone(), "/api/v1/callbacks/7/retry"),
+            Ok(Route::Completions(CompletionsRoute::Retry(7)))
+        );
+        assert_eq!(
+            route(Method::DELETE, "/api/v1/callbacks/7"),
+            Ok(Route::Completions(CompletionsRoute::Drop(7)))
+        );
+        assert_eq!(route(Method::DELETE, "/api/v1/callbacks/x"), Err(400));
+    }
+
+    #[test]
+    fn unknown_and_malformed_paths() {
+        for (path, status) in [
+            ("/", 404),
+            ("/api/v1/namespaces/b/task-queues/q/poll", 404),
+            ("/api/v1/nexus-tasks/abc", 404),
+            ("/api/v1/nexus/endpoints/a/b", 404),
+            (
+                "/api/v1/namespaces/b%zz/task-queues/q/nexus-tasks/poll",
+                400,
+            ),
+            ("/api/v1/nexus/endpoints/%FF", 400),
+        ] {
+            assert_eq!(route(Method::POST, path), Err(status), "{path}");
+        }
+    }
+
+    #[test]
+    fn query_keys_and_values_are_decoded() {
+        let pairs: Vec<_> = form_pairs("%63allback=a%2Fb&x=1+2&flag").collect();
+        assert_eq!(
+            pairs,
+            [
+                ("callback".to_owned(), "a/b".to_owned()),
+                ("x".to_owned(), "1 2".to_owned()),
+                ("flag".to_owned(), String::new())
+            ]
+        );
+        assert_eq!(query_param(Some("a=1&b=2"), "b").as_deref(), Some("2"));
+        assert_eq!(query_param(None, "b"), None);
+    }
+}
