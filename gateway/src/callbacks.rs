@@ -1,5 +1,5 @@
-//! Async completions: handlers post them to `/nexus/callbacks/<token>`; the gateway checks the
-//! token and sender, writes the completion to the durable spool, answers 200, and then delivers
+//! Async completions, the service: the callback keys and URLs, the durable spool, and the
+//! delivery of each accepted completion (see `completions.rs` for the routes). It delivers
 //! it to the caller's original callback URL with the caller's callback headers, through a lane
 //! keyed (callback, handler namespace, caller host), retrying with backoff until success, a
 //! non-retryable answer or expiry. Undeliverable completions stay in the spool for an operator.
@@ -10,23 +10,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
-use nexus_outbound_queue::{Backoff, EntryState, LaneKey, Outcome, Spool, SpoolEntry};
+use nexus_outbound_queue::{EntryState, LaneKey, OutboundQueue, Outcome, Spool, SpoolEntry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::attribution::Record;
-use crate::authz::{self, Action, Peer};
-use crate::body::{Body, RequestBody, empty, full, json};
-use crate::callback_policy::{AllowedCallback, CallbackPolicy};
+use crate::body::full;
+use crate::callback_policy::CallbackPolicy;
 use crate::callback_token::{CallbackClaims, CallbackKeys, NoteRef, Sealed};
 use crate::client::CallbackClient;
+pub use crate::config::CallbackSettings;
 use crate::error::GatewayError;
 use crate::nexus::headers;
-use crate::request::{self, CompletionsRoute};
-use crate::state::State;
 
 use crate::request::COMPLETION_PREFIX as PREFIX;
 /// Longest callback URL handed to a handler with the claims sealed inside (Temporal refuses
@@ -35,55 +33,35 @@ pub const MAX_CALLBACK_URL: usize = 1000;
 /// How often notes past their expiry are deleted.
 const NOTE_SWEEP_EVERY: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone)]
-pub struct CallbackSettings {
-    /// How long a callback token, and so a pending completion, stays valid (default 60 days,
-    /// longer than any Temporal operation's default timeout).
-    pub expiry: Duration,
-    /// Time for one delivery attempt (default 10 s).
-    pub attempt_timeout: Duration,
-    /// Delay between attempts: 1 s doubling to 1 h, 80-100 % jitter.
-    pub backoff: Backoff,
-    /// Callback hosts allowed beyond the default (https to public addresses only); see
-    /// [`crate::callback_policy`]. Default none; `dev` allows loopback.
-    pub allowed: Vec<AllowedCallback>,
-}
-
-impl Default for CallbackSettings {
-    fn default() -> Self {
-        CallbackSettings {
-            expiry: Duration::from_secs(60 * 24 * 3600),
-            attempt_timeout: Duration::from_secs(10),
-            backoff: Backoff::default(),
-            allowed: Vec::new(),
-        }
-    }
-}
-
 /// What a spooled completion holds besides its body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Delivery {
-    url: String,
-    headers: Vec<(String, String)>,
-    caller_namespace: String,
-    handler_namespace: String,
-    endpoint: String,
-    service: String,
-    operation: String,
-    operation_state: String,
+pub(crate) struct Delivery {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub caller_namespace: String,
+    pub handler_namespace: String,
+    pub endpoint: String,
+    pub service: String,
+    pub operation: String,
+    pub operation_state: String,
 }
 
 pub struct Callbacks {
     keys: CallbackKeys,
+    /// Lanes shared with external targets: deliveries go through (callback, handler
+    /// namespace, caller host) lanes.
+    outbound: Arc<OutboundQueue>,
+    /// Cancelled when the gateway stops: waiting deliveries end (they resume on start).
+    shutdown: CancellationToken,
     /// Where completions may go, and the client that goes only there.
     pub policy: Arc<CallbackPolicy>,
     client: CallbackClient,
-    spool: Arc<Spool>,
+    pub(crate) spool: Arc<Spool>,
     pub settings: CallbackSettings,
     public_url: String,
     /// Deliveries running in this process, to wake one on `retry` or when its destination
     /// has just taken another completion.
-    active: DashMap<u64, Arc<Active>>,
+    pub(crate) active: DashMap<u64, Arc<Active>>,
     pub pending: AtomicI64,
     pub failed: AtomicI64,
     pub delivered: AtomicU64,
@@ -106,6 +84,8 @@ impl Callbacks {
         settings: CallbackSettings,
         tls: &nexus_certs::TlsMaterial,
         own: Vec<std::net::IpAddr>,
+        outbound: Arc<OutboundQueue>,
+        shutdown: CancellationToken,
     ) -> Result<Callbacks, String> {
         let policy = Arc::new(CallbackPolicy::new(settings.allowed.clone(), own));
         let client =
@@ -119,6 +99,8 @@ impl Callbacks {
             .count() as i64;
         Ok(Callbacks {
             keys,
+            outbound,
+            shutdown,
             policy,
             client,
             spool: Arc::new(spool),
@@ -155,7 +137,7 @@ impl Callbacks {
     }
 
     /// The claims behind a token, and the note holding them if they were too long to seal.
-    async fn open_claims(
+    pub(crate) async fn open_claims(
         &self,
         token: &str,
     ) -> Result<(CallbackClaims, Option<u64>), GatewayError> {
@@ -180,8 +162,8 @@ impl Callbacks {
     }
 
     /// Starts delivering every pending completion (after a restart).
-    pub fn resume(state: &Arc<State>) {
-        let pending = match state.callbacks.spool.list(Some(EntryState::Pending)) {
+    pub fn resume(self: &Arc<Self>) {
+        let pending = match self.spool.list(Some(EntryState::Pending)) {
             Ok(pending) => pending,
             Err(error) => {
                 warn!(%error, "cannot read the completion spool");
@@ -202,143 +184,13 @@ impl Callbacks {
         for entry in by_due {
             let host = decode(&entry.payload).map(|(d, _)| destination_of(&d.url));
             let probe = host.is_some_and(|h| probed.insert(h));
-            spawn_delivery(state, entry.id);
-            if probe && let Some(active) = state.callbacks.active.get(&entry.id) {
+            self.spawn_delivery(entry.id);
+            if probe && let Some(active) = self.active.get(&entry.id) {
                 active.due_now();
             }
         }
-        tokio::spawn(sweep_notes(Arc::downgrade(&state.callbacks.spool)));
+        tokio::spawn(sweep_notes(Arc::downgrade(&self.spool)));
     }
-}
-
-/// `POST /nexus/callbacks/{token}`: a handler completes an async operation. Recorded in the
-/// attribution log (never billable) before the answer.
-pub async fn complete(
-    state: &Arc<State>,
-    peer: &Peer,
-    token: Result<String, GatewayError>,
-    request: Request<RequestBody>,
-) -> Result<Response<Body>, GatewayError> {
-    let started = std::time::Instant::now();
-    let mut record = Record {
-        kind: "completion".into(),
-        caller_identity: peer.as_ref().ok().map(|p| p.uri.clone()),
-        operation_token: request
-            .headers()
-            .get(headers::OPERATION_TOKEN)
-            .or(request.headers().get(headers::OPERATION_ID))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        ..Record::default()
-    };
-    let response = match accept(state, peer, token, request, &mut record).await {
-        Ok(Accepted::New) => {
-            record.outcome = "accepted".into();
-            Response::new(empty())
-        }
-        Ok(Accepted::Duplicate) => {
-            record.outcome = "duplicate".into();
-            Response::new(empty())
-        }
-        Err(error) => {
-            record.outcome = crate::metering::error_outcome(&error);
-            error.into_response()
-        }
-    };
-    crate::metering::finish(state, record, &response, started).await?;
-    Ok(response)
-}
-
-/// How an acceptable completion was taken.
-enum Accepted {
-    New,
-    /// Its token's completion was already accepted: answered like the first, not delivered
-    /// again.
-    Duplicate,
-}
-
-/// The key a completion is accepted once under: a digest of its token.
-fn once_key(token: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().try_into().expect("32 bytes")
-}
-
-async fn accept(
-    state: &Arc<State>,
-    peer: &Peer,
-    token: Result<String, GatewayError>,
-    request: Request<RequestBody>,
-    record: &mut Record,
-) -> Result<Accepted, GatewayError> {
-    let sender = authz::authorize(peer, Action::CompleteOperation { target: None })?.to_owned();
-    record.target_namespace = Some(sender.clone());
-    let token = token?;
-    request::require_method(&request, &[Method::POST])?;
-    let key = once_key(&token);
-    // Only tokens this gateway accepted are keyed, so a forged token never matches.
-    let spool = state.callbacks.spool.clone();
-    let seen = tokio::task::spawn_blocking(move || spool.was_pushed(&key, now_ms()))
-        .await
-        .map_err(|e| GatewayError::internal(e.to_string()))?
-        .map_err(|e| GatewayError::internal(format!("cannot read the completion spool: {e}")))?;
-    if seen {
-        return Ok(Accepted::Duplicate);
-    }
-    let (claims, note) = state.callbacks.open_claims(&token).await?;
-    record.caller_namespace = Some(claims.caller_namespace.clone());
-    record.endpoint = Some(claims.endpoint.clone());
-    record.endpoint_id = Some(claims.endpoint_id.clone());
-    record.service = Some(claims.service.clone());
-    record.operation = Some(claims.operation.clone());
-    record.request_id = claims.request_id.clone();
-    authz::authorize(
-        peer,
-        Action::CompleteOperation {
-            target: claims.target_namespace.as_deref(),
-        },
-    )?;
-    let operation_state = request
-        .headers()
-        .get(headers::OPERATION_STATE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| matches!(*s, "succeeded" | "failed" | "canceled"))
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            GatewayError::bad_request(
-                "missing or invalid Nexus-Operation-State header: expected succeeded, failed or canceled",
-            )
-        })?;
-    let (parts, body) = request.into_parts();
-    let body = request::read_body(body, &state.limits).await?;
-    record.request_bytes = body.len() as u64;
-    let delivery = Delivery {
-        headers: completion_headers(&claims, &parts.headers),
-        url: claims.url,
-        caller_namespace: claims.caller_namespace,
-        handler_namespace: sender,
-        endpoint: claims.endpoint,
-        service: claims.service,
-        operation: claims.operation,
-        operation_state,
-    };
-    let payload = encode(&delivery, &body);
-    let spool = state.callbacks.spool.clone();
-    let expires = claims.expires_ms;
-    // The 200 goes out only once the completion is on disk. It uses up a long callback's note,
-    // in the same transaction.
-    let pushed = tokio::task::spawn_blocking(move || {
-        spool.push_once(&key, &payload, now_ms(), expires, note)
-    })
-    .await
-    .map_err(|e| GatewayError::internal(e.to_string()))?
-    .map_err(|e| GatewayError::internal(format!("cannot store the completion: {e}")))?;
-    let Some(entry) = pushed else {
-        return Ok(Accepted::Duplicate);
-    };
-    state.callbacks.pending.fetch_add(1, Ordering::Relaxed);
-    debug!(id = entry.id, "completion accepted");
-    spawn_delivery(state, entry.id);
-    Ok(Accepted::New)
 }
 
 /// Deletes callback notes past their expiry (operations that never completed), for as long as
@@ -358,7 +210,10 @@ async fn sweep_notes(spool: std::sync::Weak<Spool>) {
 }
 
 /// Headers for the caller: its own callback headers, then the completion's Nexus headers.
-fn completion_headers(claims: &CallbackClaims, from: &HeaderMap) -> Vec<(String, String)> {
+pub(crate) fn completion_headers(
+    claims: &CallbackClaims,
+    from: &HeaderMap,
+) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = claims
         .headers
         .iter()
@@ -397,7 +252,7 @@ fn completion_headers(claims: &CallbackClaims, from: &HeaderMap) -> Vec<(String,
     out
 }
 
-fn encode(delivery: &Delivery, body: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(delivery: &Delivery, body: &[u8]) -> Vec<u8> {
     let meta = serde_json::to_vec(delivery).expect("serializable");
     let mut out = Vec::with_capacity(4 + meta.len() + body.len());
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
@@ -406,7 +261,7 @@ fn encode(delivery: &Delivery, body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode(payload: &[u8]) -> Option<(Delivery, Bytes)> {
+pub(crate) fn decode(payload: &[u8]) -> Option<(Delivery, Bytes)> {
     let len = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
     let meta = serde_json::from_slice(payload.get(4..4 + len)?).ok()?;
     Some((meta, Bytes::copy_from_slice(&payload[4 + len..])))
@@ -414,8 +269,8 @@ fn decode(payload: &[u8]) -> Option<(Delivery, Bytes)> {
 
 /// A delivery running in this process.
 #[derive(Default)]
-struct Active {
-    wake: Notify,
+pub(crate) struct Active {
+    pub(crate) wake: Notify,
     /// Set to attempt at once, whatever the backoff said.
     now: std::sync::atomic::AtomicBool,
     /// The destination (`host:port`), once known.
@@ -423,7 +278,7 @@ struct Active {
 }
 
 impl Active {
-    fn due_now(&self) {
+    pub(crate) fn due_now(&self) {
         self.now.store(true, Ordering::Release);
         self.wake.notify_one();
     }
@@ -438,28 +293,41 @@ fn destination_of(url: &str) -> String {
 
 /// A destination just took a completion: the others waiting for it go now instead of after
 /// their backoff.
-fn wake_siblings(state: &State, destination: &str) {
-    for active in state.callbacks.active.iter() {
+fn wake_siblings(callbacks: &Callbacks, destination: &str) {
+    for active in callbacks.active.iter() {
         if active.destination.get().is_some_and(|d| d == destination) {
             active.due_now();
         }
     }
 }
 
-fn spawn_delivery(state: &Arc<State>, id: u64) {
-    use dashmap::mapref::entry::Entry;
-    let active = match state.callbacks.active.entry(id) {
-        Entry::Occupied(running) => {
-            running.get().wake.notify_one();
-            return;
+impl Callbacks {
+    /// The delivery counters, for `/metrics`.
+    pub fn counts(&self) -> crate::metrics::CompletionCounts {
+        crate::metrics::CompletionCounts {
+            pending: self.pending.load(Ordering::Relaxed).max(0) as u64,
+            failed: self.failed.load(Ordering::Relaxed).max(0) as u64,
+            delivered: self.delivered.load(Ordering::Relaxed),
+            attempts: self.attempts.load(Ordering::Relaxed),
         }
-        Entry::Vacant(slot) => slot.insert(Arc::new(Active::default())).clone(),
-    };
-    let state = state.clone();
-    tokio::spawn(async move {
-        deliver(&state, id, &active).await;
-        state.callbacks.active.remove(&id);
-    });
+    }
+
+    /// Delivers completion `id` in the background, or wakes its delivery if one runs.
+    pub(crate) fn spawn_delivery(self: &Arc<Self>, id: u64) {
+        use dashmap::mapref::entry::Entry;
+        let active = match self.active.entry(id) {
+            Entry::Occupied(running) => {
+                running.get().wake.notify_one();
+                return;
+            }
+            Entry::Vacant(slot) => slot.insert(Arc::new(Active::default())).clone(),
+        };
+        let callbacks = self.clone();
+        tokio::spawn(async move {
+            deliver(&callbacks, id, &active).await;
+            callbacks.active.remove(&id);
+        });
+    }
 }
 
 enum Attempt {
@@ -469,7 +337,7 @@ enum Attempt {
 }
 
 /// Runs a spool operation off the async workers. A panicked task is an error, never "empty".
-async fn on_spool<T: Send + 'static>(
+pub(crate) async fn on_spool<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, nexus_outbound_queue::SpoolError> + Send + 'static,
 ) -> Result<T, GatewayError> {
     tokio::task::spawn_blocking(f)
@@ -489,8 +357,7 @@ async fn on_spool_logged<T: Send + 'static>(
         .ok()
 }
 
-async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
-    let callbacks = &state.callbacks;
+async fn deliver(callbacks: &Arc<Callbacks>, id: u64, active: &Active) {
     loop {
         let spool = callbacks.spool.clone();
         let read = on_spool_logged("cannot read a pending completion", move || spool.get(id));
@@ -502,11 +369,16 @@ async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
         }
         let now = now_ms();
         if now >= entry.expires_ms {
-            give_up(state, entry, "expired before it could be delivered".into()).await;
+            give_up(
+                callbacks,
+                entry,
+                "expired before it could be delivered".into(),
+            )
+            .await;
             return;
         }
         let Some((delivery, body)) = decode(&entry.payload) else {
-            give_up(state, entry, "stored completion is unreadable".into()).await;
+            give_up(callbacks, entry, "stored completion is unreadable".into()).await;
             return;
         };
         let destination = active
@@ -517,12 +389,12 @@ async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = active.wake.notified() => {}
-                () = state.shutdown.cancelled() => return,
+                () = callbacks.shutdown.cancelled() => return,
             }
             continue;
         }
         callbacks.attempts.fetch_add(1, Ordering::Relaxed);
-        match attempt(state, &delivery, body).await {
+        match attempt(callbacks, &delivery, body).await {
             Attempt::Delivered => {
                 let spool = callbacks.spool.clone();
                 on_spool_logged("cannot mark a completion delivered", move || {
@@ -532,13 +404,13 @@ async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
                 callbacks.pending.fetch_sub(1, Ordering::Relaxed);
                 callbacks.delivered.fetch_add(1, Ordering::Relaxed);
                 debug!(id, "completion delivered");
-                wake_siblings(state, destination);
+                wake_siblings(callbacks, destination);
                 return;
             }
             Attempt::GiveUp(reason) => {
                 // It was tried: `attempts` counts deliveries made, not retries left.
                 entry.attempts += 1;
-                give_up(state, entry, reason).await;
+                give_up(callbacks, entry, reason).await;
                 return;
             }
             Attempt::Retry { reason, at_least } => {
@@ -561,22 +433,22 @@ async fn deliver(state: &Arc<State>, id: u64, active: &Active) {
     }
 }
 
-async fn give_up(state: &State, mut entry: SpoolEntry, reason: String) {
+async fn give_up(callbacks: &Callbacks, mut entry: SpoolEntry, reason: String) {
     warn!(id = entry.id, %reason, "completion undeliverable; kept for `nexus-gateway callbacks`");
     entry.state = EntryState::Failed;
     entry.last_error = Some(reason);
-    let spool = state.callbacks.spool.clone();
+    let spool = callbacks.spool.clone();
     on_spool_logged("cannot mark a completion failed", move || {
         spool.update(&entry)
     })
     .await;
-    state.callbacks.pending.fetch_sub(1, Ordering::Relaxed);
-    state.callbacks.failed.fetch_add(1, Ordering::Relaxed);
+    callbacks.pending.fetch_sub(1, Ordering::Relaxed);
+    callbacks.failed.fetch_add(1, Ordering::Relaxed);
 }
 
-async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
-    let timeout = state.callbacks.settings.attempt_timeout;
-    if let Err(why) = state.callbacks.policy.check_url(&delivery.url) {
+async fn attempt(callbacks: &Callbacks, delivery: &Delivery, body: Bytes) -> Attempt {
+    let timeout = callbacks.settings.attempt_timeout;
+    if let Err(why) = callbacks.policy.check_url(&delivery.url) {
         return Attempt::GiveUp(why);
     }
     let uri: http::Uri = match delivery.url.parse() {
@@ -592,7 +464,7 @@ async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
         source: delivery.handler_namespace.clone(),
         destination: host.clone(),
     };
-    let permit = match tokio::time::timeout(timeout, state.outbound.acquire(&lane)).await {
+    let permit = match tokio::time::timeout(timeout, callbacks.outbound.acquire(&lane)).await {
         Ok(Ok(permit)) => permit,
         Ok(Err(rejection)) => {
             return Attempt::Retry {
@@ -617,7 +489,7 @@ async fn attempt(state: &State, delivery: &Delivery, body: Bytes) -> Attempt {
         }
     }
     let sent = tokio::time::timeout(timeout, async {
-        let response = state.callbacks.client.request(request).await?;
+        let response = callbacks.client.request(request).await?;
         let status = response.status();
         if status.is_success() {
             // Delivered once the status is in: recorded at once, not after the body, so a
@@ -700,114 +572,4 @@ pub fn completion_header_allowed(name: &str) -> bool {
         || name.starts_with("content-")
         || name.starts_with("nexus-operation-")
         || name.starts_with(crate::nexus::headers::TASK_PREFIX))
-}
-
-/// Admin API for completions: `GET /api/v1/callbacks[?state=pending|failed]`,
-/// `POST /api/v1/callbacks/{id}/retry`, `DELETE /api/v1/callbacks/{id}`.
-pub async fn admin(
-    state: &Arc<State>,
-    peer: &Peer,
-    route: CompletionsRoute,
-    request: Request<RequestBody>,
-) -> Result<Response<Body>, GatewayError> {
-    authz::authorize(peer, Action::ManageCompletions)?;
-    let spool = state.callbacks.spool.clone();
-    match route {
-        CompletionsRoute::List => {
-            let filter = request::query_param(request.uri().query(), "state");
-            let filter = match filter.as_deref() {
-                None | Some("") => None,
-                Some("pending") => Some(EntryState::Pending),
-                Some("failed") => Some(EntryState::Failed),
-                Some(other) => {
-                    return Err(GatewayError::bad_request(format!(
-                        "invalid state {other:?}: expected pending or failed"
-                    )));
-                }
-            };
-            let entries = on_spool(move || spool.list(filter)).await?;
-            let list: Vec<_> = entries.iter().map(describe).collect();
-            Ok(json(&serde_json::json!({ "completions": list })))
-        }
-        CompletionsRoute::Retry(id) => {
-            let found = on_spool(
-                move || -> Result<Option<SpoolEntry>, nexus_outbound_queue::SpoolError> {
-                    let Some(mut entry) = spool.get(id)? else {
-                        return Ok(None);
-                    };
-                    let was_failed = entry.state == EntryState::Failed;
-                    entry.state = EntryState::Pending;
-                    entry.next_attempt_ms = now_ms();
-                    // A fresh expiry: the operator asked for it.
-                    entry.expires_ms = entry.expires_ms.max(now_ms() + 24 * 3600 * 1000);
-                    spool.update(&entry)?;
-                    Ok(Some(SpoolEntry {
-                        state: if was_failed {
-                            EntryState::Failed
-                        } else {
-                            EntryState::Pending
-                        },
-                        ..entry
-                    }))
-                },
-            )
-            .await?;
-            let Some(previous) = found else {
-                return Err(GatewayError::not_found(format!(
-                    "completion {id} not found"
-                )));
-            };
-            if previous.state == EntryState::Failed {
-                state.callbacks.failed.fetch_sub(1, Ordering::Relaxed);
-                state.callbacks.pending.fetch_add(1, Ordering::Relaxed);
-            }
-            spawn_delivery(state, id);
-            Ok(json(&serde_json::json!({})))
-        }
-        CompletionsRoute::Drop(id) => {
-            let existing = {
-                let spool = spool.clone();
-                on_spool(move || spool.get(id)).await?
-            };
-            let Some(entry) = existing else {
-                return Err(GatewayError::not_found(format!(
-                    "completion {id} not found"
-                )));
-            };
-            on_spool(move || spool.remove(id)).await?;
-            let counter = match entry.state {
-                EntryState::Pending => &state.callbacks.pending,
-                EntryState::Failed => &state.callbacks.failed,
-            };
-            counter.fetch_sub(1, Ordering::Relaxed);
-            if let Some(active) = state.callbacks.active.get(&id) {
-                active.wake.notify_one();
-            }
-            Ok(json(&serde_json::json!({})))
-        }
-        CompletionsRoute::Invalid(message) => Err(GatewayError::bad_request(message)),
-    }
-}
-
-fn describe(entry: &SpoolEntry) -> serde_json::Value {
-    let delivery = decode(&entry.payload).map(|(d, _)| d);
-    let host = delivery
-        .as_ref()
-        .and_then(|d| d.url.parse::<http::Uri>().ok())
-        .and_then(|u| u.authority().map(|a| a.to_string()));
-    serde_json::json!({
-        "id": entry.id,
-        "state": match entry.state { EntryState::Pending => "pending", EntryState::Failed => "failed" },
-        "attempts": entry.attempts,
-        "nextAttempt": crate::callback_token::humantime_ms(entry.next_attempt_ms),
-        "expires": crate::callback_token::humantime_ms(entry.expires_ms),
-        "lastError": entry.last_error,
-        "callerHost": host,
-        "callerNamespace": delivery.as_ref().map(|d| d.caller_namespace.clone()),
-        "handlerNamespace": delivery.as_ref().map(|d| d.handler_namespace.clone()),
-        "endpoint": delivery.as_ref().map(|d| d.endpoint.clone()),
-        "service": delivery.as_ref().map(|d| d.service.clone()),
-        "operation": delivery.as_ref().map(|d| d.operation.clone()),
-        "operationState": delivery.as_ref().map(|d| d.operation_state.clone()),
-    })
 }

@@ -9,8 +9,9 @@ use nexus_certs::TlsMaterial;
 
 use nexus_outbound_queue::QueueSettings;
 
-use crate::callbacks::CallbackSettings;
-use crate::external::PlainHttp;
+use nexus_outbound_queue::Backoff;
+
+use crate::callback_policy::AllowedCallback;
 use crate::matching::MatchingSettings;
 
 #[derive(Debug, Clone)]
@@ -111,6 +112,53 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(30),
             max_headers: 100,
             max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// When plain `http://` upstream URLs may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlainHttp {
+    Never,
+    /// Only to loopback hosts (localhost, 127.0.0.0/8, ::1): traffic never leaves the machine.
+    #[default]
+    Loopback,
+    Always,
+}
+
+impl std::str::FromStr for PlainHttp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(PlainHttp::Never),
+            "loopback" => Ok(PlainHttp::Loopback),
+            "always" => Ok(PlainHttp::Always),
+            other => Err(format!("{other:?}: expected never, loopback or always")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    /// How long a callback token, and so a pending completion, stays valid (default 60 days,
+    /// longer than any Temporal operation's default timeout).
+    pub expiry: Duration,
+    /// Time for one delivery attempt (default 10 s).
+    pub attempt_timeout: Duration,
+    /// Delay between attempts: 1 s doubling to 1 h, 80-100 % jitter.
+    pub backoff: Backoff,
+    /// Callback hosts allowed beyond the default (https to public addresses only); see
+    /// [`crate::callback_policy`]. Default none; `dev` allows loopback.
+    pub allowed: Vec<AllowedCallback>,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            expiry: Duration::from_secs(60 * 24 * 3600),
+            attempt_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            allowed: Vec::new(),
         }
     }
 }

@@ -167,7 +167,7 @@ impl GatewayError {
         );
         if retryable != self.kind.retryable_by_default() {
             headers.insert(
-                crate::nexus::headers::REQUEST_RETRYABLE,
+                crate::headers::REQUEST_RETRYABLE,
                 HeaderValue::from_static(if retryable { "true" } else { "false" }),
             );
         }

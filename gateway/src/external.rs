@@ -9,31 +9,10 @@ use nexus_outbound_queue::{LaneKey, Outcome, Rejection};
 use tokio::time::Instant;
 
 use crate::body::{Body, BodyFault, BodyWatch};
+pub use crate::config::PlainHttp;
 use crate::error::GatewayError;
 use crate::nexus::{self, headers};
 use crate::state::State;
-
-/// When plain `http://` upstream URLs may be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PlainHttp {
-    Never,
-    /// Only to loopback hosts (localhost, 127.0.0.0/8, ::1): traffic never leaves the machine.
-    #[default]
-    Loopback,
-    Always,
-}
-
-impl std::str::FromStr for PlainHttp {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "never" => Ok(PlainHttp::Never),
-            "loopback" => Ok(PlainHttp::Loopback),
-            "always" => Ok(PlainHttp::Always),
-            other => Err(format!("{other:?}: expected never, loopback or always")),
-        }
-    }
-}
 
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');

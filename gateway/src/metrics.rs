@@ -6,7 +6,27 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use crate::state::State;
+use crate::matching::Matching;
+use crate::reload::ReloadStats;
+
+/// Completion delivery counters, as the callbacks service keeps them.
+pub struct CompletionCounts {
+    pub pending: u64,
+    pub failed: u64,
+    pub delivered: u64,
+    pub attempts: u64,
+}
+
+/// Everything a scrape reads: counters and the state of the parts that keep their own.
+pub struct Sources<'a> {
+    pub metrics: &'a Metrics,
+    pub matching: &'a Matching,
+    pub outbound: &'a nexus_outbound_queue::OutboundQueue,
+    pub completions: CompletionCounts,
+    pub attribution_last_seq: Option<u64>,
+    pub tls_reloads: &'a ReloadStats,
+    pub registry: &'a nexus_registry::Registry,
+}
 
 /// Latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -102,7 +122,7 @@ impl Metrics {
     }
 }
 
-pub fn render(state: &State) -> String {
+pub fn render(state: &Sources<'_>) -> String {
     let mut out = String::new();
     out.push_str("# HELP nexus_gateway_requests_total Requests served on the data port.\n");
     out.push_str("# TYPE nexus_gateway_requests_total counter\n");
@@ -176,12 +196,12 @@ pub fn render(state: &State) -> String {
     render_operations(&state.metrics, &mut out);
     render_lanes(state, &mut out);
     render_callbacks(state, &mut out);
-    if let Some(log) = &state.attribution {
+    if let Some(last_seq) = state.attribution_last_seq {
         out.push_str("# HELP nexus_gateway_attribution_last_seq Sequence number of the last attribution record written.\n");
         out.push_str("# TYPE nexus_gateway_attribution_last_seq gauge\n");
-        let _ = writeln!(out, "nexus_gateway_attribution_last_seq {}", log.last_seq());
+        let _ = writeln!(out, "nexus_gateway_attribution_last_seq {last_seq}");
     }
-    let reloads = &state.tls_reloads;
+    let reloads = state.tls_reloads;
     out.push_str("# HELP nexus_gateway_tls_reloads_total TLS certificate reloads by result.\n");
     out.push_str("# TYPE nexus_gateway_tls_reloads_total counter\n");
     let _ = writeln!(
@@ -272,7 +292,7 @@ fn render_operations(metrics: &Metrics, out: &mut String) {
     }
 }
 
-fn render_lanes(state: &State, out: &mut String) {
+fn render_lanes(state: &Sources<'_>, out: &mut String) {
     let lanes = state.outbound.stats();
     type Gauge = (
         &'static str,
@@ -336,32 +356,32 @@ fn render_lanes(state: &State, out: &mut String) {
     }
 }
 
-fn render_callbacks(state: &State, out: &mut String) {
-    let c = &state.callbacks;
+fn render_callbacks(state: &Sources<'_>, out: &mut String) {
+    let c = &state.completions;
     let rows = [
         (
             "nexus_gateway_completions_pending",
             "gauge",
             "Completions accepted and not yet delivered.",
-            c.pending.load(Ordering::Relaxed).max(0) as u64,
+            c.pending,
         ),
         (
             "nexus_gateway_completions_failed",
             "gauge",
             "Completions given up on, kept for an operator.",
-            c.failed.load(Ordering::Relaxed).max(0) as u64,
+            c.failed,
         ),
         (
             "nexus_gateway_completions_delivered_total",
             "counter",
             "Completions delivered to callers.",
-            c.delivered.load(Ordering::Relaxed),
+            c.delivered,
         ),
         (
             "nexus_gateway_completion_attempts_total",
             "counter",
             "Delivery attempts made.",
-            c.attempts.load(Ordering::Relaxed),
+            c.attempts,
         ),
     ];
     for (name, kind, help, value) in rows {

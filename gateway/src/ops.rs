@@ -12,7 +12,7 @@ pub fn handle<B>(state: &State, request: &Request<B>) -> Response<Body> {
         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
         "/readyz" if state.ready.load(Ordering::SeqCst) => (StatusCode::OK, "ready\n".into()),
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
-        "/metrics" => (StatusCode::OK, crate::metrics::render(state)),
+        "/metrics" => (StatusCode::OK, metrics(state)),
         _ => (StatusCode::NOT_FOUND, "not found\n".into()),
     };
     let mut response = Response::new(full(text));
@@ -22,4 +22,16 @@ pub fn handle<B>(state: &State, request: &Request<B>) -> Response<Body> {
         http::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     response
+}
+
+fn metrics(state: &State) -> String {
+    crate::metrics::render(&crate::metrics::Sources {
+        metrics: &state.metrics,
+        matching: &state.matching,
+        outbound: &state.outbound,
+        completions: state.callbacks.counts(),
+        attribution_last_seq: state.attribution.as_ref().map(|log| log.last_seq()),
+        tls_reloads: &state.tls_reloads,
+        registry: &state.registry,
+    })
 }

@@ -12,7 +12,7 @@ use crate::authz::Peer;
 use crate::body::{Body, RequestBody};
 use crate::request::Route;
 use crate::state::State;
-use crate::{admin, callbacks, metering, operations, worker_api};
+use crate::{admin, completions, metering, operations, worker_api};
 
 /// Answers one request; never fails: every error becomes a Nexus failure response here.
 pub async fn handle(
@@ -29,8 +29,8 @@ pub async fn handle(
     let result = async {
         match route? {
             Route::Operation(path) => operations::handle(&state, &peer, path, request).await,
-            Route::Completion(token) => callbacks::complete(&state, &peer, token, request).await,
-            Route::Completions(route) => callbacks::admin(&state, &peer, route, request).await,
+            Route::Completion(token) => completions::complete(&state, &peer, token, request).await,
+            Route::Completions(route) => completions::admin(&state, &peer, route, request).await,
             Route::Poll {
                 namespace,
                 task_queue,

@@ -101,12 +101,18 @@ impl App {
         if let Some(ca) = &config.upstream.ca {
             upstream_tls.ca = ca.clone();
         }
+        let outbound = Arc::new(nexus_outbound_queue::OutboundQueue::new(
+            config.outbound.clone(),
+        ));
+        let shutdown = tokio_util::sync::CancellationToken::new();
         let callbacks = crate::callbacks::Callbacks::open(
             &config.data_dir,
             public_url,
             config.callbacks.clone(),
             &upstream_tls,
             own_addresses(&config),
+            outbound.clone(),
+            shutdown.clone(),
         )
         .map_err(StartError::Callbacks)?;
         let attribution = if config.attribution_enabled {
@@ -123,14 +129,14 @@ impl App {
             limits: config.limits.clone(),
             trust_domain: config.trust_domain.clone(),
             metrics: Metrics::default(),
-            outbound: nexus_outbound_queue::OutboundQueue::new(config.outbound.clone()),
+            outbound,
             proxy,
             upstream: config.upstream.clone(),
-            callbacks,
+            callbacks: Arc::new(callbacks),
             tls_reloads: Default::default(),
             inbound: crate::inbound::InboundLimits::new(config.inbound.clone()),
             attribution,
-            shutdown: tokio_util::sync::CancellationToken::new(),
+            shutdown,
             ready: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
             in_flight: tokio::sync::watch::channel(0).0,
@@ -185,7 +191,7 @@ impl App {
             state.clone(),
             config.limits.header_read_timeout,
         ));
-        crate::callbacks::Callbacks::resume(&state);
+        state.callbacks.resume();
         let evict_task = tokio::spawn(evict_idle_lanes(state.clone()));
         let reload_task = config.tls_files.clone().map(|files| {
             tokio::spawn(crate::reload::watch(

@@ -21,11 +21,11 @@ pub struct State {
     pub trust_domain: String,
     pub metrics: Metrics,
     /// Lanes to external handlers and callback receivers.
-    pub outbound: OutboundQueue,
+    pub outbound: Arc<OutboundQueue>,
     /// Pooled HTTPS client (the gateway's certificate) for external targets and callbacks.
     pub proxy: ProxyClient,
     pub upstream: UpstreamSettings,
-    pub callbacks: Callbacks,
+    pub callbacks: Arc<Callbacks>,
     pub inbound: crate::inbound::InboundLimits,
     /// The attribution log; `None` when turned off.
     pub attribution: Option<crate::attribution::AttributionLog>,
