@@ -97,6 +97,7 @@ async fn lane_full_and_external_timeout_are_recorded_with_the_target_url() {
     .await;
     let full = send(&caller, call(&gw, "stalled", "ext-full", "10s")).await;
     assert_eq!(full.status, 429, "{:?}", full.body);
+    assert!(full.header("retry-after").is_some());
     let timed_out = stuck.await.unwrap();
     assert_eq!(timed_out.status, 520, "{:?}", timed_out.body);
 
