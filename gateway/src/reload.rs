@@ -26,14 +26,26 @@ fn modified(files: &TlsFiles) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-/// Watches `files` and swaps a freshly built server configuration into `current`.
-pub async fn watch(
+/// Watches `files` and swaps a freshly built server configuration into `current`. The SIGHUP
+/// handler is installed before this returns, so a SIGHUP sent once the gateway says it
+/// serves reloads rather than ending the process.
+pub fn watch(
     files: TlsFiles,
     current: Arc<ArcSwap<ServerConfig>>,
     stats: Arc<ReloadStats>,
     interval: Duration,
+) -> impl std::future::Future<Output = ()> {
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    watch_with(files, current, stats, interval, hangup)
+}
+
+async fn watch_with(
+    files: TlsFiles,
+    current: Arc<ArcSwap<ServerConfig>>,
+    stats: Arc<ReloadStats>,
+    interval: Duration,
+    mut hangup: Option<tokio::signal::unix::Signal>,
 ) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut seen = modified(&files);
     loop {
         let signalled = tokio::select! {
