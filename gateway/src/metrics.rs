@@ -193,7 +193,7 @@ pub fn render(state: &Sources<'_>) -> String {
             .resolve(name)
             .is_some_and(|e| e.spec.name == name)
     });
-    render_operations(&state.metrics, &mut out);
+    render_operations(state.metrics, &mut out);
     render_lanes(state, &mut out);
     render_callbacks(state, &mut out);
     if let Some(last_seq) = state.attribution_last_seq {
