@@ -507,7 +507,7 @@ async fn attempt(callbacks: &Callbacks, delivery: &Delivery, body: Bytes) -> Att
     .await;
     match sent {
         Ok(Ok((status, body))) => {
-            let outcome = crate::destination::classify(status);
+            let outcome = crate::outcome::classify(status);
             permit.finish(outcome);
             let detail = || {
                 let text = String::from_utf8_lossy(&body[..body.len().min(200)]);

@@ -48,7 +48,7 @@ pub async fn complete(
             Response::new(empty())
         }
         Err(error) => {
-            record.outcome = crate::metering::error_outcome(&error);
+            record.outcome = crate::outcome::error_outcome(&error);
             error.into_response()
         }
     };

@@ -138,7 +138,7 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         }
     };
     let status = response.status();
-    permit.finish(crate::destination::classify(status));
+    permit.finish(crate::outcome::classify(status));
     let (parts, body) = response.into_parts();
     let mut out = Response::new(body.map_err(Into::into).boxed());
     *out.status_mut() = status;

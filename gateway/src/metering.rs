@@ -13,36 +13,8 @@ use crate::attribution::Record;
 use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, full};
 use crate::error::GatewayError;
-use crate::nexus::headers;
 use crate::request::{self, form_pairs};
 use crate::state::State;
-
-/// The outcome of an answer that came from the target.
-pub fn target_outcome(kind: &str, response: &Response<Body>) -> String {
-    let state = response
-        .headers()
-        .get(headers::OPERATION_STATE)
-        .and_then(|v| v.to_str().ok());
-    match (kind, response.status().as_u16(), state) {
-        ("cancel", 202, _) => "cancel_requested",
-        (_, 200, _) => "succeeded",
-        (_, 201, _) => "started",
-        (_, 424, Some("canceled")) => "canceled",
-        (_, 424, _) => "failed",
-        _ => "handler_error",
-    }
-    .into()
-}
-
-/// The outcome of an answer the gateway gave itself: refused, or the destination's fault.
-pub fn error_outcome(error: &GatewayError) -> String {
-    let kind = error.kind.as_str().to_ascii_lowercase();
-    if error.upstream {
-        kind
-    } else {
-        format!("rejected:{kind}")
-    }
-}
 
 /// Completes `record` from the answer and writes it; the answer waits for the log's durability.
 pub async fn finish(

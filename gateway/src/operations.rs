@@ -51,12 +51,12 @@ pub async fn handle(
     record.operation_token = header_text(request.headers(), &headers::OPERATION_TOKEN);
     let response = match serve(state, peer, path, request, &mut record).await {
         Ok(response) => {
-            record.outcome = metering::target_outcome(&record.kind, &response);
+            record.outcome = crate::outcome::target_outcome(&record.kind, &response);
             record.billable = 1;
             response
         }
         Err(error) => {
-            record.outcome = metering::error_outcome(&error);
+            record.outcome = crate::outcome::error_outcome(&error);
             error.into_response()
         }
     };

@@ -18,7 +18,6 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::authz::Peer;
 use crate::config::Config;
-use crate::error::GatewayError;
 use crate::matching::Matching;
 use crate::metrics::Metrics;
 use crate::routes;
@@ -357,18 +356,5 @@ async fn serve_ops(
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
-    }
-}
-
-impl From<nexus_registry::RegistryError> for GatewayError {
-    fn from(error: nexus_registry::RegistryError) -> Self {
-        use nexus_registry::RegistryError as E;
-        let message = error.to_string();
-        match error {
-            E::Invalid(_) => GatewayError::bad_request(message),
-            E::NotFound(_) => GatewayError::not_found(message),
-            E::AlreadyExists(_) | E::VersionConflict { .. } => GatewayError::conflict(message),
-            E::Storage(_) => GatewayError::internal(message),
-        }
     }
 }
