@@ -25,6 +25,7 @@ use crate::client::CallbackClient;
 pub use crate::config::CallbackSettings;
 use crate::error::GatewayError;
 use crate::nexus::headers;
+use crate::upstream::{self, SendError};
 
 use crate::request::COMPLETION_PREFIX as PREFIX;
 /// Longest callback URL handed to a handler with the claims sealed inside (Temporal refuses
@@ -464,21 +465,6 @@ async fn attempt(callbacks: &Callbacks, delivery: &Delivery, body: Bytes) -> Att
         source: delivery.handler_namespace.clone(),
         destination: host.clone(),
     };
-    let permit = match tokio::time::timeout(timeout, callbacks.outbound.acquire(&lane)).await {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(rejection)) => {
-            return Attempt::Retry {
-                reason: format!("{host}: {rejection}"),
-                at_least: rejection.retry_after(),
-            };
-        }
-        Err(_) => {
-            return Attempt::Retry {
-                reason: format!("{host}: lane saturated"),
-                at_least: Duration::ZERO,
-            };
-        }
-    };
     let mut request = Request::post(uri).body(full(body)).expect("valid request");
     for (name, value) in &delivery.headers {
         if let (Ok(n), Ok(v)) = (
@@ -488,67 +474,90 @@ async fn attempt(callbacks: &Callbacks, delivery: &Delivery, body: Bytes) -> Att
             request.headers_mut().append(n, v);
         }
     }
-    let sent = tokio::time::timeout(timeout, async {
-        let response = callbacks.client.request(request).await?;
-        let status = response.status();
-        if status.is_success() {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let sent = upstream::send(
+        &callbacks.outbound,
+        &lane,
+        deadline,
+        callbacks.client.request(request),
+        &PolicyRefusal,
+    )
+    .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(SendError::Refused(rejection)) => {
+            return Attempt::Retry {
+                reason: format!("{host}: {rejection}"),
+                at_least: rejection.retry_after(),
+            };
+        }
+        Err(SendError::NoSlot) => {
+            return Attempt::Retry {
+                reason: format!("{host}: lane saturated"),
+                at_least: Duration::ZERO,
+            };
+        }
+        Err(SendError::NotTheDestination(error)) => {
+            let why = error.map(|e| upstream::root_cause(e.as_ref()));
+            return Attempt::GiveUp(format!("{host}: {}", why.unwrap_or_default()));
+        }
+        Err(SendError::Unreachable(error)) => {
+            return Attempt::Retry {
+                reason: format!(
+                    "{host} unreachable: {}",
+                    upstream::root_cause(error.as_ref())
+                ),
+                at_least: Duration::ZERO,
+            };
+        }
+        Err(SendError::TimedOut) => {
+            return Attempt::Retry {
+                reason: format!("{host} did not answer within {timeout:?}"),
+                at_least: Duration::ZERO,
+            };
+        }
+    };
+    let status = response.status();
+    let body = response.into_body();
+    match crate::outcome::classify(status) {
+        Outcome::Success => {
             // Delivered once the status is in: recorded at once, not after the body, so a
             // crash has the smallest window to deliver it again. The body is read in the
             // background only so the connection can be reused.
-            let body = response.into_body();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(timeout, body.collect()).await;
             });
-            return Ok((status, Bytes::new()));
+            Attempt::Delivered
         }
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-    })
-    .await;
-    match sent {
-        Ok(Ok((status, body))) => {
-            let outcome = crate::outcome::classify(status);
-            permit.finish(outcome);
-            let detail = || {
-                let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-                format!("{host} answered {status}: {}", text.trim_end())
-            };
-            match outcome {
-                Outcome::Success => Attempt::Delivered,
-                Outcome::DestinationDown => Attempt::Retry {
-                    reason: detail(),
+        outcome => {
+            let body = tokio::time::timeout(timeout, body.collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            let detail = format!("{host} answered {status}: {}", text.trim_end());
+            if outcome == Outcome::DestinationDown {
+                Attempt::Retry {
+                    reason: detail,
                     at_least: Duration::ZERO,
-                },
-                Outcome::OperationFailed => Attempt::GiveUp(detail()),
-            }
-        }
-        Ok(Err(error)) if crate::callback_policy::is_refused(error.as_ref()) => {
-            drop(permit);
-            Attempt::GiveUp(format!("{host}: {}", root_cause(error.as_ref())))
-        }
-        Ok(Err(error)) => {
-            permit.finish(Outcome::DestinationDown);
-            Attempt::Retry {
-                reason: format!("{host} unreachable: {}", root_cause(error.as_ref())),
-                at_least: Duration::ZERO,
-            }
-        }
-        Err(_) => {
-            permit.finish(Outcome::DestinationDown);
-            Attempt::Retry {
-                reason: format!("{host} did not answer within {timeout:?}"),
-                at_least: Duration::ZERO,
+                }
+            } else {
+                Attempt::GiveUp(detail)
             }
         }
     }
 }
 
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(next) = current.source() {
-        current = next;
+/// A delivery failed by the gateway's own refusal when the callback policy refused every
+/// address of the destination: never retried, never counted against the destination.
+struct PolicyRefusal;
+
+impl upstream::Fault for PolicyRefusal {
+    fn senders_fault(&self, _: bool, error: Option<&crate::body::BoxError>) -> bool {
+        error.is_some_and(|e| crate::callback_policy::is_refused(e.as_ref()))
     }
-    current.to_string()
 }
 
 /// Whether a caller's callback header (a `Nexus-Callback-*` header, prefix stripped) may be

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
-use nexus_outbound_queue::{LaneKey, Outcome, Rejection};
+use nexus_outbound_queue::{LaneKey, Rejection};
 use tokio::time::Instant;
 
 use crate::body::{Body, BodyFault, BodyWatch};
@@ -13,6 +13,7 @@ pub use crate::config::PlainHttp;
 use crate::error::GatewayError;
 use crate::nexus::{self, headers};
 use crate::state::State;
+use crate::upstream::{self, SendError};
 
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -86,15 +87,6 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         source: f.caller.to_owned(),
         destination: host.clone(),
     };
-    let permit = match tokio::time::timeout_at(f.deadline, state.outbound.acquire(&lane)).await {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(rejection)) => return Err(rejected(&host, rejection)),
-        Err(_) => {
-            return Err(GatewayError::upstream_timeout(format!(
-                "no slot to {host} before the deadline: its lane is saturated"
-            )));
-        }
-    };
     let mut request = Request::post(uri).body(f.body).expect("valid request");
     *request.headers_mut() = f.headers;
     let left = f
@@ -105,32 +97,40 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         headers::REQUEST_TIMEOUT,
         HeaderValue::from_str(&nexus::format_timeout(left)).expect("ascii"),
     );
-    let sent = tokio::time::timeout_at(f.deadline, state.proxy.request(request)).await;
-    // A request that failed because of the caller's body is the caller's fault: the permit
-    // is dropped unfinished, so the breaker hears nothing of it.
-    if let Some(fault) = f.watch.fault() {
-        drop(permit);
-        return Err(caller_fault(fault));
-    }
+    let watch = f.watch.clone();
+    let sent = upstream::send(
+        &state.outbound,
+        &lane,
+        f.deadline,
+        state.proxy.request(request),
+        &CallerBody(&watch),
+    )
+    .await;
     let response = match sent {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            permit.finish(Outcome::DestinationDown);
+        Ok(response) => response,
+        Err(SendError::Refused(rejection)) => return Err(rejected(&host, rejection)),
+        Err(SendError::NoSlot) => {
+            return Err(GatewayError::upstream_timeout(format!(
+                "no slot to {host} before the deadline: its lane is saturated"
+            )));
+        }
+        Err(SendError::NotTheDestination(_)) => {
+            return Err(match watch.fault() {
+                Some(fault) => caller_fault(fault),
+                None => GatewayError::new(
+                    crate::ErrorType::RequestTimeout,
+                    "request body not received before the deadline",
+                ),
+            });
+        }
+        Err(SendError::Unreachable(error)) => {
             return Err(GatewayError::unavailable(format!(
                 "external handler {host} unreachable: {}",
-                root_cause(&error)
+                upstream::root_cause(error.as_ref())
             ))
             .from_upstream());
         }
-        Err(_) if !f.watch.ended() => {
-            drop(permit);
-            return Err(GatewayError::new(
-                crate::ErrorType::RequestTimeout,
-                "request body not received before the deadline",
-            ));
-        }
-        Err(_) => {
-            permit.finish(Outcome::DestinationDown);
+        Err(SendError::TimedOut) => {
             return Err(GatewayError::upstream_timeout(format!(
                 "external handler {host} did not answer before the deadline"
             ))
@@ -138,12 +138,21 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         }
     };
     let status = response.status();
-    permit.finish(crate::outcome::classify(status));
     let (parts, body) = response.into_parts();
     let mut out = Response::new(body.map_err(Into::into).boxed());
     *out.status_mut() = status;
     nexus::copy_relayed(&parts.headers, out.headers_mut());
     Ok(out)
+}
+
+/// A send to an external target failed by the caller's doing when the caller's body broke
+/// off, or was still arriving at the deadline.
+struct CallerBody<'a>(&'a BodyWatch);
+
+impl upstream::Fault for CallerBody<'_> {
+    fn senders_fault(&self, timed_out: bool, _: Option<&crate::body::BoxError>) -> bool {
+        self.0.fault().is_some() || (timed_out && !self.0.ended())
+    }
 }
 
 fn caller_fault(fault: BodyFault) -> GatewayError {
@@ -176,14 +185,6 @@ pub fn upstream_uri(base: &str, below_prefix: &str) -> Result<Uri, GatewayError>
     joined
         .parse()
         .map_err(|e| GatewayError::internal(format!("cannot build upstream URL {joined:?}: {e}")))
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
 }
 
 #[cfg(test)]

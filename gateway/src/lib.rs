@@ -48,6 +48,7 @@ pub mod request;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod upstream;
 pub mod worker;
 pub mod worker_api;
 
