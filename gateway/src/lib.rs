@@ -4,15 +4,24 @@
 //! TLS. The client certificate says which namespace is calling; the URL names an endpoint from
 //! the registry; the endpoint's target is a task queue that workers long-poll.
 //!
+//! A request reads top to bottom; each file imports only those below it (checked by
+//! `tests/layers.rs`):
+//!
 //! ```text
-//! TCP accept → rustls handshake (client cert required) → PeerIdentity      server.rs
-//!   → hyper (HTTP/1.1 + HTTP/2 by ALPN) → routes::handle                  routes.rs
-//!      Nexus start/cancel → registry.resolve → caller allowed?             operations.rs
-//!                         → matching[(ns, task queue)] → poller → answer   matching.rs
-//!      worker poll/respond → matching                                      worker_api.rs
-//!      admin               → registry CRUD                                 admin.rs
-//!   → errors become Nexus failure responses in one place                   error.rs
-//! ops port (plain HTTP): /healthz /readyz /metrics                          ops.rs
+//! TCP accept → rustls handshake → Peer (identity from the URI SAN)          server.rs
+//!   → hyper (HTTP/1.1 + HTTP/2 by ALPN) → Route, parsed once                 routes.rs, request.rs
+//!   → handler, which asks authz::authorize(peer, action) first              authz.rs
+//!      Nexus start/cancel  → registry.resolve → caller allowed? → limits     operations.rs, inbound.rs
+//!                          → callback URL sealed (allowed addresses only)    callback_policy.rs
+//!                          → worker target:   matching → polling worker      matching.rs
+//!                          → external target: lane → send → classify         external.rs, upstream.rs
+//!      completion          → token → spool → 200 → delivery (lane → send)    completions.rs, callbacks.rs
+//!      worker poll/respond → matching                                        worker_api.rs
+//!      admin, metering     → registry CRUD, attribution reader               admin.rs, metering.rs
+//!   → every start, cancel and completion → attribution record → answer       metering.rs, attribution/
+//!   → outcomes (breaker, attribution, registry errors) from one table         outcome.rs
+//!   → errors become Nexus failure responses in one place                     error.rs
+//! ops port (plain HTTP): /healthz /readyz /metrics                           ops_port.rs, metrics.rs
 //! ```
 //!
 //! The worker client ([`worker::Worker`]) serves any Nexus HTTP handler from a task queue;
