@@ -9,7 +9,7 @@ use http::{Method, Request, Response};
 use nexus_outbound_queue::{EntryState, SpoolEntry};
 use tracing::debug;
 
-use crate::attribution::Record;
+use crate::attribution::{Kind, Outcome, Record};
 use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, empty, json};
 use crate::callbacks::{Delivery, completion_headers, decode, encode, now_ms, on_spool};
@@ -28,7 +28,7 @@ pub async fn complete(
 ) -> Result<Response<Body>, GatewayError> {
     let started = std::time::Instant::now();
     let mut record = Record {
-        kind: "completion".into(),
+        kind: Kind::Completion,
         caller_identity: peer.as_ref().ok().map(|p| p.uri.clone()),
         operation_token: request
             .headers()
@@ -40,11 +40,11 @@ pub async fn complete(
     };
     let response = match accept(state, peer, token, request, &mut record).await {
         Ok(Accepted::New) => {
-            record.outcome = "accepted".into();
+            record.outcome = Outcome::Accepted;
             Response::new(empty())
         }
         Ok(Accepted::Duplicate) => {
-            record.outcome = "duplicate".into();
+            record.outcome = Outcome::Duplicate;
             Response::new(empty())
         }
         Err(error) => {

@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::body::{Body, full};
 
 /// The handler-error types of Nexus RPC, with their statuses (NEXUS-PROTOCOL.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ErrorType {
     BadRequest,
     Unauthenticated,
@@ -59,6 +59,37 @@ impl ErrorType {
             ErrorType::NotImplemented => "NOT_IMPLEMENTED",
             ErrorType::Unavailable => "UNAVAILABLE",
             ErrorType::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+        }
+    }
+
+    pub const ALL: [ErrorType; 11] = [
+        ErrorType::BadRequest,
+        ErrorType::Unauthenticated,
+        ErrorType::Unauthorized,
+        ErrorType::NotFound,
+        ErrorType::RequestTimeout,
+        ErrorType::Conflict,
+        ErrorType::ResourceExhausted,
+        ErrorType::Internal,
+        ErrorType::NotImplemented,
+        ErrorType::Unavailable,
+        ErrorType::UpstreamTimeout,
+    ];
+
+    /// The wire name in lower case, as attribution outcomes spell it (`upstream_timeout`).
+    pub fn snake_name(self) -> &'static str {
+        match self {
+            ErrorType::BadRequest => "bad_request",
+            ErrorType::Unauthenticated => "unauthenticated",
+            ErrorType::Unauthorized => "unauthorized",
+            ErrorType::NotFound => "not_found",
+            ErrorType::RequestTimeout => "request_timeout",
+            ErrorType::Conflict => "conflict",
+            ErrorType::ResourceExhausted => "resource_exhausted",
+            ErrorType::Internal => "internal",
+            ErrorType::NotImplemented => "not_implemented",
+            ErrorType::Unavailable => "unavailable",
+            ErrorType::UpstreamTimeout => "upstream_timeout",
         }
     }
 

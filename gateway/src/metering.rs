@@ -28,7 +28,7 @@ pub async fn finish(
     let hint = response.body().size_hint();
     record.response_bytes = hint.exact().unwrap_or(hint.lower());
     record.latency_us = started.elapsed().as_micros() as u64;
-    if record.outcome.starts_with("rejected") {
+    if record.outcome.is_rejected() {
         record.billable = 0;
     }
     state.metrics.record_operation(&record);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::attribution::{Kind, Outcome};
 use crate::matching::Matching;
 use crate::reload::ReloadStats;
 
@@ -39,11 +40,11 @@ pub const UNKNOWN_ENDPOINT: &str = "_unknown";
 /// Labels of one Nexus operation series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct OperationKey {
-    kind: String,
+    kind: Kind,
     caller: String,
     endpoint: String,
     target: String,
-    outcome: String,
+    outcome: Outcome,
 }
 
 #[derive(Default)]
@@ -59,7 +60,7 @@ struct Histogram {
 pub struct Metrics {
     requests: DashMap<(&'static str, u16), (AtomicU64, AtomicU64)>,
     operations: DashMap<OperationKey, AtomicU64>,
-    latency: DashMap<(String, String), Histogram>,
+    latency: DashMap<(Kind, String), Histogram>,
     /// Refused TLS handshakes by reason.
     pub handshakes: crate::handshakes::HandshakeFailures,
 }
@@ -81,7 +82,7 @@ impl Metrics {
             (None, _) => String::new(),
         };
         let key = OperationKey {
-            kind: r.kind.clone(),
+            kind: r.kind,
             caller: text(&r.caller_namespace),
             endpoint: endpoint.clone(),
             target,
@@ -91,7 +92,7 @@ impl Metrics {
             .entry(key)
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
-        let histogram = self.latency.entry((r.kind.clone(), endpoint)).or_default();
+        let histogram = self.latency.entry((r.kind, endpoint)).or_default();
         let seconds = r.latency_us as f64 / 1e6;
         for (bound, bucket) in BUCKETS.iter().zip(&histogram.buckets) {
             if seconds <= *bound {
@@ -246,11 +247,11 @@ fn render_operations(metrics: &Metrics, out: &mut String) {
         let _ = writeln!(
             out,
             "nexus_gateway_operations_total{{kind=\"{}\",caller_namespace=\"{}\",endpoint=\"{}\",target=\"{}\",outcome=\"{}\"}} {n}",
-            escape(&k.kind),
+            k.kind.as_str(),
             escape(&k.caller),
             escape(&k.endpoint),
             escape(&k.target),
-            escape(&k.outcome)
+            escape(&k.outcome.as_str())
         );
     }
     out.push_str(
@@ -265,7 +266,7 @@ fn render_operations(metrics: &Metrics, out: &mut String) {
         };
         let labels = format!(
             "kind=\"{}\",endpoint=\"{}\"",
-            escape(&key.0),
+            key.0.as_str(),
             escape(&key.1)
         );
         for (bound, bucket) in BUCKETS.iter().zip(&h.buckets) {

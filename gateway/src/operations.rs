@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use nexus_certs::Identity;
 
-use crate::attribution::Record;
+use crate::attribution::{Kind, Record};
 use crate::authz::{self, Action, Peer};
 use crate::body::{Body, CappedBody, RequestBody, full};
 use crate::callback_token::CallbackClaims;
@@ -32,13 +32,17 @@ pub async fn handle(
 ) -> Result<Response<Body>, GatewayError> {
     let started = std::time::Instant::now();
     let kind = match &path {
-        Ok(path) => path.kind.as_str(),
+        Ok(OperationPath {
+            kind: OperationKind::Start,
+            ..
+        }) => Kind::Start,
+        Ok(_) => Kind::Cancel,
         // A path too malformed to parse is still attributed, by its last segment.
-        Err(_) if request.uri().path().ends_with("/cancel") => "cancel",
-        Err(_) => "start",
+        Err(_) if request.uri().path().ends_with("/cancel") => Kind::Cancel,
+        Err(_) => Kind::Start,
     };
     let mut record = Record {
-        kind: kind.into(),
+        kind,
         ..Record::default()
     };
     if let Ok(p) = peer {
@@ -51,7 +55,7 @@ pub async fn handle(
     record.operation_token = header_text(request.headers(), &headers::OPERATION_TOKEN);
     let response = match serve(state, peer, path, request, &mut record).await {
         Ok(response) => {
-            record.outcome = crate::outcome::target_outcome(&record.kind, &response);
+            record.outcome = crate::outcome::target_outcome(record.kind, &response);
             record.billable = 1;
             response
         }

@@ -22,6 +22,7 @@
 use http::{Response, StatusCode};
 use nexus_outbound_queue::Outcome;
 
+use crate::attribution::{Kind, Outcome as Attributed};
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::headers;
@@ -38,29 +39,27 @@ pub fn classify(status: StatusCode) -> Outcome {
 }
 
 /// The outcome of an answer that came from the target.
-pub fn target_outcome(kind: &str, response: &Response<Body>) -> String {
+pub fn target_outcome(kind: Kind, response: &Response<Body>) -> Attributed {
     let state = response
         .headers()
         .get(headers::OPERATION_STATE)
         .and_then(|v| v.to_str().ok());
     match (kind, response.status().as_u16(), state) {
-        ("cancel", 202, _) => "cancel_requested",
-        (_, 200, _) => "succeeded",
-        (_, 201, _) => "started",
-        (_, 424, Some("canceled")) => "canceled",
-        (_, 424, _) => "failed",
-        _ => "handler_error",
+        (Kind::Cancel, 202, _) => Attributed::CancelRequested,
+        (_, 200, _) => Attributed::Succeeded,
+        (_, 201, _) => Attributed::Started,
+        (_, 424, Some("canceled")) => Attributed::Canceled,
+        (_, 424, _) => Attributed::Failed,
+        _ => Attributed::HandlerError,
     }
-    .into()
 }
 
 /// The outcome of an answer the gateway gave itself: refused, or the destination's fault.
-pub fn error_outcome(error: &GatewayError) -> String {
-    let kind = error.kind.as_str().to_ascii_lowercase();
+pub fn error_outcome(error: &GatewayError) -> Attributed {
     if error.upstream {
-        kind
+        Attributed::Destination(error.kind)
     } else {
-        format!("rejected:{kind}")
+        Attributed::Rejected(error.kind)
     }
 }
 
@@ -93,25 +92,25 @@ mod tests {
             r
         };
         for (kind, status, state, expected) in [
-            ("start", 200, None, "succeeded"),
-            ("start", 201, None, "started"),
-            ("start", 424, Some("failed"), "failed"),
-            ("start", 424, Some("canceled"), "canceled"),
-            ("start", 424, None, "failed"),
-            ("cancel", 202, None, "cancel_requested"),
-            ("start", 400, None, "handler_error"),
-            ("start", 503, None, "handler_error"),
+            (Kind::Start, 200, None, "succeeded"),
+            (Kind::Start, 201, None, "started"),
+            (Kind::Start, 424, Some("failed"), "failed"),
+            (Kind::Start, 424, Some("canceled"), "canceled"),
+            (Kind::Start, 424, None, "failed"),
+            (Kind::Cancel, 202, None, "cancel_requested"),
+            (Kind::Start, 400, None, "handler_error"),
+            (Kind::Start, 503, None, "handler_error"),
         ] {
             assert_eq!(
-                target_outcome(kind, &answer(status, state)),
+                target_outcome(kind, &answer(status, state)).as_str(),
                 expected,
-                "{kind} {status}"
+                "{kind:?} {status}"
             );
         }
         let refused = GatewayError::unauthorized("no");
-        assert_eq!(error_outcome(&refused), "rejected:unauthorized");
+        assert_eq!(error_outcome(&refused).as_str(), "rejected:unauthorized");
         let down = GatewayError::upstream_timeout("slow").from_upstream();
-        assert_eq!(error_outcome(&down), "upstream_timeout");
+        assert_eq!(error_outcome(&down).as_str(), "upstream_timeout");
     }
 
     #[test]

@@ -348,7 +348,9 @@ async fn serve_ops(
         tokio::spawn(async move {
             let service = service_fn(move |request: hyper::Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(crate::ops_port::handle(&state, &request)) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(crate::ops_port::handle(&state, &request))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -49,7 +49,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use reader::{read_after, read_records};
-pub use record::Record;
+pub use record::{Kind, Outcome, Record};
 pub use usage::{Dimension, UsageRow, aggregate, format_csv, format_table};
 pub use writer::AttributionLog;
 
@@ -174,10 +174,10 @@ mod tests {
 
     fn start() -> Record {
         Record {
-            kind: "start".into(),
+            kind: Kind::Start,
             caller_namespace: Some("orders".into()),
             endpoint: Some("pay".into()),
-            outcome: "started".into(),
+            outcome: Outcome::Started,
             status: 201,
             billable: 1,
             ..Record::default()

@@ -1,6 +1,124 @@
 //! One attribution record: one JSON line in a segment.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::ErrorType;
+
+/// What a record is about.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    #[default]
+    Start,
+    Cancel,
+    Completion,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Start => "start",
+            Kind::Cancel => "cancel",
+            Kind::Completion => "completion",
+        }
+    }
+}
+
+/// How a start, cancel or completion ended; written as the strings of the log format.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Succeeded,
+    Started,
+    Failed,
+    Canceled,
+    CancelRequested,
+    /// The target answered with a handler error.
+    HandlerError,
+    /// A completion taken for delivery.
+    Accepted,
+    /// A completion for a token already accepted.
+    Duplicate,
+    /// The destination's fault: `upstream_timeout`, `unavailable`, …
+    Destination(ErrorType),
+    /// The gateway refused: `rejected:<type>`.
+    Rejected(ErrorType),
+    /// Anything else read back from a log (never written by this version), or nothing yet.
+    Other(String),
+}
+
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome::Other(String::new())
+    }
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> Cow<'_, str> {
+        Cow::Borrowed(match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Started => "started",
+            Outcome::Failed => "failed",
+            Outcome::Canceled => "canceled",
+            Outcome::CancelRequested => "cancel_requested",
+            Outcome::HandlerError => "handler_error",
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Destination(kind) => kind.snake_name(),
+            Outcome::Rejected(kind) => {
+                return Cow::Owned(format!("rejected:{}", kind.snake_name()));
+            }
+            Outcome::Other(text) => text,
+        })
+    }
+
+    fn parse(text: &str) -> Outcome {
+        let fixed = [
+            Outcome::Succeeded,
+            Outcome::Started,
+            Outcome::Failed,
+            Outcome::Canceled,
+            Outcome::CancelRequested,
+            Outcome::HandlerError,
+            Outcome::Accepted,
+            Outcome::Duplicate,
+        ];
+        if let Some(known) = fixed.into_iter().find(|o| o.as_str() == text) {
+            return known;
+        }
+        let by_name = |name: &str| ErrorType::ALL.into_iter().find(|t| t.snake_name() == name);
+        match text.strip_prefix("rejected:") {
+            Some(name) => by_name(name).map(Outcome::Rejected),
+            None => by_name(text).map(Outcome::Destination),
+        }
+        .unwrap_or_else(|| Outcome::Other(text.to_owned()))
+    }
+
+    /// Whether the gateway refused the call.
+    pub fn is_rejected(&self) -> bool {
+        match self {
+            Outcome::Rejected(_) => true,
+            Outcome::Other(text) => text.starts_with("rejected"),
+            _ => false,
+        }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Cow::<str>::deserialize(deserializer)?;
+        Ok(Outcome::parse(&text))
+    }
+}
 
 /// One Nexus start, cancel or completion that crossed the gateway (rejected ones included).
 ///
@@ -16,7 +134,7 @@ pub struct Record {
     /// RFC 3339 UTC with ms precision, assigned by the log if empty.
     pub time: String,
     /// `start`, `cancel` or `completion`.
-    pub kind: String,
+    pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller_namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,7 +159,7 @@ pub struct Record {
     pub operation_token: Option<String>,
     /// `succeeded`, `started`, `failed`, `canceled`, `cancel_requested`, `handler_error`,
     /// `upstream_timeout`, … or `rejected:<reason>`.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// HTTP status answered to the caller.
     pub status: u16,
     pub request_bytes: u64,
@@ -55,7 +173,7 @@ pub struct Record {
 impl Record {
     /// Whether the gateway refused the call (outcome `rejected` or `rejected:<reason>`).
     pub fn is_rejected(&self) -> bool {
-        self.outcome.starts_with("rejected")
+        self.outcome.is_rejected()
     }
 }
 
@@ -79,9 +197,9 @@ mod tests {
             seq: 7,
             id: "a".into(),
             time: "2026-11-23T01:02:03.004Z".into(),
-            kind: "start".into(),
+            kind: Kind::Start,
             caller_namespace: Some("orders".into()),
-            outcome: "started".into(),
+            outcome: Outcome::Started,
             status: 201,
             billable: 1,
             ..Default::default()
@@ -97,5 +215,39 @@ mod tests {
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r);
         assert_eq!(line_seq(br#"{"seq":12"#), None, "torn after the digits");
         assert_eq!(line_seq(br#"{"id":"x","seq":1}"#), None);
+    }
+
+    #[test]
+    fn outcomes_are_written_as_the_log_format_strings() {
+        for (outcome, text) in [
+            (Outcome::Succeeded, "succeeded"),
+            (Outcome::CancelRequested, "cancel_requested"),
+            (Outcome::HandlerError, "handler_error"),
+            (Outcome::Duplicate, "duplicate"),
+            (
+                Outcome::Destination(ErrorType::UpstreamTimeout),
+                "upstream_timeout",
+            ),
+            (Outcome::Destination(ErrorType::Unavailable), "unavailable"),
+            (
+                Outcome::Rejected(ErrorType::ResourceExhausted),
+                "rejected:resource_exhausted",
+            ),
+            (
+                Outcome::Rejected(ErrorType::BadRequest),
+                "rejected:bad_request",
+            ),
+            (Outcome::Other("rejected:legacy".into()), "rejected:legacy"),
+        ] {
+            let json = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), outcome);
+        }
+        assert!(Outcome::Other("rejected:legacy".into()).is_rejected());
+        assert!(!Outcome::Destination(ErrorType::Unavailable).is_rejected());
+        assert_eq!(
+            serde_json::to_string(&Kind::Completion).unwrap(),
+            "\"completion\""
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::Record;
+use super::{Kind, Record};
 
 /// A grouping key of [`aggregate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,7 +150,7 @@ pub fn aggregate(
     ) else {
         return Vec::new();
     };
-    let mut charged: HashSet<(String, String, String, String)> = HashSet::new();
+    let mut charged: HashSet<(String, String, String, Kind)> = HashSet::new();
     let mut rows: BTreeMap<Vec<Option<String>>, UsageRow> = BTreeMap::new();
     for r in records {
         let rejected = r.is_rejected();
@@ -163,7 +163,7 @@ pub fn aggregate(
                     r.caller_namespace.clone().unwrap_or_default(),
                     endpoint.cloned().unwrap_or_default(),
                     request_id.clone(),
-                    r.kind.clone(),
+                    r.kind,
                 ))
             });
         let time = humantime::parse_rfc3339_weak(&r.time).ok();
@@ -207,13 +207,12 @@ pub fn aggregate(
             row.rejected += 1;
             continue;
         }
-        match r.kind.as_str() {
-            "start" => row.starts += 1,
-            "cancel" => row.cancels += 1,
-            "completion" => row.completions += 1,
-            _ => {}
+        match r.kind {
+            Kind::Start => row.starts += 1,
+            Kind::Cancel => row.cancels += 1,
+            Kind::Completion => row.completions += 1,
         }
-        if r.billable > 0 && matches!(r.kind.as_str(), "start" | "cancel") {
+        if r.billable > 0 && matches!(r.kind, Kind::Start | Kind::Cancel) {
             row.actions += 1;
         }
         if r.status >= 400 && r.status != 424 {
@@ -298,19 +297,24 @@ mod tests {
     use Dimension::*;
 
     fn rec(kind: &str, caller: &str, request_id: Option<&str>, time: &str) -> Record {
+        let kind = match kind {
+            "start" => Kind::Start,
+            "cancel" => Kind::Cancel,
+            _ => Kind::Completion,
+        };
         Record {
-            kind: kind.into(),
+            kind,
             time: time.into(),
             caller_namespace: Some(caller.into()),
             target_namespace: Some("payments".into()),
             endpoint: Some("pay".into()),
             endpoint_id: Some("e1".into()),
             request_id: request_id.map(Into::into),
-            outcome: "started".into(),
+            outcome: super::super::Outcome::Started,
             status: 201,
             request_bytes: 10,
             response_bytes: 20,
-            billable: u32::from(kind != "completion"),
+            billable: u32::from(kind != Kind::Completion),
             ..Record::default()
         }
     }
@@ -356,7 +360,7 @@ mod tests {
     #[test]
     fn rejected_are_not_charged_and_errors_skip_424() {
         let mut rejected = rec("start", "orders", Some("r1"), T1);
-        rejected.outcome = "rejected:caller_not_allowed".into();
+        rejected.outcome = super::super::Outcome::Rejected(crate::error::ErrorType::Unauthorized);
         rejected.status = 403;
         rejected.billable = 0;
         let mut failed_op = rec("completion", "orders", None, T1);

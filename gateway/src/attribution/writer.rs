@@ -664,7 +664,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let log = AttributionLog::open(AttributionSettings::new(tmp.path().into())).unwrap();
         let record = || Record {
-            kind: "start".into(),
+            kind: crate::attribution::Kind::Start,
             ..Record::default()
         };
         assert_eq!(log.append(record()).await.unwrap(), 1);
