@@ -364,35 +364,48 @@ async fn long_callbacks_get_a_short_url_and_still_reach_the_caller() {
     assert!(short.len() > 200, "claims sealed in the URL: {short}");
 }
 
+/// The ids of the completions the spool holds (pending or failed).
+async fn spooled(gw: &TestGateway) -> Vec<u64> {
+    let mut list = post(gw.uri("/api/v1/callbacks"), &[], "");
+    *list.method_mut() = http::Method::GET;
+    let listed = send(&gw.client(&admin()), list).await.json();
+    listed["completions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect()
+}
+
 #[tokio::test]
-async fn a_completion_posted_twice_is_answered_twice_and_delivered_once_across_a_restart() {
+async fn a_completion_posted_twice_is_answered_twice_and_stored_once_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let pki = std::sync::Arc::new(Pki::new());
-    let mut gw = TestGateway::start_in(pki.clone(), dir.path(), |_| {}).await;
+    // Long backoff: the receiver refuses, so the accepted completion stays in the spool,
+    // where a second copy would be seen.
+    let slow_retries = |c: &mut nexus_gateway::Config| {
+        c.callbacks.backoff.initial = Duration::from_secs(3600);
+    };
+    let mut gw = TestGateway::start_in(pki.clone(), dir.path(), slow_retries).await;
     gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
     let worker = gw.start_worker("billing", "charges");
-    let mut receiver = Receiver::start(200).await;
+    let mut receiver = Receiver::start(503).await;
     let url = start_with_callback(&gw, &receiver).await;
     let handler = gw.client(&ns("billing"));
     let first = send(&handler, completion(&url, "succeeded", "once")).await;
     assert_eq!(first.status, 200);
     assert_eq!(receiver.next(BOUND).await.unwrap().body, "once");
-    // The handler did not see the first 200 (say) and sends it again: the same answer,
-    // and nothing is stored to deliver.
+    // The handler did not see the first 200 (say) and sends it again: the same answer, and
+    // nothing new is stored.
     let again = send(&handler, completion(&url, "succeeded", "once")).await;
     assert_eq!((again.status, again.body.len()), (first.status, 0));
-    let pending = || async {
-        let mut list = post(gw.uri("/api/v1/callbacks"), &[], "");
-        *list.method_mut() = http::Method::GET;
-        send(&gw.client(&admin()), list).await.json()["completions"].clone()
-    };
-    assert_eq!(pending().await, serde_json::json!([]));
+    assert_eq!(spooled(&gw).await, [1]);
     worker.stop().await;
     gw.stop().await;
     let old = format!("localhost:{}", gw.data_addr.port());
     drop(gw);
 
-    let gw = TestGateway::start_in(pki, dir.path(), |_| {}).await;
+    let gw = TestGateway::start_in(pki, dir.path(), slow_retries).await;
     let url = url.replace(&old, &format!("localhost:{}", gw.data_addr.port()));
     let replay = send(
         &gw.client(&ns("billing")),
@@ -400,6 +413,7 @@ async fn a_completion_posted_twice_is_answered_twice_and_delivered_once_across_a
     )
     .await;
     assert_eq!(replay.status, 200);
+    assert_eq!(spooled(&gw).await, [1]);
     let outcomes: Vec<String> = attribution_events(&gw, 0, 100)
         .await
         .iter()
@@ -407,10 +421,6 @@ async fn a_completion_posted_twice_is_answered_twice_and_delivered_once_across_a
         .map(|r| r["outcome"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(outcomes, ["accepted", "duplicate", "duplicate"]);
-    let mut list = post(gw.uri("/api/v1/callbacks"), &[], "");
-    *list.method_mut() = http::Method::GET;
-    let listed = send(&gw.client(&admin()), list).await.json();
-    assert_eq!(listed["completions"], serde_json::json!([]));
 }
 
 #[tokio::test]
