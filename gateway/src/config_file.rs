@@ -316,26 +316,49 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         problems: &mut problems,
     };
     for key in root.keys() {
-        if ![
-            "server",
-            "tls",
-            "limits",
-            "matching",
-            "inbound",
-            "upstream",
-            "outbound",
-            "callbacks",
-            "attribution",
-        ]
-        .contains(&key.as_str())
-        {
+        if !SECTIONS.contains(&key.as_str()) {
             r.problems.push(format!("unknown section [{key}]"));
         }
     }
     let mut config = Config::new(no_tls(), PathBuf::from("data"));
+    server(&mut r, &root, &mut config);
+    let tls = tls(&mut r, &root, &mut config);
+    limits(&mut r, &root, &mut config);
+    matching(&mut r, &root, &mut config);
+    inbound(&mut r, &root, &mut config.inbound);
+    let upstream_ca = upstream(&mut r, &root, &mut config);
+    outbound(&mut r, &root, &mut config);
+    callbacks(&mut r, &root, &mut config);
+    attribution(&mut r, &root, &mut config);
+    if let Some(path) = upstream_ca {
+        match nexus_certs::load_certs(&path) {
+            Ok(certs) => config.upstream.ca = Some(certs),
+            Err(e) => problems.push(format!("[upstream] ca: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(FileConfig { config, tls })
+    } else {
+        Err(problems)
+    }
+}
 
+const SECTIONS: [&str; 9] = [
+    "server",
+    "tls",
+    "limits",
+    "matching",
+    "inbound",
+    "upstream",
+    "outbound",
+    "callbacks",
+    "attribution",
+];
+
+/// `[server]`: addresses, data directory, public URL, trust domain, grace.
+fn server(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let s = r.section(
-        &root,
+        root,
         "server",
         &[
             "listen",
@@ -372,8 +395,11 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         &mut config.shutdown_grace,
         duration,
     );
+}
 
-    let t = r.section(&root, "tls", &["ca", "cert", "key", "reload_interval"]);
+/// `[tls]`: the certificate files, all three or none.
+fn tls(r: &mut Reader, root: &toml::Table, config: &mut Config) -> Option<nexus_certs::TlsFiles> {
+    let t = r.section(root, "tls", &["ca", "cert", "key", "reload_interval"]);
     let (mut ca, mut cert, mut key) = (String::new(), String::new(), String::new());
     r.parse(t, "tls", "ca", &mut ca, string);
     r.parse(t, "tls", "cert", &mut cert, string);
@@ -385,7 +411,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         &mut config.tls_reload_interval,
         nonzero_duration,
     );
-    let tls = match (ca.is_empty(), cert.is_empty(), key.is_empty()) {
+    match (ca.is_empty(), cert.is_empty(), key.is_empty()) {
         (true, true, true) => None,
         (false, false, false) => Some(nexus_certs::TlsFiles {
             ca: ca.into(),
@@ -397,10 +423,13 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
                 .push("[tls] ca, cert and key go together: set all three".into());
             None
         }
-    };
+    }
+}
 
+/// `[limits]`: input sizes and read timeouts.
+fn limits(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let l = r.section(
-        &root,
+        root,
         "limits",
         &[
             "max_body_bytes",
@@ -454,9 +483,12 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         &mut limits.max_header_bytes,
         positive,
     );
+}
 
+/// `[matching]`: task queue waits.
+fn matching(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let m = r.section(
-        &root,
+        root,
         "matching",
         &[
             "max_waiting_tasks",
@@ -494,10 +526,11 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         &mut matching.max_poll,
         nonzero_duration,
     );
+}
 
-    inbound(&mut r, &root, &mut config.inbound);
-
-    let u = r.section(&root, "upstream", &["ca", "plain_http"]);
+/// `[upstream]`: how external targets are reached; the path of the upstream CA, if set.
+fn upstream(r: &mut Reader, root: &toml::Table, config: &mut Config) -> Option<PathBuf> {
+    let u = r.section(root, "upstream", &["ca", "plain_http"]);
     let mut upstream_ca = String::new();
     r.parse(u, "upstream", "ca", &mut upstream_ca, string);
     r.parse(
@@ -507,12 +540,15 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         &mut config.upstream.plain_http,
         |v| string(v)?.parse(),
     );
-    let upstream_ca = (!upstream_ca.is_empty()).then(|| PathBuf::from(upstream_ca));
+    (!upstream_ca.is_empty()).then(|| PathBuf::from(upstream_ca))
+}
 
+/// `[outbound]`: lane defaults and per-destination overrides.
+fn outbound(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let mut keys: Vec<&str> = LANE_KEYS.to_vec();
     keys.extend(["idle_timeout", "destinations"]);
-    let o = r.section(&root, "outbound", &keys);
-    lane(&mut r, o, "outbound", &mut config.outbound.defaults);
+    let o = r.section(root, "outbound", &keys);
+    lane(r, o, "outbound", &mut config.outbound.defaults);
     r.parse(
         o,
         "outbound",
@@ -533,7 +569,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
                                 r.problems
                                     .push(format!("[{section}] has unknown setting {k:?}"));
                             }
-                            lane(&mut r, Some(t), &section, &mut settings);
+                            lane(r, Some(t), &section, &mut settings);
                         }
                         None => r.problems.push(format!("[{section}] must be a table")),
                     }
@@ -546,9 +582,12 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         }
     }
     config.outbound.per_destination = per_destination;
+}
 
+/// `[callbacks]`: expiry, delivery attempts and allowed addresses.
+fn callbacks(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let c = r.section(
-        &root,
+        root,
         "callbacks",
         &[
             "expiry",
@@ -594,9 +633,12 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         &mut callbacks.backoff.max,
         nonzero_duration,
     );
+}
 
+/// `[attribution]`: the log's durability, segments and retention.
+fn attribution(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let a = r.section(
-        &root,
+        root,
         "attribution",
         &[
             "enabled",
@@ -661,18 +703,6 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
         &mut attribution.retention_max_bytes,
         |v| positive(v).map(|n| Some(n as u64)),
     );
-
-    if let Some(path) = upstream_ca {
-        match nexus_certs::load_certs(&path) {
-            Ok(certs) => config.upstream.ca = Some(certs),
-            Err(e) => problems.push(format!("[upstream] ca: {e}")),
-        }
-    }
-    if problems.is_empty() {
-        Ok(FileConfig { config, tls })
-    } else {
-        Err(problems)
-    }
 }
 
 #[cfg(test)]
