@@ -17,6 +17,46 @@ use std::task::{Context, Poll};
 use http::Uri;
 use hyper_util::client::legacy::connect::dns::Name;
 
+/// Why a callback URL or an allow-list entry is refused; the text names the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackRefused {
+    #[error("callback URL {0:?} is not a valid URL")]
+    NotAUrl(String),
+    #[error("callback URL {0:?} must be an absolute http(s) URL")]
+    NotAbsolute(String),
+    #[error("callback URL {0:?} must use https")]
+    OtherScheme(String),
+    #[error(
+        "callback URL {0:?} must use https: plain http only to hosts listed in [callbacks] allowed with allow_insecure = true"
+    )]
+    PlainHttp(String),
+    #[error(
+        "callback URL {url:?} must use https: the [callbacks] allowed rule {rule:?} does not set allow_insecure"
+    )]
+    InsecureNotAllowed { url: String, rule: String },
+    #[error(
+        "callback URL {url:?} is not allowed: port {port} is not in the [callbacks] allowed rules for {host} ({rules})"
+    )]
+    PortNotListed {
+        url: String,
+        port: u16,
+        host: String,
+        rules: String,
+    },
+    #[error(
+        "callback URL {url:?} is not allowed: {host} is {why}; callbacks go only to public addresses unless the host is listed in [callbacks] allowed"
+    )]
+    NotPublic {
+        url: String,
+        host: String,
+        why: &'static str,
+    },
+    #[error("{0:?} is not a host pattern like \"*.example.com\" or \"callbacks.example.com:8443\"")]
+    BadPattern(String),
+    #[error("{0:?} has an invalid port")]
+    BadPort(String),
+}
+
 /// One `[callbacks] allowed` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedCallback {
@@ -30,14 +70,12 @@ pub struct AllowedCallback {
 
 impl AllowedCallback {
     /// Parses `host-pattern[:port]` (`[v6]:port` for IPv6 literals).
-    pub fn parse(pattern: &str, allow_insecure: bool) -> Result<Self, String> {
+    pub fn parse(pattern: &str, allow_insecure: bool) -> Result<Self, CallbackRefused> {
         let pattern = pattern.trim().to_ascii_lowercase();
         let (host, port) = split_port(&pattern)?;
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*' | ':');
         if host.is_empty() || !host.chars().all(valid) {
-            return Err(format!(
-                "{pattern:?} is not a host pattern like \"*.example.com\" or \"callbacks.example.com:8443\""
-            ));
+            return Err(CallbackRefused::BadPattern(pattern));
         }
         Ok(AllowedCallback {
             host: host.to_owned(),
@@ -66,8 +104,8 @@ impl AllowedCallback {
     }
 }
 
-fn split_port(pattern: &str) -> Result<(&str, Option<u16>), String> {
-    let bad_port = || format!("{pattern:?} has an invalid port");
+fn split_port(pattern: &str) -> Result<(&str, Option<u16>), CallbackRefused> {
+    let bad_port = || CallbackRefused::BadPort(pattern.to_owned());
     if let Some(rest) = pattern.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(bad_port)?;
         return match after.strip_prefix(':') {
@@ -120,46 +158,44 @@ impl CallbackPolicy {
     /// Checks a callback URL before it is sealed and before each delivery: the scheme, the
     /// port and, for an address literal or `localhost`, the address. Names are checked again
     /// after resolution. The error names the rule that refused.
-    pub fn check_url(&self, url: &str) -> Result<(), String> {
+    pub fn check_url(&self, url: &str) -> Result<(), CallbackRefused> {
         let uri: Uri = url
             .parse()
-            .map_err(|_| format!("callback URL {url:?} is not a valid URL"))?;
+            .map_err(|_| CallbackRefused::NotAUrl(url.to_owned()))?;
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
-            return Err(format!(
-                "callback URL {url:?} must be an absolute http(s) URL"
-            ));
+            return Err(CallbackRefused::NotAbsolute(url.to_owned()));
         };
         let secure = match scheme {
             "https" => true,
             "http" => false,
-            _ => return Err(format!("callback URL {url:?} must use https")),
+            _ => return Err(CallbackRefused::OtherScheme(url.to_owned())),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         let listed: Vec<&AllowedCallback> = self.rules_for(host).collect();
         if !listed.is_empty() {
             let Some(rule) = listed.iter().find(|r| r.port.is_none_or(|p| p == port)) else {
-                return Err(format!(
-                    "callback URL {url:?} is not allowed: port {port} is not in the [callbacks] allowed rules for {host} ({})",
-                    listed
+                return Err(CallbackRefused::PortNotListed {
+                    url: url.to_owned(),
+                    port,
+                    host: host.to_owned(),
+                    rules: listed
                         .iter()
                         .map(|r| r.describe())
                         .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                        .join(", "),
+                });
             };
             if !secure && !rule.allow_insecure {
-                return Err(format!(
-                    "callback URL {url:?} must use https: the [callbacks] allowed rule {:?} does not set allow_insecure",
-                    rule.describe()
-                ));
+                return Err(CallbackRefused::InsecureNotAllowed {
+                    url: url.to_owned(),
+                    rule: rule.describe(),
+                });
             }
             return Ok(());
         }
         if !secure {
-            return Err(format!(
-                "callback URL {url:?} must use https: plain http only to hosts listed in [callbacks] allowed with allow_insecure = true"
-            ));
+            return Err(CallbackRefused::PlainHttp(url.to_owned()));
         }
         let literal = host.parse::<IpAddr>().ok();
         let loopback_name = host.eq_ignore_ascii_case("localhost")
@@ -192,10 +228,12 @@ impl CallbackPolicy {
     }
 }
 
-fn refused(url: &str, host: &str, why: &str) -> String {
-    format!(
-        "callback URL {url:?} is not allowed: {host} is {why}; callbacks go only to public addresses unless the host is listed in [callbacks] allowed"
-    )
+fn refused(url: &str, host: &str, why: &'static str) -> CallbackRefused {
+    CallbackRefused::NotPublic {
+        url: url.to_owned(),
+        host: host.to_owned(),
+        why,
+    }
 }
 
 /// Why `ip` is not a public address, if it is not.
@@ -345,7 +383,7 @@ mod tests {
             ("ftp://example.com/x", "https"),
             ("/relative", "absolute"),
         ] {
-            let error = p.check_url(url).unwrap_err();
+            let error = p.check_url(url).unwrap_err().to_string();
             assert!(error.contains(why), "{url}: {error}");
         }
     }
@@ -355,12 +393,18 @@ mod tests {
         let p = policy(&[("*.internal.example", false), ("127.0.0.1:9000", true)]);
         assert!(p.check_url("https://a.b.internal.example/cb").is_ok());
         assert!(p.check_url("http://127.0.0.1:9000/cb").is_ok());
-        let e = p.check_url("http://a.internal.example/cb").unwrap_err();
+        let e = p
+            .check_url("http://a.internal.example/cb")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("\"*.internal.example\" does not set allow_insecure"),
             "{e}"
         );
-        let e = p.check_url("http://127.0.0.1:9001/cb").unwrap_err();
+        let e = p
+            .check_url("http://127.0.0.1:9001/cb")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("port 9001 is not in the [callbacks] allowed rules"),
             "{e}"

@@ -450,7 +450,7 @@ async fn give_up(callbacks: &Callbacks, mut entry: SpoolEntry, reason: String) {
 async fn attempt(callbacks: &Callbacks, delivery: &Delivery, body: Bytes) -> Attempt {
     let timeout = callbacks.settings.attempt_timeout;
     if let Err(why) = callbacks.policy.check_url(&delivery.url) {
-        return Attempt::GiveUp(why);
+        return Attempt::GiveUp(why.to_string());
     }
     let uri: http::Uri = match delivery.url.parse() {
         Ok(uri) => uri,

@@ -113,7 +113,7 @@ fn allowed_callbacks(v: &toml::Value) -> Result<Vec<AllowedCallback>, String> {
                 None => false,
                 Some(b) => b.as_bool().ok_or("allow_insecure must be true or false")?,
             };
-            AllowedCallback::parse(host, insecure)
+            AllowedCallback::parse(host, insecure).map_err(|e| e.to_string())
         })
         .collect()
 }

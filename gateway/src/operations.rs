@@ -302,7 +302,7 @@ fn validate_callback_url(state: &State, url: &str) -> Result<(), GatewayError> {
         .callbacks
         .policy
         .check_url(url)
-        .map_err(GatewayError::bad_request)
+        .map_err(|refused| GatewayError::bad_request(refused.to_string()))
 }
 
 fn form_encode(value: &str) -> String {
