@@ -461,19 +461,7 @@ pub fn error_type(name: &str) -> Option<ErrorType> {
     ALL_ERROR_TYPES.iter().copied().find(|t| t.as_str() == name)
 }
 
-pub const ALL_ERROR_TYPES: [ErrorType; 11] = [
-    ErrorType::BadRequest,
-    ErrorType::Unauthenticated,
-    ErrorType::Unauthorized,
-    ErrorType::NotFound,
-    ErrorType::RequestTimeout,
-    ErrorType::Conflict,
-    ErrorType::ResourceExhausted,
-    ErrorType::Internal,
-    ErrorType::NotImplemented,
-    ErrorType::Unavailable,
-    ErrorType::UpstreamTimeout,
-];
+pub const ALL_ERROR_TYPES: [ErrorType; 11] = ErrorType::ALL;
 
 /// Serves [`reference_handler`] over plain HTTP/1.1 on 127.0.0.1:0, as an ordinary Nexus HTTP
 /// handler would be deployed. Returns its address; stops when the handle is dropped.

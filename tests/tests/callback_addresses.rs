@@ -84,17 +84,7 @@ async fn a_name_that_resolves_to_loopback_is_refused_at_delivery_without_connect
     ));
     let reply = send(&gw.client(&ns("orders")), post(uri, &[], "")).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    let query = reply.json()["query"].as_str().unwrap().to_owned();
-    let sealed = percent_encoding::percent_decode_str(query.strip_prefix("callback=").unwrap())
-        .decode_utf8()
-        .unwrap()
-        .into_owned();
-    let done = post(
-        sealed.parse().unwrap(),
-        &[("nexus-operation-state", "succeeded")],
-        "ok",
-    );
-    assert_eq!(send(&gw.client(&ns("billing")), done).await.status, 200);
+    complete_through(&gw, &reply, "ok").await;
     let admin = gw.client(&admin());
     let failed = gw.uri("/api/v1/callbacks?state=failed");
     let mut last_error = String::new();
@@ -115,6 +105,22 @@ async fn a_name_that_resolves_to_loopback_is_refused_at_delivery_without_connect
     );
     assert!(last_error.starts_with(&refused), "{last_error}");
     assert_eq!(receiver.connections.load(Ordering::SeqCst), 0);
+}
+
+/// Completes, as the handler namespace, the operation whose start `reply` reports (the
+/// reference handler echoes the query it got, with the sealed callback URL).
+async fn complete_through(gw: &TestGateway, reply: &Reply, result: &'static str) {
+    let query = reply.json()["query"].as_str().unwrap().to_owned();
+    let sealed = percent_encoding::percent_decode_str(query.strip_prefix("callback=").unwrap())
+        .decode_utf8()
+        .unwrap()
+        .into_owned();
+    let done = post(
+        sealed.parse().unwrap(),
+        &[("nexus-operation-state", "succeeded")],
+        result,
+    );
+    assert_eq!(send(&gw.client(&ns("billing")), done).await.status, 200);
 }
 
 fn get(uri: http::Uri) -> http::Request<http_body_util::Full<bytes::Bytes>> {
@@ -153,17 +159,7 @@ async fn callback_headers_never_supply_framing_routing_or_gateway_headers() {
     )
     .await;
     assert_eq!(reply.status, 200);
-    let query = reply.json()["query"].as_str().unwrap().to_owned();
-    let sealed = percent_encoding::percent_decode_str(query.strip_prefix("callback=").unwrap())
-        .decode_utf8()
-        .unwrap()
-        .into_owned();
-    let done = post(
-        sealed.parse().unwrap(),
-        &[("nexus-operation-state", "succeeded")],
-        "result",
-    );
-    assert_eq!(send(&gw.client(&ns("billing")), done).await.status, 200);
+    complete_through(&gw, &reply, "result").await;
     let got = receiver.next(BOUND).await.expect("delivered");
     assert_eq!(got.header("token"), Some("caller-token"));
     assert_eq!(got.header("host"), Some(receiver.addr.to_string().as_str()));
