@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Instructions per request on the worker path (W1's path: caller -> gateway -> polling worker),
+# under valgrind callgrind, so old and new binaries compare exactly whatever else the machine
+# does. Only the gateway runs under valgrind; the caller and the worker are small Python
+# clients over mTLS keep-alive connections (HTTP/1.1).
+# Usage: bench/scripts/instructions-worker-path.sh GATEWAY_BIN [GATEWAY_BIN ...] [-n N]
+# Needs: valgrind, python3, curl. A few minutes per binary.
+set -euo pipefail
+N=1000; BINS=()
+while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; *) BINS+=("$(realpath "$1")"); shift;; esac; done
+[ ${#BINS[@]} -gt 0 ] || { echo "usage: $0 GATEWAY_BIN [GATEWAY_BIN ...] [-n N]" >&2; exit 64; }
+W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
+free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+B0=${BINS[0]}
+"$B0" certs init --dir "$W/pki" >/dev/null
+for id in "--namespace caller" "--namespace handler" "--admin ops"; do "$B0" certs issue --dir "$W/pki" $id >/dev/null; done
+cat > "$W/worker.py" <<'PY'
+import ssl, sys, http.client
+port, d = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=d + "/ca.pem"); ctx.check_hostname = False
+ctx.load_cert_chain(d + "/ns-handler.pem", d + "/ns-handler-key.pem")
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+c.request("POST", "/api/v1/namespaces/handler/task-queues/q/nexus-tasks/poll", headers={"Request-Timeout": "30s"})
+r = c.getresponse()
+while True:
+    body = r.read()
+    if r.status == 200:
+        token = r.getheader("Nexus-Task-Token")
+        c.request("POST", f"/api/v1/nexus-tasks/{token}/response?next-task-queue=q", body=b'{"ok":true}',
+                  headers={"Nexus-Task-Status": "200", "Content-Type": "application/json", "Request-Timeout": "30s"})
+    else:
+        c.request("POST", "/api/v1/namespaces/handler/task-queues/q/nexus-tasks/poll", headers={"Request-Timeout": "30s"})
+    r = c.getresponse()
+PY
+cat > "$W/client.py" <<'PY'
+import ssl, sys, http.client
+port, n, d = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=d + "/ca.pem"); ctx.check_hostname = False
+ctx.load_cert_chain(d + "/ns-caller.pem", d + "/ns-caller-key.pem")
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx); ok = 0
+for _ in range(n):
+    c.request("POST", "/nexus/endpoints/wk/services/s/o", body=b'{"hello":"nexus"}', headers={"Content-Type": "application/json"})
+    r = c.getresponse(); r.read(); ok += r.status == 200
+sys.exit(0 if ok == n else 1)
+PY
+cat > "$W/gw.toml" <<'T'
+[inbound]
+per_caller_rate = 0
+per_endpoint_rate = 0
+per_caller_endpoint_rate = 0
+T
+total() { grep -h '^totals:' "$1" | awk '{print $2}'; }
+stop() { for _ in $(seq 1 30); do kill -TERM "$1" 2>/dev/null || break; sleep 2; done; wait "$1" 2>/dev/null || true; }
+run() { # bin n -> instructions
+  local bin=$1 n=$2 gwp ops; gwp=$(free); ops=$(free); rm -rf "$W/data"
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.$n" "$bin" serve --config "$W/gw.toml" \
+    --data-dir "$W/data" --listen "127.0.0.1:$gwp" --ops-listen "127.0.0.1:$ops" --shutdown-grace 1 \
+    --tls-ca "$W/pki/ca.pem" --tls-cert "$W/pki/server.pem" --tls-key "$W/pki/server-key.pem" >"$W/gw.log" 2>&1 &
+  local p=$!
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$ops/readyz" >/dev/null && break; sleep 0.2; done
+  "$bin" endpoint create --gateway "https://127.0.0.1:$gwp" --ca "$W/pki/ca.pem" --cert "$W/pki/admin-ops.pem" \
+    --key "$W/pki/admin-ops-key.pem" --name wk --target-namespace handler --target-task-queue q --allow-caller caller >/dev/null
+  python3 "$W/worker.py" "$gwp" "$W/pki" & local wp=$!
+  python3 "$W/client.py" "$gwp" "$n" "$W/pki"
+  kill "$wp" 2>/dev/null || true; stop $p
+  total "$W/cg.$n"
+}
+for bin in "${BINS[@]}"; do
+  per=$(( ($(run "$bin" "$N") - $(run "$bin" 0)) / N ))
+  echo "worker path, instructions per request: $per  ($bin)"
+done
