@@ -333,6 +333,42 @@ pub async fn try_send(client: &HttpClient, request: Request<Full<Bytes>>) -> Res
     .map_err(|_| "request not answered in time".to_string())?
 }
 
+/// The TLS alert somewhere in `error`'s source chain: a `rustls::Error::AlertReceived`, on its
+/// own or inside an `std::io::Error`.
+pub fn alert_in(error: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return Some(*alert);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// Sends a request the gateway must refuse during the TLS handshake; returns the alert the
+/// client received (panics on an answer, or on a failure that carries no alert). Use an
+/// HTTP/1.1 client: over HTTP/2, `h2` keeps only the text of an I/O error, not the
+/// `rustls::Error` in it.
+pub async fn handshake_alert(
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+) -> rustls::AlertDescription {
+    let result = tokio::time::timeout(REQUEST_BOUND, client.request(request))
+        .await
+        .expect("handshake refused in time");
+    let error = match result {
+        Ok(response) => panic!("answered {} instead of refused", response.status()),
+        Err(error) => error,
+    };
+    alert_in(&error).unwrap_or_else(|| panic!("no TLS alert in {error:?}"))
+}
+
 /// A POST with a body and headers.
 pub fn post(uri: Uri, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
     let mut builder = Request::post(uri);

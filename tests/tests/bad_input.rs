@@ -5,9 +5,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use nexus_certs::Identity;
+use nexus_certs::{Ca, Identity};
 use nexus_e2e::*;
 use nexus_gateway::client::{HttpVersions, http_client};
+use rustls::AlertDescription;
 
 fn op(gw: &TestGateway, rest: &str) -> http::Uri {
     gw.uri(&format!("/nexus/endpoints/payments/services/{rest}"))
@@ -43,25 +44,31 @@ fn anonymous_client(gw: &TestGateway) -> nexus_gateway::client::HttpClient {
 #[tokio::test]
 async fn no_client_certificate_fails_the_handshake() {
     let gw = gateway().await;
-    let result = try_send(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
-    assert!(
-        result.is_err(),
-        "got an answer without a client certificate: {result:?}"
-    );
+    let alert = handshake_alert(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
+    // TLS 1.3: the gateway asks for a certificate and refuses the handshake without one.
+    assert_eq!(alert, AlertDescription::CertificateRequired);
 }
 
 #[tokio::test]
 async fn certificate_from_another_ca_fails_the_handshake() {
     let gw = gateway().await;
-    let stranger = Pki::new();
-    let mut material = stranger.client_material(&ns("orders"));
-    material.ca = vec![gw.pki.ca.cert_der()];
-    let client = http_client(&material, HttpVersions::Any).unwrap();
-    let result = try_send(&client, post(op(&gw, "svc/echo"), &[], "")).await;
-    assert!(
-        result.is_err(),
-        "got an answer with an untrusted certificate: {result:?}"
-    );
+    // A CA the gateway has never heard of; and one posing under the gateway CA's own name,
+    // whose signature does not verify with the gateway CA's key.
+    let strangers = [
+        (
+            Ca::generate("another CA").unwrap(),
+            AlertDescription::UnknownCA,
+        ),
+        (Pki::new().ca, AlertDescription::DecryptError),
+    ];
+    for (ca, expected) in strangers {
+        let stranger = Pki { ca };
+        let mut material = stranger.client_material(&ns("orders"));
+        material.ca = vec![gw.pki.ca.cert_der()];
+        let client = http_client(&material, HttpVersions::Http1Only).unwrap();
+        let alert = handshake_alert(&client, post(op(&gw, "svc/echo"), &[], "")).await;
+        assert_eq!(alert, expected);
+    }
 }
 
 #[tokio::test]
