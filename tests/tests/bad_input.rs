@@ -490,8 +490,13 @@ async fn slow_clients_are_cut_off_by_header_and_body_timeouts() {
     assert_eq!(reply.status, 520);
 }
 
-/// A request body fed by hand, so a test can hold the stream open after the answer.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+/// A request body fed by hand, so a test can hold the stream open after the answer. When the
+/// client drops it, `done` says whether it was read to its end (sent whole) or given up.
+struct ChannelBody {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    ended: bool,
+    done: Option<tokio::sync::oneshot::Sender<bool>>,
+}
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
@@ -501,9 +506,19 @@ impl http_body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|data| Ok(http_body::Frame::data(data))))
+        let polled = self.chunks.poll_recv(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled.map(|chunk| chunk.map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(self.ended);
+        }
     }
 }
 
@@ -516,10 +531,16 @@ async fn early_answers_over_http2_do_not_reset_a_body_still_being_sent() {
     let client =
         http_client::<ChannelBody>(&gw.pki.client_material(&ns("intruders")), HttpVersions::Any)
             .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (tx, chunks) = tokio::sync::mpsc::channel(1);
+    let (done, sent) = tokio::sync::oneshot::channel();
+    let body = |chunks, done| ChannelBody {
+        chunks,
+        ended: false,
+        done,
+    };
     let request = Request::post(op(&gw, "svc/op"))
         .header("content-length", "10")
-        .body(ChannelBody(rx))
+        .body(body(chunks, Some(done)))
         .unwrap();
     tx.send(Bytes::from_static(b"hello")).await.unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
@@ -528,18 +549,34 @@ async fn early_answers_over_http2_do_not_reset_a_body_still_being_sent() {
         .unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 403);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let message = String::from_utf8_lossy(&body);
+    let answer = response.into_body().collect().await.unwrap().to_bytes();
+    let message = String::from_utf8_lossy(&answer);
     assert!(
         message.contains("not allowed to call endpoint"),
         "{message}"
     );
-    // Time for a reset to arrive, if the gateway sent one: it would end the client's body
-    // pipe and drop the channel's receiver.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A reset, if the gateway sent one, would have gone out with the end of that answer, ahead
+    // of anything it sends on the connection later: once a later request on the same
+    // connection is answered, the client has seen it.
+    let (_no_more, empty) = tokio::sync::mpsc::channel(1);
+    drop(_no_more);
+    let later = Request::post(op(&gw, "svc/op"))
+        .body(body(empty, None))
+        .unwrap();
+    let later = tokio::time::timeout(Duration::from_secs(10), client.request(later))
+        .await
+        .expect("later answer in time")
+        .unwrap();
+    assert_eq!(later.status(), 403);
     tx.send(Bytes::from_static(b"world"))
         .await
         .expect("the stream still takes the rest of the body");
+    drop(tx);
+    let whole = tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .expect("body finished in time")
+        .unwrap();
+    assert!(whole, "the client gave up the body: the stream was reset");
 }
 
 #[tokio::test]
