@@ -246,7 +246,11 @@ async fn stalled_destination_is_capped_and_healthy_ones_are_untouched() {
 async fn failing_destination_opens_the_breaker_and_gets_503_at_once() {
     let mut receiver = Receiver::start(503).await;
     let gw = TestGateway::start().await;
-    gw.external_endpoint("flaky", &format!("http://{}", receiver.addr), &["orders"]);
+    gw.external_endpoint(
+        "flaky",
+        &format!("http://{}", receiver.addr),
+        &["orders", "shipping"],
+    );
     let caller = gw.client(&ns("orders"));
     let call = || post(gw.uri("/nexus/endpoints/flaky/services/s/o"), &[], "");
     for _ in 0..6 {
@@ -262,8 +266,27 @@ async fn failing_destination_opens_the_breaker_and_gets_503_at_once() {
     );
     let retry_after: u64 = open.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after));
+    // Another caller has a lane (and breaker) of its own to the same destination: its call,
+    // made after the refusal, is the next (and only) request the destination sees.
+    let other = send(
+        &gw.client(&ns("shipping")),
+        post(gw.uri("/nexus/endpoints/flaky/services/s/o"), &[], ""),
+    )
+    .await;
+    assert_eq!(other.status, 503);
     assert!(
-        receiver.next(Duration::from_millis(300)).await.is_none(),
+        !String::from_utf8_lossy(&other.body).contains("circuit breaker open"),
+        "{:?}",
+        other.body
+    );
+    let next = receiver.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        next.header("nexus-caller-namespace"),
+        Some("shipping"),
+        "the open breaker sends nothing"
+    );
+    assert!(
+        receiver.captured.try_recv().is_err(),
         "the open breaker sends nothing"
     );
 }
