@@ -369,6 +369,14 @@ pub async fn handshake_alert(
     alert_in(&error).unwrap_or_else(|| panic!("no TLS alert in {error:?}"))
 }
 
+/// A port on 127.0.0.1 that is bound but not listening: connections to it are refused, and
+/// no one else can take it until the socket is dropped or turned into a listener.
+pub fn reserved_port() -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket
+}
+
 /// A POST with a body and headers.
 pub fn post(uri: Uri, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
     let mut builder = Request::post(uri);
@@ -586,11 +594,16 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(status: u16) -> Receiver {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), status).await
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, status)
     }
 
-    pub async fn start_on(addr: SocketAddr, status: u16) -> Receiver {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    /// Starts listening on a port held by [`reserved_port`] (a receiver that was down).
+    pub async fn start_on(socket: tokio::net::TcpSocket, status: u16) -> Receiver {
+        Self::serve(socket.listen(1024).unwrap(), status)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, status: u16) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(std::sync::atomic::AtomicU16::new(status));
         let body = Arc::new(std::sync::Mutex::new(Bytes::new()));

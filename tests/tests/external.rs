@@ -127,10 +127,9 @@ async fn slow_external_handler_gets_520_and_dead_one_503() {
     let gw = TestGateway::start().await;
     let (addr, _stop) = serve_reference_handler().await;
     gw.external_endpoint("payments", &format!("http://{addr}"), &["orders"]);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Held for the whole test: nothing listens there, and nothing else can start to.
+    let dead_port = reserved_port();
+    let dead = dead_port.local_addr().unwrap();
     gw.external_endpoint("dead", &format!("http://{dead}"), &["orders"]);
     let caller = gw.client(&ns("orders"));
     let slow = send(

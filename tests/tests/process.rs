@@ -698,10 +698,9 @@ async fn accepted_completions_survive_kill_9() {
     assert_eq!(send(&client_for(&admin()), create).await.status, 200);
 
     // The caller's receiver is down while the completions are accepted.
-    let receiver_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Held until the receiver starts on it, so no one else can take the port meanwhile.
+    let receiver_port = reserved_port();
+    let receiver_addr = receiver_port.local_addr().unwrap();
     let caller = client_for(&ns("orders"));
     let handler = client_for(&ns("billing"));
     let poll = format!("{base}/api/v1/namespaces/billing/task-queues/charges/nexus-tasks/poll");
@@ -778,7 +777,7 @@ async fn accepted_completions_survive_kill_9() {
         .await
         .unwrap();
 
-    let mut receiver = Receiver::start_on(receiver_addr, 200).await;
+    let mut receiver = Receiver::start_on(receiver_port, 200).await;
     let d = dir.path().to_path_buf();
     let (_gw, new_port) = tokio::task::spawn_blocking(move || start_serve(&d))
         .await
