@@ -580,9 +580,17 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     settings.poll_timeout = Duration::from_secs(5);
     let worker = nexus_gateway::worker::Worker::new(settings, worker_client);
     let stop = tokio_util::sync::CancellationToken::new();
+    // Says when the handler has the slow call.
+    let (reached, mut handler_has_it) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let handler = tower::service_fn(
+        move |request: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            let _ = reached.send(());
+            reference_handler(request)
+        },
+    );
     tokio::spawn({
         let stop = stop.clone();
-        async move { worker.run(tower::service_fn(reference_handler), stop).await }
+        async move { worker.run(handler, stop).await }
     });
 
     let caller = nexus_gateway::client::http_client(&files("orders"), Default::default()).unwrap();
@@ -603,8 +611,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             .await
         }
     });
-    // Give the slow call time to reach the worker, then ask the gateway to stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the slow call is with the worker, ask the gateway to stop.
+    tokio::time::timeout(Duration::from_secs(10), handler_has_it.recv())
+        .await
+        .expect("the slow call reaches the worker in time")
+        .unwrap();
     gw.signal("TERM");
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, 200, "in-flight request finished during drain");
