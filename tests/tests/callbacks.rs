@@ -182,7 +182,16 @@ async fn expired_token_is_refused() {
     let _worker = gw.start_worker("billing", "charges");
     let receiver = Receiver::start(200).await;
     let url = start_with_callback(&gw, &receiver).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The token was sealed before the start was answered, to expire 1 ms later: wait until the
+    // clock is past that.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let expired_by = now_ms() + 1;
+    eventually("the token expired", BOUND, async || now_ms() > expired_by).await;
     let reply = send(
         &gw.client(&ns("billing")),
         completion(&url, "succeeded", ""),
