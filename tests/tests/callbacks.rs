@@ -371,6 +371,17 @@ async fn long_callbacks_get_a_short_url_and_still_reach_the_caller() {
     // Short callbacks still travel inside their URL.
     let short = start_with_callback(&gw, &receiver).await;
     assert!(short.len() > 200, "claims sealed in the URL: {short}");
+    // Completed after the repeat was answered, the short one is the next (and only) delivery:
+    // the repeat was not delivered.
+    let ack = send(&handler, completion(&short, "succeeded", "short")).await;
+    assert_eq!(ack.status, 200, "{:?}", ack.body);
+    let next = receiver.next(BOUND).await.expect("delivered");
+    assert_eq!(
+        (next.header("temporal-callback-token"), next.body.as_ref()),
+        (Some("caller-secret"), &b"short"[..]),
+        "the repeated completion was delivered again"
+    );
+    assert!(receiver.captured.try_recv().is_err());
 }
 
 /// The ids of the completions the spool holds (pending or failed).
