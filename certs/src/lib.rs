@@ -274,9 +274,22 @@ mod tests {
 
     struct Outcome {
         /// What the server saw, or its error.
-        server: Result<ServerView, String>,
+        server: Result<ServerView, std::io::Error>,
         /// What the client read after the handshake, or its error.
-        client: Result<Vec<u8>, String>,
+        client: Result<Vec<u8>, std::io::Error>,
+    }
+
+    /// The TLS error inside an I/O error of a handshake.
+    fn tls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+        error.get_ref()?.downcast_ref::<rustls::Error>()
+    }
+
+    /// The alert a peer's handshake failed with, as that peer received it.
+    fn alert_received(error: &std::io::Error) -> Option<rustls::AlertDescription> {
+        match tls_error(error)? {
+            rustls::Error::AlertReceived(alert) => Some(*alert),
+            _ => None,
+        }
     }
 
     fn timeouts(sock: &TcpStream) {
@@ -293,18 +306,18 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = Arc::new(server);
-        let server_thread = thread::spawn(move || {
-            let (mut sock, _) = listener.accept().map_err(|e| e.to_string())?;
+        let server_thread = thread::spawn(move || -> std::io::Result<ServerView> {
+            let (mut sock, _) = listener.accept()?;
             timeouts(&sock);
-            let mut conn = ServerConnection::new(server).map_err(|e| e.to_string())?;
+            let mut conn = ServerConnection::new(server).map_err(std::io::Error::other)?;
             while conn.is_handshaking() {
-                conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+                conn.complete_io(&mut sock)?;
             }
             let peer = conn.peer_certificates().map(|c| c.to_vec());
             let alpn = conn.alpn_protocol().map(|p| p.to_vec());
-            conn.writer().write_all(b"ok").map_err(|e| e.to_string())?;
+            conn.writer().write_all(b"ok")?;
             while conn.wants_write() {
-                conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+                conn.complete_io(&mut sock)?;
             }
             // Wait (bounded) for the client to hang up so "ok" is not cut off by a reset.
             let _ = sock.read(&mut [0; 256]);
@@ -318,8 +331,7 @@ mod tests {
         let mut buf = [0; 2];
         let client = rustls::Stream::new(&mut conn, &mut sock)
             .read_exact(&mut buf)
-            .map(|()| buf.to_vec())
-            .map_err(|e| e.to_string());
+            .map(|()| buf.to_vec());
         drop(sock);
         Outcome {
             server: server_thread.join().unwrap(),
@@ -392,8 +404,21 @@ mod tests {
             "localhost",
         );
         let err = out.server.unwrap_err();
-        assert!(err.contains("UnknownIssuer"), "{err}");
-        assert!(out.client.is_err());
+        assert!(
+            matches!(
+                tls_error(&err),
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                ))
+            ),
+            "{err}"
+        );
+        let err = out.client.unwrap_err();
+        assert_eq!(
+            alert_received(&err),
+            Some(rustls::AlertDescription::UnknownCA),
+            "{err}"
+        );
     }
 
     #[test]
@@ -406,8 +431,20 @@ mod tests {
             .with_no_client_auth();
         let out = handshake(server_config(&s.server).unwrap(), client, "localhost");
         let err = out.server.unwrap_err();
-        assert!(err.contains("no certificates"), "{err}");
-        assert!(out.client.is_err());
+        assert!(
+            matches!(
+                tls_error(&err),
+                Some(rustls::Error::NoCertificatesPresented)
+            ),
+            "{err}"
+        );
+        // TLS 1.3 names the missing certificate in its alert.
+        let err = out.client.unwrap_err();
+        assert_eq!(
+            alert_received(&err),
+            Some(rustls::AlertDescription::CertificateRequired),
+            "{err}"
+        );
     }
 
     #[test]
@@ -426,8 +463,21 @@ mod tests {
             "localhost",
         );
         let err = out.client.unwrap_err();
-        assert!(err.contains("UnknownIssuer"), "{err}");
-        assert!(out.server.is_err());
+        assert!(
+            matches!(
+                tls_error(&err),
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                ))
+            ),
+            "{err}"
+        );
+        let err = out.server.unwrap_err();
+        assert_eq!(
+            alert_received(&err),
+            Some(rustls::AlertDescription::UnknownCA),
+            "{err}"
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Sources<'a> {
     pub outbound: &'a nexus_outbound_queue::OutboundQueue,
     pub completions: CompletionCounts,
     pub attribution_last_seq: Option<u64>,
+    /// Metering reads parked until a record after theirs is written.
+    pub attribution_waiting_reads: usize,
     pub tls_reloads: &'a ReloadStats,
     pub registry: &'a nexus_registry::Registry,
 }
@@ -201,6 +203,13 @@ pub fn render(state: &Sources<'_>) -> String {
         out.push_str("# HELP nexus_gateway_attribution_last_seq Sequence number of the last attribution record written.\n");
         out.push_str("# TYPE nexus_gateway_attribution_last_seq gauge\n");
         let _ = writeln!(out, "nexus_gateway_attribution_last_seq {last_seq}");
+        out.push_str("# HELP nexus_gateway_attribution_waiting_reads Metering reads waiting for a new attribution record.\n");
+        out.push_str("# TYPE nexus_gateway_attribution_waiting_reads gauge\n");
+        let _ = writeln!(
+            out,
+            "nexus_gateway_attribution_waiting_reads {}",
+            state.attribution_waiting_reads
+        );
     }
     let reloads = state.tls_reloads;
     out.push_str("# HELP nexus_gateway_tls_reloads_total TLS certificate reloads by result.\n");

@@ -31,6 +31,10 @@ fn metrics(state: &State) -> String {
         outbound: &state.outbound,
         completions: state.callbacks.counts(),
         attribution_last_seq: state.attribution.as_ref().map(|log| log.last_seq()),
+        attribution_waiting_reads: state
+            .attribution
+            .as_ref()
+            .map_or(0, |log| log.waiting_reads()),
         tls_reloads: &state.tls_reloads,
         registry: &state.registry,
     })

@@ -1,9 +1,8 @@
 //! Crash safety: a writer process killed with SIGKILL loses no acknowledged
 //! write.
 //!
-//! The test re-executes this test binary with `CRASH_CHILD_DB` set, which
-//! turns `crash_child` into a writer that prints `ACK <id>` after each
-//! create returns.
+//! The test re-executes itself with `CRASH_CHILD_DB` set, which turns it into
+//! a writer that prints `ACK <id> <version>` after each write returns.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -34,32 +33,12 @@ fn spec(i: u64) -> EndpointSpec {
     }
 }
 
-/// Writer mode when `CRASH_CHILD_DB` is set; a no-op otherwise.
-#[test]
-fn crash_child() {
-    let Some(path) = std::env::var_os(CHILD_ENV) else {
-        return;
-    };
-    let registry = Registry::open(path.as_ref()).unwrap();
-    let mut stdout = std::io::stdout().lock();
-    // libtest has already printed `test crash_child ... ` with no newline.
-    writeln!(stdout).unwrap();
-    // Bounded in case the parent dies without killing us.
-    for i in 0..100_000 {
-        let endpoint = registry.create(spec(i)).unwrap();
-        // Every other endpoint is also updated, so replaces are exercised.
-        let endpoint = if i % 2 == 0 {
-            registry.update(&endpoint.id, 1, spec(i)).unwrap()
-        } else {
-            endpoint
-        };
-        writeln!(stdout, "ACK {} {}", endpoint.id, endpoint.version).unwrap();
-        stdout.flush().unwrap();
-    }
-}
-
+/// The test itself by default; the writer child when `CRASH_CHILD_DB` is set.
 #[test]
 fn acknowledged_writes_survive_sigkill() {
+    if let Some(path) = std::env::var_os(CHILD_ENV) {
+        return crash_child(path.as_ref());
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("registry.redb");
     let mut acked = Vec::new();
@@ -91,11 +70,39 @@ fn acknowledged_writes_survive_sigkill() {
     );
 }
 
+/// The writer: creates (and every other time also updates) endpoints until killed,
+/// acknowledging each on stdout once the registry call returned.
+fn crash_child(path: &Path) {
+    let registry = Registry::open(path).unwrap();
+    let mut stdout = std::io::stdout().lock();
+    // libtest has already printed `test acknowledged_writes_survive_sigkill ... ` with no
+    // newline.
+    writeln!(stdout).unwrap();
+    // Bounded in case the parent dies without killing us.
+    for i in 0..100_000 {
+        let endpoint = registry.create(spec(i)).unwrap();
+        // Every other endpoint is also updated, so replaces are exercised.
+        let endpoint = if i % 2 == 0 {
+            registry.update(&endpoint.id, 1, spec(i)).unwrap()
+        } else {
+            endpoint
+        };
+        writeln!(stdout, "ACK {} {}", endpoint.id, endpoint.version).unwrap();
+        stdout.flush().unwrap();
+    }
+    panic!("the writer was not killed");
+}
+
 /// Runs a writer child on `path`, SIGKILLs it `delay` after some acknowledged
 /// writes and returns every (id, version) it acknowledged.
 fn run_and_kill_child(path: &Path, delay: Duration) -> Vec<(String, u64)> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "acknowledged_writes_survive_sigkill",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -333,6 +333,50 @@ pub async fn try_send(client: &HttpClient, request: Request<Full<Bytes>>) -> Res
     .map_err(|_| "request not answered in time".to_string())?
 }
 
+/// The TLS alert somewhere in `error`'s source chain: a `rustls::Error::AlertReceived`, on its
+/// own or inside an `std::io::Error`.
+pub fn alert_in(error: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return Some(*alert);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// Sends a request the gateway must refuse during the TLS handshake; returns the alert the
+/// client received (panics on an answer, or on a failure that carries no alert). Use an
+/// HTTP/1.1 client: over HTTP/2, `h2` keeps only the text of an I/O error, not the
+/// `rustls::Error` in it.
+pub async fn handshake_alert(
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+) -> rustls::AlertDescription {
+    let result = tokio::time::timeout(REQUEST_BOUND, client.request(request))
+        .await
+        .expect("handshake refused in time");
+    let error = match result {
+        Ok(response) => panic!("answered {} instead of refused", response.status()),
+        Err(error) => error,
+    };
+    alert_in(&error).unwrap_or_else(|| panic!("no TLS alert in {error:?}"))
+}
+
+/// A port on 127.0.0.1 that is bound but not listening: connections to it are refused, and
+/// no one else can take it until the socket is dropped or turned into a listener.
+pub fn reserved_port() -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket
+}
+
 /// A POST with a body and headers.
 pub fn post(uri: Uri, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
     let mut builder = Request::post(uri);
@@ -550,11 +594,16 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(status: u16) -> Receiver {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), status).await
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, status)
     }
 
-    pub async fn start_on(addr: SocketAddr, status: u16) -> Receiver {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    /// Starts listening on a port held by [`reserved_port`] (a receiver that was down).
+    pub async fn start_on(socket: tokio::net::TcpSocket, status: u16) -> Receiver {
+        Self::serve(socket.listen(1024).unwrap(), status)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, status: u16) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(std::sync::atomic::AtomicU16::new(status));
         let body = Arc::new(std::sync::Mutex::new(Bytes::new()));

@@ -240,7 +240,15 @@ async fn only_metering_reads_and_paging_and_waiting_work() {
         let uri = gw.uri("/api/v1/attribution/events?after=5&wait=20s");
         async move { send(&client, get(uri)).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gw_ref = &gw;
+    eventually("the read is waiting", Duration::from_secs(10), async || {
+        gw_ref
+            .ops_get("/metrics")
+            .await
+            .1
+            .contains("nexus_gateway_attribution_waiting_reads 1")
+    })
+    .await;
     send(&caller, post(op(&gw, "none", "s/o"), &[], "")).await;
     let reply = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await

@@ -5,9 +5,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use nexus_certs::Identity;
+use nexus_certs::{Ca, Identity};
 use nexus_e2e::*;
 use nexus_gateway::client::{HttpVersions, http_client};
+use rustls::AlertDescription;
 
 fn op(gw: &TestGateway, rest: &str) -> http::Uri {
     gw.uri(&format!("/nexus/endpoints/payments/services/{rest}"))
@@ -43,25 +44,31 @@ fn anonymous_client(gw: &TestGateway) -> nexus_gateway::client::HttpClient {
 #[tokio::test]
 async fn no_client_certificate_fails_the_handshake() {
     let gw = gateway().await;
-    let result = try_send(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
-    assert!(
-        result.is_err(),
-        "got an answer without a client certificate: {result:?}"
-    );
+    let alert = handshake_alert(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
+    // TLS 1.3: the gateway asks for a certificate and refuses the handshake without one.
+    assert_eq!(alert, AlertDescription::CertificateRequired);
 }
 
 #[tokio::test]
 async fn certificate_from_another_ca_fails_the_handshake() {
     let gw = gateway().await;
-    let stranger = Pki::new();
-    let mut material = stranger.client_material(&ns("orders"));
-    material.ca = vec![gw.pki.ca.cert_der()];
-    let client = http_client(&material, HttpVersions::Any).unwrap();
-    let result = try_send(&client, post(op(&gw, "svc/echo"), &[], "")).await;
-    assert!(
-        result.is_err(),
-        "got an answer with an untrusted certificate: {result:?}"
-    );
+    // A CA the gateway has never heard of; and one posing under the gateway CA's own name,
+    // whose signature does not verify with the gateway CA's key.
+    let strangers = [
+        (
+            Ca::generate("another CA").unwrap(),
+            AlertDescription::UnknownCA,
+        ),
+        (Pki::new().ca, AlertDescription::DecryptError),
+    ];
+    for (ca, expected) in strangers {
+        let stranger = Pki { ca };
+        let mut material = stranger.client_material(&ns("orders"));
+        material.ca = vec![gw.pki.ca.cert_der()];
+        let client = http_client(&material, HttpVersions::Http1Only).unwrap();
+        let alert = handshake_alert(&client, post(op(&gw, "svc/echo"), &[], "")).await;
+        assert_eq!(alert, expected);
+    }
 }
 
 #[tokio::test]
@@ -345,8 +352,26 @@ async fn unknown_task_token_gets_404_and_unknown_route_404() {
     assert_eq!(reply.error_type(), "NOT_FOUND");
 }
 
-/// Writes raw HTTP/1.1 over mTLS and returns the status line of the answer.
-async fn raw_status_line(gw: &TestGateway, request: String) -> String {
+/// How a raw exchange ended: everything the gateway sent, then how the connection closed.
+struct RawAnswer {
+    bytes: Vec<u8>,
+    /// `None`: a clean end of stream; else the error the read ended with.
+    end: Option<std::io::ErrorKind>,
+}
+
+impl RawAnswer {
+    fn status_line(&self) -> String {
+        String::from_utf8_lossy(&self.bytes)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Writes raw HTTP/1.1 over mTLS and reads the answer until the status line is in, or (with
+/// `to_close`) until the gateway closes the connection.
+async fn raw_exchange(gw: &TestGateway, request: String, to_close: bool) -> RawAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let config =
         nexus_certs::client_config(&gw.pki.client_material(&ns("orders")), &[b"http/1.1"]).unwrap();
@@ -355,24 +380,32 @@ async fn raw_status_line(gw: &TestGateway, request: String) -> String {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     tls.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
+    let mut answer = RawAnswer {
+        bytes: Vec::new(),
+        end: None,
+    };
     let mut buf = [0u8; 4096];
     let read = async {
-        while !answer.windows(2).any(|w| w == b"\r\n") {
+        while to_close || !answer.bytes.windows(2).any(|w| w == b"\r\n") {
             match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Ok(0) => break,
+                Ok(n) => answer.bytes.extend_from_slice(&buf[..n]),
+                Err(e) => {
+                    answer.end = Some(e.kind());
+                    break;
+                }
             }
         }
     };
     tokio::time::timeout(REQUEST_BOUND, read)
         .await
         .expect("answer in time");
-    String::from_utf8_lossy(&answer)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    answer
+}
+
+/// Writes raw HTTP/1.1 over mTLS and returns the status line of the answer.
+async fn raw_status_line(gw: &TestGateway, request: String) -> String {
+    raw_exchange(gw, request, false).await.status_line()
 }
 
 #[tokio::test]
@@ -429,15 +462,17 @@ async fn slow_clients_are_cut_off_by_header_and_body_timeouts() {
     })
     .await;
     gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
-    // Headers never finished: the connection is closed, no request is served.
-    let line = raw_status_line(
+    // Headers never finished: no request to answer, so no answer; the connection is closed.
+    let cut = raw_exchange(
         &gw,
         "POST /nexus/endpoints/payments/services/svc/echo HTTP/1.1\r\nhost: loc".into(),
+        true,
     )
     .await;
-    assert!(
-        line.is_empty() || line.starts_with("HTTP/1.1 408"),
-        "{line:?}"
+    // Dropped, without even a TLS close_notify.
+    assert_eq!(
+        (String::from_utf8_lossy(&cut.bytes).as_ref(), cut.end),
+        ("", Some(std::io::ErrorKind::UnexpectedEof))
     );
     // A body that stops arriving: 408 REQUEST_TIMEOUT.
     let line = raw_status_line(
@@ -455,8 +490,13 @@ async fn slow_clients_are_cut_off_by_header_and_body_timeouts() {
     assert_eq!(reply.status, 520);
 }
 
-/// A request body fed by hand, so a test can hold the stream open after the answer.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+/// A request body fed by hand, so a test can hold the stream open after the answer. When the
+/// client drops it, `done` says whether it was read to its end (sent whole) or given up.
+struct ChannelBody {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    ended: bool,
+    done: Option<tokio::sync::oneshot::Sender<bool>>,
+}
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
@@ -466,9 +506,19 @@ impl http_body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|data| Ok(http_body::Frame::data(data))))
+        let polled = self.chunks.poll_recv(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled.map(|chunk| chunk.map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+impl Drop for ChannelBody {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(self.ended);
+        }
     }
 }
 
@@ -481,10 +531,16 @@ async fn early_answers_over_http2_do_not_reset_a_body_still_being_sent() {
     let client =
         http_client::<ChannelBody>(&gw.pki.client_material(&ns("intruders")), HttpVersions::Any)
             .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (tx, chunks) = tokio::sync::mpsc::channel(1);
+    let (done, sent) = tokio::sync::oneshot::channel();
+    let body = |chunks, done| ChannelBody {
+        chunks,
+        ended: false,
+        done,
+    };
     let request = Request::post(op(&gw, "svc/op"))
         .header("content-length", "10")
-        .body(ChannelBody(rx))
+        .body(body(chunks, Some(done)))
         .unwrap();
     tx.send(Bytes::from_static(b"hello")).await.unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
@@ -493,18 +549,34 @@ async fn early_answers_over_http2_do_not_reset_a_body_still_being_sent() {
         .unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 403);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let message = String::from_utf8_lossy(&body);
+    let answer = response.into_body().collect().await.unwrap().to_bytes();
+    let message = String::from_utf8_lossy(&answer);
     assert!(
         message.contains("not allowed to call endpoint"),
         "{message}"
     );
-    // Time for a reset to arrive, if the gateway sent one: it would end the client's body
-    // pipe and drop the channel's receiver.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A reset, if the gateway sent one, would have gone out with the end of that answer, ahead
+    // of anything it sends on the connection later: once a later request on the same
+    // connection is answered, the client has seen it.
+    let (_no_more, empty) = tokio::sync::mpsc::channel(1);
+    drop(_no_more);
+    let later = Request::post(op(&gw, "svc/op"))
+        .body(body(empty, None))
+        .unwrap();
+    let later = tokio::time::timeout(Duration::from_secs(10), client.request(later))
+        .await
+        .expect("later answer in time")
+        .unwrap();
+    assert_eq!(later.status(), 403);
     tx.send(Bytes::from_static(b"world"))
         .await
         .expect("the stream still takes the rest of the body");
+    drop(tx);
+    let whole = tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .expect("body finished in time")
+        .unwrap();
+    assert!(whole, "the client gave up the body: the stream was reset");
 }
 
 #[tokio::test]
@@ -572,16 +644,17 @@ async fn the_ops_port_cuts_off_a_client_that_never_finishes_its_headers() {
 async fn refused_handshakes_are_counted_by_reason() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = gateway().await;
-    let no_cert = try_send(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
-    assert!(no_cert.is_err());
-    let stranger = Pki::new();
+    let no_cert = handshake_alert(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
+    assert_eq!(no_cert, AlertDescription::CertificateRequired);
+    let stranger = Pki {
+        ca: Ca::generate("another CA").unwrap(),
+    };
     let mut material = stranger.client_material(&ns("orders"));
     material.ca = vec![gw.pki.ca.cert_der()];
-    let untrusted = http_client(&material, HttpVersions::Any).unwrap();
-    assert!(
-        try_send(&untrusted, post(op(&gw, "svc/echo"), &[], ""))
-            .await
-            .is_err()
+    let untrusted = http_client(&material, HttpVersions::Http1Only).unwrap();
+    assert_eq!(
+        handshake_alert(&untrusted, post(op(&gw, "svc/echo"), &[], "")).await,
+        AlertDescription::UnknownCA
     );
     // Plain HTTP to the TLS port.
     let mut tcp = tokio::net::TcpStream::connect(gw.data_addr).await.unwrap();

@@ -182,7 +182,16 @@ async fn expired_token_is_refused() {
     let _worker = gw.start_worker("billing", "charges");
     let receiver = Receiver::start(200).await;
     let url = start_with_callback(&gw, &receiver).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The token was sealed before the start was answered, to expire 1 ms later: wait until the
+    // clock is past that.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let expired_by = now_ms() + 1;
+    eventually("the token expired", BOUND, async || now_ms() > expired_by).await;
     let reply = send(
         &gw.client(&ns("billing")),
         completion(&url, "succeeded", ""),
@@ -362,6 +371,17 @@ async fn long_callbacks_get_a_short_url_and_still_reach_the_caller() {
     // Short callbacks still travel inside their URL.
     let short = start_with_callback(&gw, &receiver).await;
     assert!(short.len() > 200, "claims sealed in the URL: {short}");
+    // Completed after the repeat was answered, the short one is the next (and only) delivery:
+    // the repeat was not delivered.
+    let ack = send(&handler, completion(&short, "succeeded", "short")).await;
+    assert_eq!(ack.status, 200, "{:?}", ack.body);
+    let next = receiver.next(BOUND).await.expect("delivered");
+    assert_eq!(
+        (next.header("temporal-callback-token"), next.body.as_ref()),
+        (Some("caller-secret"), &b"short"[..]),
+        "the repeated completion was delivered again"
+    );
+    assert!(receiver.captured.try_recv().is_err());
 }
 
 /// The ids of the completions the spool holds (pending or failed).

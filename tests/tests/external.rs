@@ -127,10 +127,9 @@ async fn slow_external_handler_gets_520_and_dead_one_503() {
     let gw = TestGateway::start().await;
     let (addr, _stop) = serve_reference_handler().await;
     gw.external_endpoint("payments", &format!("http://{addr}"), &["orders"]);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Held for the whole test: nothing listens there, and nothing else can start to.
+    let dead_port = reserved_port();
+    let dead = dead_port.local_addr().unwrap();
     gw.external_endpoint("dead", &format!("http://{dead}"), &["orders"]);
     let caller = gw.client(&ns("orders"));
     let slow = send(
@@ -246,7 +245,11 @@ async fn stalled_destination_is_capped_and_healthy_ones_are_untouched() {
 async fn failing_destination_opens_the_breaker_and_gets_503_at_once() {
     let mut receiver = Receiver::start(503).await;
     let gw = TestGateway::start().await;
-    gw.external_endpoint("flaky", &format!("http://{}", receiver.addr), &["orders"]);
+    gw.external_endpoint(
+        "flaky",
+        &format!("http://{}", receiver.addr),
+        &["orders", "shipping"],
+    );
     let caller = gw.client(&ns("orders"));
     let call = || post(gw.uri("/nexus/endpoints/flaky/services/s/o"), &[], "");
     for _ in 0..6 {
@@ -262,8 +265,27 @@ async fn failing_destination_opens_the_breaker_and_gets_503_at_once() {
     );
     let retry_after: u64 = open.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after));
+    // Another caller has a lane (and breaker) of its own to the same destination: its call,
+    // made after the refusal, is the next (and only) request the destination sees.
+    let other = send(
+        &gw.client(&ns("shipping")),
+        post(gw.uri("/nexus/endpoints/flaky/services/s/o"), &[], ""),
+    )
+    .await;
+    assert_eq!(other.status, 503);
     assert!(
-        receiver.next(Duration::from_millis(300)).await.is_none(),
+        !String::from_utf8_lossy(&other.body).contains("circuit breaker open"),
+        "{:?}",
+        other.body
+    );
+    let next = receiver.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        next.header("nexus-caller-namespace"),
+        Some("shipping"),
+        "the open breaker sends nothing"
+    );
+    assert!(
+        receiver.captured.try_recv().is_err(),
         "the open breaker sends nothing"
     );
 }

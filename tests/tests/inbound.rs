@@ -58,46 +58,62 @@ async fn concurrent_operations_per_caller_are_capped() {
     })
     .await;
     gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
-    let _worker = gw.start_worker("billing", "charges");
     let caller = gw.client(&ns("orders"));
-    let slow = tokio::spawn({
-        let caller = caller.clone();
-        let uri = gw.uri("/nexus/endpoints/payments/services/svc/slow");
-        async move { send(&caller, post(uri, &[("x-delay-ms", "1500")], "")).await }
-    });
-    let gw_ref = &gw;
-    eventually("slow call in flight", Duration::from_secs(5), async || {
-        gw_ref.registry.len() == 1 && !slow.is_finished()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = send(
-        &caller,
+    let call = || {
         post(
             gw.uri("/nexus/endpoints/payments/services/svc/echo"),
-            &[],
+            &[("request-timeout", "20s")],
             "",
-        ),
-    )
+        )
+    };
+    // The first call waits for a worker until the test answers it by hand, holding the slot.
+    let first = tokio::spawn({
+        let caller = caller.clone();
+        let request = call();
+        async move { send(&caller, request).await }
+    });
+    let gw_ref = &gw;
+    eventually("first call in flight", Duration::from_secs(5), async || {
+        gw_ref.ops_get("/metrics").await.1.contains(
+            "nexus_gateway_task_queue_backlog{namespace=\"billing\",task_queue=\"charges\"} 1",
+        )
+    })
     .await;
+    let second = send(&caller, call()).await;
     assert_eq!(second.status, 429);
     assert!(
         second.message().contains("1 operations in flight"),
         "{}",
         second.message()
     );
-    assert_eq!(slow.await.unwrap().status, 200);
+    // Answer the first call as its worker; its slot is free once it is answered.
+    let owner = gw.client(&ns("billing"));
+    let task = send(
+        &owner,
+        post(
+            gw.uri("/api/v1/namespaces/billing/task-queues/charges/nexus-tasks/poll"),
+            &[("request-timeout", "5s")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(task.status, 200);
+    let token = task.header("nexus-task-token").unwrap();
+    let answered = send(
+        &owner,
+        post(
+            gw.uri(&format!("/api/v1/nexus-tasks/{token}/response")),
+            &[("nexus-task-status", "200")],
+            "first",
+        ),
+    )
+    .await;
+    assert_eq!(answered.status, 200);
+    let first = first.await.unwrap();
     assert_eq!(
-        send(
-            &caller,
-            post(
-                gw.uri("/nexus/endpoints/payments/services/svc/echo"),
-                &[],
-                ""
-            )
-        )
-        .await
-        .status,
-        200
+        (first.status.as_u16(), first.body.as_ref()),
+        (200, &b"first"[..])
     );
+    let _worker = gw.start_worker("billing", "charges");
+    assert_eq!(send(&caller, call()).await.status, 200);
 }

@@ -580,9 +580,17 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     settings.poll_timeout = Duration::from_secs(5);
     let worker = nexus_gateway::worker::Worker::new(settings, worker_client);
     let stop = tokio_util::sync::CancellationToken::new();
+    // Says when the handler has the slow call.
+    let (reached, mut handler_has_it) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let handler = tower::service_fn(
+        move |request: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            let _ = reached.send(());
+            reference_handler(request)
+        },
+    );
     tokio::spawn({
         let stop = stop.clone();
-        async move { worker.run(tower::service_fn(reference_handler), stop).await }
+        async move { worker.run(handler, stop).await }
     });
 
     let caller = nexus_gateway::client::http_client(&files("orders"), Default::default()).unwrap();
@@ -603,8 +611,11 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             .await
         }
     });
-    // Give the slow call time to reach the worker, then ask the gateway to stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the slow call is with the worker, ask the gateway to stop.
+    tokio::time::timeout(Duration::from_secs(10), handler_has_it.recv())
+        .await
+        .expect("the slow call reaches the worker in time")
+        .unwrap();
     gw.signal("TERM");
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.status, 200, "in-flight request finished during drain");
@@ -698,10 +709,9 @@ async fn accepted_completions_survive_kill_9() {
     assert_eq!(send(&client_for(&admin()), create).await.status, 200);
 
     // The caller's receiver is down while the completions are accepted.
-    let receiver_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Held until the receiver starts on it, so no one else can take the port meanwhile.
+    let receiver_port = reserved_port();
+    let receiver_addr = receiver_port.local_addr().unwrap();
     let caller = client_for(&ns("orders"));
     let handler = client_for(&ns("billing"));
     let poll = format!("{base}/api/v1/namespaces/billing/task-queues/charges/nexus-tasks/poll");
@@ -778,7 +788,7 @@ async fn accepted_completions_survive_kill_9() {
         .await
         .unwrap();
 
-    let mut receiver = Receiver::start_on(receiver_addr, 200).await;
+    let mut receiver = Receiver::start_on(receiver_port, 200).await;
     let d = dir.path().to_path_buf();
     let (_gw, new_port) = tokio::task::spawn_blocking(move || start_serve(&d))
         .await

@@ -159,6 +159,7 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::path::Path;
     use std::process::{Command, Stdio};
+    use std::task::Poll;
     use std::time::{Instant, SystemTime};
 
     fn settings(dir: &Path, durability: Durability) -> AttributionSettings {
@@ -259,7 +260,13 @@ mod tests {
     async fn assigns_id_and_time_and_keeps_given_ones() {
         let tmp = tempfile::tempdir().unwrap();
         let log = open(tmp.path());
+        // Written in milliseconds, truncated.
+        let before = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let before = SystemTime::UNIX_EPOCH + Duration::from_millis(before.as_millis() as u64);
         log.append(start()).await.unwrap();
+        let after = SystemTime::now();
         let given = Record {
             id: "given".into(),
             time: "2026-11-23T01:00:00.000Z".into(),
@@ -269,7 +276,10 @@ mod tests {
         let records = read_records(tmp.path(), 0, 10).unwrap();
         uuid::Uuid::parse_str(&records[0].id).unwrap();
         let time = humantime::parse_rfc3339(&records[0].time).unwrap();
-        assert!(time.elapsed().unwrap_or_default() < Duration::from_secs(60));
+        assert!(
+            before <= time && time <= after,
+            "{time:?} not during the append"
+        );
         assert_eq!(records[0].time.len(), "2026-11-23T01:00:00.000Z".len());
         assert_eq!(records[1].id, "given");
         assert_eq!(records[1].time, "2026-11-23T01:00:00.000Z");
@@ -428,21 +438,23 @@ mod tests {
     async fn wait_after_wakes_on_append_and_times_out() {
         let tmp = tempfile::tempdir().unwrap();
         let log = open(tmp.path());
-        let started = Instant::now();
-        assert_eq!(log.wait_after(0, Duration::from_millis(50)).await, 0);
-        assert!(started.elapsed() >= Duration::from_millis(50));
-
-        let waiter = tokio::spawn({
-            let log = log.clone();
-            async move { log.wait_after(0, Duration::from_secs(30)).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Polled once before the append: it is waiting on seq 0 then.
+        let waiting = log.wait_after(0, Duration::from_secs(30));
+        tokio::pin!(waiting);
+        let first = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+        assert_eq!(first, Poll::Pending, "nothing written yet");
         log.append(start()).await.unwrap();
-        let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        assert_eq!(woke.unwrap().unwrap(), 1);
-        let started = Instant::now();
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(woke.unwrap(), 1);
+
+        // Timing on a paused clock: a record already there is returned at once, and a wait
+        // with nothing new lasts exactly its timeout.
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
         assert_eq!(log.wait_after(0, Duration::from_secs(30)).await, 1);
-        assert!(started.elapsed() < Duration::from_secs(5), "already there");
+        assert_eq!(started.elapsed(), Duration::ZERO, "already there");
+        assert_eq!(log.wait_after(1, Duration::from_secs(30)).await, 1);
+        assert_eq!(started.elapsed().as_secs(), 30, "timed out");
     }
 
     #[test]

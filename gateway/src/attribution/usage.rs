@@ -293,14 +293,19 @@ fn csv_field(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Outcome;
     use super::*;
+    use crate::error::ErrorType;
     use Dimension::*;
 
+    /// A record as the gateway writes it for a call it relayed and the target answered: a
+    /// start answered 201, a cancel answered 202, a completion accepted.
     fn rec(kind: &str, caller: &str, request_id: Option<&str>, time: &str) -> Record {
-        let kind = match kind {
-            "start" => Kind::Start,
-            "cancel" => Kind::Cancel,
-            _ => Kind::Completion,
+        let (kind, outcome, status) = match kind {
+            "start" => (Kind::Start, Outcome::Started, 201),
+            "cancel" => (Kind::Cancel, Outcome::CancelRequested, 202),
+            "completion" => (Kind::Completion, Outcome::Accepted, 200),
+            other => panic!("the gateway writes no {other:?} records"),
         };
         Record {
             kind,
@@ -310,8 +315,8 @@ mod tests {
             endpoint: Some("pay".into()),
             endpoint_id: Some("e1".into()),
             request_id: request_id.map(Into::into),
-            outcome: super::super::Outcome::Started,
-            status: 201,
+            outcome,
+            status,
             request_bytes: 10,
             response_bytes: 20,
             billable: u32::from(kind != Kind::Completion),
@@ -359,20 +364,37 @@ mod tests {
 
     #[test]
     fn rejected_are_not_charged_and_errors_skip_424() {
+        // Outcomes and billability as the gateway writes them for starts and completions.
         let mut rejected = rec("start", "orders", Some("r1"), T1);
-        rejected.outcome = super::super::Outcome::Rejected(crate::error::ErrorType::Unauthorized);
+        rejected.outcome = Outcome::Rejected(ErrorType::Unauthorized);
         rejected.status = 403;
         rejected.billable = 0;
-        let mut failed_op = rec("completion", "orders", None, T1);
+        let mut failed_op = rec("start", "orders", Some("r2"), T1);
+        failed_op.outcome = Outcome::Failed;
         failed_op.status = 424;
-        let mut handler_error = rec("start", "orders", Some("r2"), T1);
+        let mut handler_error = rec("start", "orders", Some("r3"), T1);
+        handler_error.outcome = Outcome::HandlerError;
         handler_error.status = 500;
-        handler_error.billable = 0;
-        let row = total(vec![rejected, failed_op, handler_error]);
-        assert_eq!(row.rejected, 1);
-        assert_eq!(row.errors, 1);
-        assert_eq!((row.actions, row.starts, row.completions), (0, 1, 1));
-        assert_eq!(row.request_bytes, 20, "rejected bytes are not summed");
+        let mut upstream_timeout = rec("start", "orders", Some("r4"), T1);
+        upstream_timeout.outcome = Outcome::Destination(ErrorType::UpstreamTimeout);
+        upstream_timeout.status = 520;
+        upstream_timeout.billable = 0;
+        let mut refused_completion = rec("completion", "orders", None, T1);
+        refused_completion.outcome = Outcome::Rejected(ErrorType::NotFound);
+        refused_completion.status = 404;
+        let completion = rec("completion", "orders", None, T1);
+        let row = total(vec![
+            rejected,
+            failed_op,
+            handler_error,
+            upstream_timeout,
+            refused_completion,
+            completion,
+        ]);
+        assert_eq!(row.rejected, 2);
+        assert_eq!(row.errors, 2, "500 and 520, not 424");
+        assert_eq!((row.actions, row.starts, row.completions), (2, 3, 1));
+        assert_eq!(row.request_bytes, 40, "rejected bytes are not summed");
     }
 
     #[test]

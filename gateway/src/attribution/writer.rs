@@ -258,6 +258,11 @@ impl AttributionLog {
         *rx.borrow()
     }
 
+    /// Reads waiting in [`Self::wait_after`] for a record not written yet.
+    pub fn waiting_reads(&self) -> usize {
+        self.inner.shared.written.receiver_count()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
