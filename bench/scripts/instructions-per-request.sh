@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Instructions per request on the worker path (W1's path: caller -> gateway -> polling worker),
-# under valgrind callgrind, so old and new binaries compare exactly whatever else the machine
-# does. Only the gateway runs under valgrind; the caller and the worker are small Python
-# clients over mTLS keep-alive connections (HTTP/1.1).
-# Usage: bench/scripts/instructions-worker-path.sh GATEWAY_BIN [GATEWAY_BIN ...] [-n N]
+# Instructions per request of the gateway under valgrind callgrind, so old and new binaries
+# compare exactly whatever else the machine does, on two paths:
+#   worker:   caller -> gateway -> polling worker (W1's path)
+#   external: caller -> gateway -> plain-HTTP handler on loopback (S1's path)
+# Only the gateway runs under valgrind; the caller, the worker and the handler are small
+# Python programs over keep-alive connections (mTLS HTTP/1.1 to the gateway).
+# Usage: bench/scripts/instructions-per-request.sh GATEWAY_BIN [GATEWAY_BIN ...] [-n N]
 # Needs: valgrind, python3, curl. A few minutes per binary.
 set -euo pipefail
 N=1000; BINS=()
@@ -39,10 +41,22 @@ ctx = ssl.create_default_context(cafile=d + "/ca.pem"); ctx.check_hostname = Fal
 ctx.load_cert_chain(d + "/ns-caller.pem", d + "/ns-caller-key.pem")
 c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx); ok = 0
 for _ in range(n):
-    c.request("POST", "/nexus/endpoints/wk/services/s/o", body=b'{"hello":"nexus"}', headers={"Content-Type": "application/json"})
+    c.request("POST", "/nexus/endpoints/" + sys.argv[4] + "/services/s/o", body=b'{"hello":"nexus"}', headers={"Content-Type": "application/json"})
     r = c.getresponse(); r.read(); ok += r.status == 200
 sys.exit(0 if ok == n else 1)
 PY
+cat > "$W/up.py" <<'PY'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0)); out = b'{"ok":true}'
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out))); self.end_headers(); self.wfile.write(out)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+UP=$(free); python3 "$W/up.py" "$UP" &
 cat > "$W/gw.toml" <<'T'
 [inbound]
 per_caller_rate = 0
@@ -51,21 +65,24 @@ per_caller_endpoint_rate = 0
 T
 total() { grep -h '^totals:' "$1" | awk '{print $2}'; }
 stop() { for _ in $(seq 1 30); do kill -TERM "$1" 2>/dev/null || break; sleep 2; done; wait "$1" 2>/dev/null || true; }
-run() { # bin n -> instructions
-  local bin=$1 n=$2 gwp ops; gwp=$(free); ops=$(free); rm -rf "$W/data"
+run() { # bin n path -> instructions
+  local bin=$1 n=$2 path=$3 gwp ops; gwp=$(free); ops=$(free); rm -rf "$W/data"
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.$n" "$bin" serve --config "$W/gw.toml" \
     --data-dir "$W/data" --listen "127.0.0.1:$gwp" --ops-listen "127.0.0.1:$ops" --shutdown-grace 1 \
     --tls-ca "$W/pki/ca.pem" --tls-cert "$W/pki/server.pem" --tls-key "$W/pki/server-key.pem" >"$W/gw.log" 2>&1 &
   local p=$!
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$ops/readyz" >/dev/null && break; sleep 0.2; done
-  "$bin" endpoint create --gateway "https://127.0.0.1:$gwp" --ca "$W/pki/ca.pem" --cert "$W/pki/admin-ops.pem" \
-    --key "$W/pki/admin-ops-key.pem" --name wk --target-namespace handler --target-task-queue q --allow-caller caller >/dev/null
+  local admin=(--gateway "https://127.0.0.1:$gwp" --ca "$W/pki/ca.pem" --cert "$W/pki/admin-ops.pem" --key "$W/pki/admin-ops-key.pem")
+  "$bin" endpoint create "${admin[@]}" --name worker --target-namespace handler --target-task-queue q --allow-caller caller >/dev/null
+  "$bin" endpoint create "${admin[@]}" --name external --target-url "http://127.0.0.1:$UP" --allow-caller caller >/dev/null
   python3 "$W/worker.py" "$gwp" "$W/pki" & local wp=$!
-  python3 "$W/client.py" "$gwp" "$n" "$W/pki"
+  python3 "$W/client.py" "$gwp" "$n" "$W/pki" "$path"
   kill "$wp" 2>/dev/null || true; stop $p
   total "$W/cg.$n"
 }
-for bin in "${BINS[@]}"; do
-  per=$(( ($(run "$bin" "$N") - $(run "$bin" 0)) / N ))
-  echo "worker path, instructions per request: $per  ($bin)"
+for path in external worker; do
+  for bin in "${BINS[@]}"; do
+    per=$(( ($(run "$bin" "$N" "$path") - $(run "$bin" 0 "$path")) / N ))
+    echo "$path path, instructions per request: $per  ($bin)"
+  done
 done
