@@ -27,6 +27,19 @@ pub const RESPOND_PREFIX: &str = "/api/v1/nexus-tasks/";
 pub const ENDPOINTS_PATH: &str = "/api/v1/nexus/endpoints";
 pub const ATTRIBUTION_EVENTS_PATH: &str = "/api/v1/attribution/events";
 
+/// The poll path of a task queue; `namespace` and `task_queue` already percent-encoded.
+pub fn poll_path(namespace: &str, task_queue: &str) -> String {
+    format!("{POLL_PREFIX}{namespace}/task-queues/{task_queue}/{POLL_SUFFIX}")
+}
+
+/// The answer path of a task; `token` already percent-encoded.
+pub fn respond_path(token: &str) -> String {
+    format!("{RESPOND_PREFIX}{token}/{RESPOND_SUFFIX}")
+}
+
+const POLL_SUFFIX: &str = "nexus-tasks/poll";
+const RESPOND_SUFFIX: &str = "response";
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -72,16 +85,22 @@ impl Route {
             };
             return Ok(Route::Completion(token));
         }
-        if path == COMPLETIONS_PATH || path.starts_with("/api/v1/callbacks/") {
+        if path
+            .strip_prefix(COMPLETIONS_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
             return Ok(Route::Completions(completions_route(method, path)?));
         }
         if path == ATTRIBUTION_EVENTS_PATH {
             return Ok(Route::AttributionEvents);
         }
         if let Some(rest) = path.strip_prefix(POLL_PREFIX) {
-            let segments: Vec<&str> = rest.split('/').collect();
+            let queue = rest
+                .strip_suffix(POLL_SUFFIX)
+                .and_then(|q| q.strip_suffix('/'));
+            let segments: Vec<&str> = queue.map(|q| q.split('/').collect()).unwrap_or_default();
             return match segments.as_slice() {
-                [ns, "task-queues", tq, "nexus-tasks", "poll"] => Ok(Route::Poll {
+                [ns, "task-queues", tq] => Ok(Route::Poll {
                     namespace: decode_segment(ns, "namespace")?,
                     task_queue: decode_segment(tq, "task queue")?,
                 }),
@@ -91,19 +110,17 @@ impl Route {
         if let Some(rest) = path.strip_prefix(RESPOND_PREFIX) {
             let segments: Vec<&str> = rest.split('/').collect();
             return match segments.as_slice() {
-                [token, "response"] => Ok(Route::Respond {
+                [token, suffix] if *suffix == RESPOND_SUFFIX => Ok(Route::Respond {
                     token: decode_segment(token, "task token")?,
                 }),
                 _ => Err(GatewayError::not_found(format!("no route for {path}"))),
             };
         }
-        if path == ENDPOINTS_PATH {
-            return Ok(Route::Endpoints { id: None });
-        }
-        if let Some(id) = path.strip_prefix("/api/v1/nexus/endpoints/") {
-            return match id {
-                "" => Ok(Route::Endpoints { id: None }),
-                id if !id.contains('/') => Ok(Route::Endpoints {
+        if let Some(rest) = path.strip_prefix(ENDPOINTS_PATH) {
+            return match rest.strip_prefix('/') {
+                _ if rest.is_empty() => Ok(Route::Endpoints { id: None }),
+                Some("") => Ok(Route::Endpoints { id: None }),
+                Some(id) if !id.contains('/') => Ok(Route::Endpoints {
                     id: Some(decode_segment(id, "endpoint id")?),
                 }),
                 _ => Err(GatewayError::not_found(format!("no route for {path}"))),
@@ -272,6 +289,21 @@ mod tests {
             Ok(Route::Completions(CompletionsRoute::Drop(7)))
         );
         assert_eq!(route(Method::DELETE, "/api/v1/callbacks/x"), Err(400));
+    }
+
+    #[test]
+    fn the_worker_clients_paths_are_the_routes() {
+        assert_eq!(
+            route(Method::POST, &poll_path("b", "q%2Fx")),
+            Ok(Route::Poll {
+                namespace: "b".into(),
+                task_queue: "q/x".into()
+            })
+        );
+        assert_eq!(
+            route(Method::POST, &respond_path("t1")),
+            Ok(Route::Respond { token: "t1".into() })
+        );
     }
 
     #[test]

@@ -156,11 +156,7 @@ impl Worker {
         let s = &self.settings;
         let uri = join(
             &s.gateway,
-            &format!(
-                "/api/v1/namespaces/{}/task-queues/{}/nexus-tasks/poll",
-                encode(&s.namespace),
-                encode(&s.task_queue)
-            ),
+            &crate::request::poll_path(&encode(&s.namespace), &encode(&s.task_queue)),
         )?;
         let request = Request::post(uri)
             .header(
@@ -201,7 +197,7 @@ impl Worker {
         response: Response<Bytes>,
         poll_next: bool,
     ) -> Result<Option<ReceivedTask>, String> {
-        let mut path = format!("/api/v1/nexus-tasks/{}/response", encode(token));
+        let mut path = crate::request::respond_path(&encode(token));
         if poll_next {
             path.push_str(&format!(
                 "?next-task-queue={}",

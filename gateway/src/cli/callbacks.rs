@@ -37,7 +37,7 @@ pub enum Command {
     },
 }
 
-const PATH: &str = "/api/v1/callbacks";
+const PATH: &str = crate::request::COMPLETIONS_PATH;
 
 pub async fn run(command: Command) -> Result<(), Failure> {
     let admin = Identity::Admin("admin".into());

@@ -95,7 +95,7 @@ pub struct Select {
     id: Option<String>,
 }
 
-const PATH: &str = "/api/v1/nexus/endpoints";
+const PATH: &str = crate::request::ENDPOINTS_PATH;
 
 fn admin() -> Identity {
     Identity::Admin("admin".into())
