@@ -6,7 +6,7 @@
 //! | call Nexus endpoints | a namespace |
 //! | call one endpoint | a namespace in its `allowedCallerNamespaces` |
 //! | complete an operation | a namespace; the target namespace when the operation has one |
-//! | poll a task queue, answer tasks | the queue's own namespace |
+//! | poll a task queue, answer a task | the queue's, the task's own namespace |
 //! | manage endpoints, manage completions | an admin |
 //! | read attribution | metering |
 //!
@@ -35,6 +35,10 @@ pub enum Action<'a> {
         namespace: &'a str,
     },
     AnswerTasks,
+    /// Answer one task, of namespace `owner`.
+    AnswerTask {
+        owner: &'a str,
+    },
     ManageEndpoints,
     ManageCompletions,
     ReadAttribution,
@@ -98,9 +102,18 @@ pub fn authorize<'p>(peer: &'p Peer, action: Action<'_>) -> Result<&'p str, Gate
                 )))
             }
         }
-        // Which task is whose is known only to matching, which refuses another
-        // namespace's task with 403 as it hands the answer over.
         Action::AnswerTasks => namespace("answer Nexus tasks"),
+        Action::AnswerTask { owner } => {
+            let own = namespace("answer Nexus tasks")?;
+            if own == owner {
+                Ok(own)
+            } else {
+                // Which namespace owns it is not this worker's business.
+                Err(GatewayError::unauthorized(format!(
+                    "namespace {own:?} may not answer this task: it belongs to another namespace"
+                )))
+            }
+        }
         Action::ManageEndpoints => role(
             matches!(identity, Identity::Admin(_)),
             "manage endpoints",
@@ -200,6 +213,8 @@ mod tests {
                 false,
             ),
             (orders(), Action::AnswerTasks, true),
+            (billing(), Action::AnswerTask { owner: "billing" }, true),
+            (orders(), Action::AnswerTask { owner: "billing" }, false),
             (admin(), Action::AnswerTasks, false),
             (admin(), Action::ManageEndpoints, true),
             (orders(), Action::ManageEndpoints, false),

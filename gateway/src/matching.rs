@@ -231,12 +231,12 @@ impl Matching {
         }
     }
 
-    /// Delivers a worker's answer. Errors: unknown or late token 404, a worker of another
-    /// namespace 403.
+    /// Delivers a worker's answer if `allowed` accepts the task's namespace (checked and
+    /// taken in one step). Errors: unknown or late token 404, or what `allowed` said.
     pub fn complete(
         &self,
         token: &str,
-        namespace: &str,
+        allowed: impl FnOnce(&str) -> Result<(), GatewayError>,
         response: TaskResponse,
     ) -> Result<(), GatewayError> {
         let unknown = || {
@@ -244,19 +244,17 @@ impl Matching {
                 "task token {token:?} is unknown or its caller stopped waiting"
             ))
         };
+        let mut verdict = Ok(());
         let pending = self
             .pending
-            .remove_if(token, |_, p| p.namespace == namespace)
+            .remove_if(token, |_, p| {
+                verdict = allowed(&p.namespace);
+                verdict.is_ok()
+            })
             .map(|(_, p)| p);
         match pending {
             Some(p) => p.reply.send(response).map_err(|_| unknown()),
-            None => match self.pending.get(token) {
-                // Which namespace owns it is not this worker's business.
-                Some(_) => Err(GatewayError::unauthorized(format!(
-                    "namespace {namespace:?} may not answer this task: it belongs to another namespace"
-                ))),
-                None => Err(unknown()),
-            },
+            None => verdict.and_then(|()| Err(unknown())),
         }
     }
 
@@ -317,6 +315,17 @@ impl Drop for PollGuard {
 mod tests {
     use super::*;
 
+    /// What the worker API passes: allowed when the task is `namespace`'s.
+    fn owned_by(namespace: &str) -> impl FnOnce(&str) -> Result<(), GatewayError> + '_ {
+        move |owner| {
+            if owner == namespace {
+                Ok(())
+            } else {
+                Err(GatewayError::unauthorized("not yours"))
+            }
+        }
+    }
+
     fn key() -> QueueKey {
         QueueKey {
             namespace: "handler".into(),
@@ -352,7 +361,7 @@ mod tests {
         tokio::task::yield_now().await;
         let got = m.poll(&key(), Duration::from_secs(1)).await.expect("task");
         assert_eq!(got.body, "input");
-        m.complete("t1", "handler", ok()).unwrap();
+        m.complete("t1", owned_by("handler"), ok()).unwrap();
         assert_eq!(caller.await.unwrap().unwrap().body, "result");
         assert_eq!(m.pending_tasks(), 0);
     }
@@ -370,7 +379,7 @@ mod tests {
         });
         let got = poller.await.unwrap().expect("task");
         assert_eq!(got.token, "t1");
-        m.complete("t1", "handler", ok()).unwrap();
+        m.complete("t1", owned_by("handler"), ok()).unwrap();
         assert!(caller.await.unwrap().is_ok());
     }
 
@@ -386,7 +395,10 @@ mod tests {
         // The expired task is gone: a poll finds nothing and a late answer is refused.
         assert!(m.poll(&key(), Duration::from_millis(10)).await.is_none());
         assert_eq!(
-            m.complete("t1", "handler", ok()).unwrap_err().kind.status(),
+            m.complete("t1", owned_by("handler"), ok())
+                .unwrap_err()
+                .kind
+                .status(),
             404
         );
     }
@@ -437,9 +449,9 @@ mod tests {
         });
         tokio::task::yield_now().await;
         m.poll(&key(), Duration::from_secs(1)).await.unwrap();
-        let err = m.complete("t1", "intruder", ok()).unwrap_err();
+        let err = m.complete("t1", owned_by("intruder"), ok()).unwrap_err();
         assert_eq!(err.kind.status(), 403);
-        m.complete("t1", "handler", ok()).unwrap();
+        m.complete("t1", owned_by("handler"), ok()).unwrap();
         assert!(caller.await.unwrap().is_ok());
     }
 
@@ -467,7 +479,7 @@ mod tests {
             .await
             .expect("requeued task");
         assert_eq!(got.token, "t1");
-        m.complete("t1", "handler", ok()).unwrap();
+        m.complete("t1", owned_by("handler"), ok()).unwrap();
         assert!(caller.await.unwrap().is_ok());
     }
 }

@@ -98,7 +98,7 @@ pub async fn respond(
     nexus::copy_relayed(&parts.headers, &mut relayed);
     state.matching.complete(
         &token,
-        &namespace,
+        |owner| authz::authorize(peer, Action::AnswerTask { owner }).map(drop),
         TaskResponse {
             status,
             headers: relayed,
