@@ -1,6 +1,7 @@
 //! Nexus start and cancel requests from callers: resolve the endpoint, authorize the caller,
 //! and route to the endpoint's target.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 
 use nexus_certs::Identity;
 
-use crate::attribution::{Kind, Record};
+use crate::attribution::{Kind, Outcome, Record};
 use crate::authz::{self, Action, Peer};
 use crate::body::{Body, CappedBody, RequestBody, full};
 use crate::callback_token::CallbackClaims;
@@ -41,31 +42,93 @@ pub async fn handle(
         Err(_) if request.uri().path().ends_with("/cancel") => Kind::Cancel,
         Err(_) => Kind::Start,
     };
-    let mut record = Record {
-        kind,
-        ..Record::default()
+    let mut facts = CallFacts {
+        request_id: header_text(request.headers(), &headers::REQUEST_ID),
+        operation_token: header_text(request.headers(), &headers::OPERATION_TOKEN),
+        ..CallFacts::default()
     };
-    if let Ok(p) = peer {
-        record.caller_identity = Some(p.uri.clone());
-        if let Identity::Namespace(ns) = &p.identity {
-            record.caller_namespace = Some(ns.clone());
-        }
-    }
-    record.request_id = header_text(request.headers(), &headers::REQUEST_ID);
-    record.operation_token = header_text(request.headers(), &headers::OPERATION_TOKEN);
-    let response = match serve(state, peer, path, request, &mut record).await {
+    let (response, outcome) = match serve(state, peer, path, request, &mut facts).await {
         Ok(response) => {
-            record.outcome = crate::outcome::target_outcome(record.kind, &response);
-            record.billable = 1;
-            response
+            let outcome = crate::outcome::target_outcome(kind, &response);
+            (response, outcome)
         }
         Err(error) => {
-            record.outcome = crate::outcome::error_outcome(&error);
-            error.into_response()
+            let outcome = crate::outcome::error_outcome(&error);
+            (error.into_response(), outcome)
         }
     };
+    let record = facts.into_record(kind, peer, outcome);
     metering::finish(state, record, &response, started).await?;
     Ok(response)
+}
+
+/// What is known of a start or cancel, learned step by step as it is served; its attribution
+/// record is derived from it once the answer is known.
+#[derive(Default)]
+struct CallFacts {
+    request_id: Option<String>,
+    operation_token: Option<String>,
+    /// Service, operation and endpoint as the path named them, once it parsed.
+    path: Option<(String, String, String)>,
+    endpoint: Option<Arc<Endpoint>>,
+    request_bytes: u64,
+}
+
+impl CallFacts {
+    fn into_record(self, kind: Kind, peer: &Peer, outcome: Outcome) -> Record {
+        let (service, operation, named) = self.path.unzip3();
+        let mut record = Record {
+            kind,
+            request_id: self.request_id,
+            operation_token: self.operation_token,
+            service,
+            operation,
+            endpoint: named,
+            request_bytes: self.request_bytes,
+            // The target answered: one action, unless the answer is a refusal (see metering).
+            billable: u32::from(!matches!(
+                outcome,
+                Outcome::Rejected(_) | Outcome::Destination(_)
+            )),
+            outcome,
+            ..Record::default()
+        };
+        if let Ok(p) = peer {
+            record.caller_identity = Some(p.uri.clone());
+            if let Identity::Namespace(ns) = &p.identity {
+                record.caller_namespace = Some(ns.clone());
+            }
+        }
+        if let Some(endpoint) = self.endpoint {
+            record.endpoint = Some(endpoint.spec.name.clone());
+            record.endpoint_id = Some(endpoint.id.clone());
+            match &endpoint.spec.target {
+                Target::Worker {
+                    namespace,
+                    task_queue,
+                } => {
+                    record.target_namespace = Some(namespace.clone());
+                    record.task_queue = Some(task_queue.clone());
+                }
+                Target::External { url } => record.target_url = Some(url.clone()),
+            }
+        }
+        record
+    }
+}
+
+/// `Option<(A, B, C)>` into a triple of options.
+trait Unzip3<A, B, C> {
+    fn unzip3(self) -> (Option<A>, Option<B>, Option<C>);
+}
+
+impl<A, B, C> Unzip3<A, B, C> for Option<(A, B, C)> {
+    fn unzip3(self) -> (Option<A>, Option<B>, Option<C>) {
+        match self {
+            Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+            None => (None, None, None),
+        }
+    }
 }
 
 fn header_text(h: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -77,7 +140,7 @@ async fn serve(
     peer: &Peer,
     path: Result<OperationPath, GatewayError>,
     request: Request<RequestBody>,
-    record: &mut Record,
+    facts: &mut CallFacts,
 ) -> Result<Response<Body>, GatewayError> {
     let caller = authz::authorize(peer, Action::CallEndpoints)?.to_owned();
     let _in_flight = state.track_operation();
@@ -89,9 +152,11 @@ async fn serve(
     }
     request::require_method(&request, &[Method::POST])?;
     let path = path?;
-    record.service = Some(path.service.clone());
-    record.operation = Some(path.operation.clone());
-    record.endpoint = Some(path.endpoint.clone());
+    facts.path = Some((
+        path.service.clone(),
+        path.operation.clone(),
+        path.endpoint.clone(),
+    ));
     let Some(endpoint) = state.registry.resolve(&path.endpoint) else {
         state.inbound.charge_caller(&caller)?;
         return Err(GatewayError::not_found(format!(
@@ -99,18 +164,7 @@ async fn serve(
             path.endpoint
         )));
     };
-    record.endpoint = Some(endpoint.spec.name.clone());
-    record.endpoint_id = Some(endpoint.id.clone());
-    match &endpoint.spec.target {
-        Target::Worker {
-            namespace,
-            task_queue,
-        } => {
-            record.target_namespace = Some(namespace.clone());
-            record.task_queue = Some(task_queue.clone());
-        }
-        Target::External { url } => record.target_url = Some(url.clone()),
-    }
+    facts.endpoint = Some(endpoint.clone());
     authz::authorize(peer, Action::CallEndpoint(&endpoint))?;
     let _admitted = state
         .inbound
@@ -137,7 +191,7 @@ async fn serve(
     let mut forwarded = HeaderMap::new();
     nexus::copy_relayed(&parts.headers, &mut forwarded);
     if let Some(token) = cancel_token {
-        record.operation_token = Some(token.clone());
+        facts.operation_token = Some(token.clone());
         forwarded.insert(
             headers::OPERATION_TOKEN,
             header_value(&token, "operation token")?,
@@ -162,7 +216,7 @@ async fn serve(
             task_queue,
         } => {
             let body = request::read_body(body, &state.limits).await?;
-            record.request_bytes = body.len() as u64;
+            facts.request_bytes = body.len() as u64;
             let key = QueueKey {
                 namespace: namespace.clone(),
                 task_queue: task_queue.clone(),
@@ -201,7 +255,7 @@ async fn serve(
                 },
             )
             .await;
-            record.request_bytes = watch.bytes();
+            facts.request_bytes = watch.bytes();
             forwarded
         }
     }
