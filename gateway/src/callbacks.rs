@@ -47,6 +47,17 @@ pub(crate) struct Delivery {
     pub operation_state: String,
 }
 
+/// Why the callbacks service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("client TLS for deliveries: {0}")]
+    Tls(#[from] nexus_certs::CertError),
+    #[error("callback keys: {0}")]
+    Keys(#[from] crate::callback_token::KeyError),
+    #[error("completion spool: {0}")]
+    Spool(#[from] nexus_outbound_queue::SpoolError),
+}
+
 pub struct Callbacks {
     keys: CallbackKeys,
     /// Lanes shared with external targets: deliveries go through (callback, handler
@@ -87,13 +98,12 @@ impl Callbacks {
         own: Vec<std::net::IpAddr>,
         outbound: Arc<OutboundQueue>,
         shutdown: CancellationToken,
-    ) -> Result<Callbacks, String> {
+    ) -> Result<Callbacks, OpenError> {
         let policy = Arc::new(CallbackPolicy::new(settings.allowed.clone(), own));
-        let client =
-            crate::client::callback_client(tls, policy.clone()).map_err(|e| e.to_string())?;
-        let keys = CallbackKeys::load_or_create(data_dir).map_err(|e| e.to_string())?;
-        let spool = Spool::open(&data_dir.join("callbacks.redb")).map_err(|e| e.to_string())?;
-        let entries = spool.list(None).map_err(|e| e.to_string())?;
+        let client = crate::client::callback_client(tls, policy.clone())?;
+        let keys = CallbackKeys::load_or_create(data_dir)?;
+        let spool = Spool::open(&data_dir.join("callbacks.redb"))?;
+        let entries = spool.list(None)?;
         let failed = entries
             .iter()
             .filter(|e| e.state == EntryState::Failed)

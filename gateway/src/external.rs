@@ -24,7 +24,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// Whether `url` may be used under the plain-http policy; why not if not.
-pub fn check_plain_http(policy: PlainHttp, url: &str) -> Result<(), String> {
+pub fn check_plain_http(policy: PlainHttp, url: &str) -> Result<(), &'static str> {
     let Ok(uri) = url.parse::<Uri>() else {
         return Ok(()); // the registry's rules name what is wrong with it
     };
@@ -46,8 +46,7 @@ pub fn check_plain_http(policy: PlainHttp, url: &str) -> Result<(), String> {
             _ => {
                 "plain http is allowed only to loopback hosts unless --plain-http-upstreams always ([upstream] plain_http = \"always\")"
             }
-        }
-        .into())
+        })
     }
 }
 

@@ -40,7 +40,7 @@ pub enum StartError {
     #[error("registry: {0}")]
     Registry(#[from] nexus_registry::RegistryError),
     #[error("callbacks: {0}")]
-    Callbacks(String),
+    Callbacks(#[from] crate::callbacks::OpenError),
     #[error("attribution log: {0}")]
     Attribution(#[from] crate::attribution::AttributionError),
 }
@@ -112,8 +112,7 @@ impl App {
             own_addresses(&config),
             outbound.clone(),
             shutdown.clone(),
-        )
-        .map_err(StartError::Callbacks)?;
+        )?;
         let attribution = if config.attribution_enabled {
             let mut settings = config.attribution.clone();
             settings.dir = config.data_dir.join("attribution");

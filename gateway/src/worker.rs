@@ -152,7 +152,7 @@ impl Worker {
         }
     }
 
-    async fn poll_once(&self) -> Result<Option<ReceivedTask>, String> {
+    async fn poll_once(&self) -> Result<Option<ReceivedTask>, WorkerError> {
         let s = &self.settings;
         let uri = join(
             &s.gateway,
@@ -164,28 +164,28 @@ impl Worker {
                 nexus::format_timeout(s.poll_timeout),
             )
             .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+            .map_err(WorkerError::Build)?;
         // The gateway answers 204 when the poll ends empty; allow it some slack.
         let response = tokio::time::timeout(
             s.poll_timeout + Duration::from_secs(10),
             self.client.request(request),
         )
         .await
-        .map_err(|_| "poll timed out".to_string())?
-        .map_err(|e| format!("poll request failed: {e}"))?;
+        .map_err(|_| WorkerError::TimedOut("poll"))?
+        .map_err(|e| WorkerError::Request("poll", e))?;
         let status = response.status();
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
             .await
-            .map_err(|e| format!("poll body: {e}"))?
+            .map_err(|e| WorkerError::Body("poll", e))?
             .to_bytes();
         match status {
             StatusCode::NO_CONTENT => Ok(None),
             StatusCode::OK => task_from(parts.headers, body).map(Some),
-            other => Err(format!(
-                "gateway answered {other}: {}",
-                String::from_utf8_lossy(&body)
+            other => Err(WorkerError::Refused(
+                other,
+                String::from_utf8_lossy(&body).into_owned(),
             )),
         }
     }
@@ -196,7 +196,7 @@ impl Worker {
         token: &str,
         response: Response<Bytes>,
         poll_next: bool,
-    ) -> Result<Option<ReceivedTask>, String> {
+    ) -> Result<Option<ReceivedTask>, WorkerError> {
         let mut path = crate::request::respond_path(&encode(token));
         if poll_next {
             path.push_str(&format!(
@@ -208,7 +208,7 @@ impl Worker {
         let (parts, body) = response.into_parts();
         let mut request = Request::post(uri)
             .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
+            .map_err(WorkerError::Build)?;
         nexus::copy_relayed(&parts.headers, request.headers_mut());
         request.headers_mut().insert(
             headers::TASK_STATUS,
@@ -226,8 +226,8 @@ impl Worker {
             self.client.request(request),
         )
         .await
-        .map_err(|_| "response request timed out".to_string())?
-        .map_err(|e| format!("response request failed: {e}"))?;
+        .map_err(|_| WorkerError::TimedOut("answer"))?
+        .map_err(|e| WorkerError::Request("answer", e))?;
         let status = answer.status();
         let (parts, body) = answer.into_parts();
         let body = body
@@ -238,26 +238,26 @@ impl Worker {
         match status {
             StatusCode::OK if poll_next => task_from(parts.headers, body).map(Some),
             s if s.is_success() => Ok(None),
-            _ => Err(format!(
-                "gateway answered {status}: {}",
-                String::from_utf8_lossy(&body)
+            _ => Err(WorkerError::Refused(
+                status,
+                String::from_utf8_lossy(&body).into_owned(),
             )),
         }
     }
 }
 
-fn task_from(mut h: HeaderMap, body: Bytes) -> Result<ReceivedTask, String> {
+fn task_from(mut h: HeaderMap, body: Bytes) -> Result<ReceivedTask, WorkerError> {
     let text = |h: &HeaderMap, name: &http::HeaderName| {
         h.get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
-            .ok_or_else(|| format!("task without a {name} header"))
+            .ok_or_else(|| WorkerError::BadTask(format!("task without a {name} header")))
     };
     let token = text(&h, &headers::TASK_TOKEN)?;
     let path = text(&h, &headers::TASK_PATH)?;
     let uri: Uri = path
         .parse()
-        .map_err(|e| format!("bad task path {path:?}: {e}"))?;
+        .map_err(|e| WorkerError::BadTask(format!("bad task path {path:?}: {e}")))?;
     // Keep the caller's headers, the verified caller namespace and the time left; drop the
     // gateway's task bookkeeping.
     let internal: Vec<_> = h
@@ -316,16 +316,39 @@ pub fn encode(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
+/// Why a poll or an answer did not go through (the worker logs it and reconnects).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot build the request: {0}")]
+    Build(#[from] http::Error),
+    #[error("{0} timed out")]
+    TimedOut(&'static str),
+    #[error("{0} request failed: {1}")]
+    Request(&'static str, hyper_util::client::legacy::Error),
+    #[error("{0} body: {1}")]
+    Body(&'static str, hyper::Error),
+    #[error("gateway answered {0}: {1}")]
+    Refused(StatusCode, String),
+    #[error("{0}")]
+    BadTask(String),
+    #[error("bad path {path:?}: {reason}")]
+    BadPath { path: String, reason: String },
+}
+
 /// `base` (scheme, authority and an optional path prefix) joined with an absolute path.
-pub fn join(base: &Uri, path_and_query: &str) -> Result<Uri, String> {
+pub fn join(base: &Uri, path_and_query: &str) -> Result<Uri, WorkerError> {
     let prefix = base.path().trim_end_matches('/');
+    let bad = |reason: String| WorkerError::BadPath {
+        path: path_and_query.to_owned(),
+        reason,
+    };
     let mut parts = base.clone().into_parts();
     parts.path_and_query = Some(
         format!("{prefix}{path_and_query}")
             .parse()
-            .map_err(|e| format!("bad path {path_and_query:?}: {e}"))?,
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?,
     );
-    Uri::from_parts(parts).map_err(|e| e.to_string())
+    Uri::from_parts(parts).map_err(|e| bad(e.to_string()))
 }
 
 /// A handler that forwards each task to a Nexus HTTP handler at a URL (the bridge behind
@@ -354,7 +377,7 @@ impl HandlerUrl {
             .to_owned();
         parts.uri = match join(&self.base, &path) {
             Ok(uri) => uri,
-            Err(error) => return failure_response(GatewayError::bad_request(error)),
+            Err(error) => return failure_response(GatewayError::bad_request(error.to_string())),
         };
         // Tell the handler the time left, as the caller would have.
         parts.headers.insert(
