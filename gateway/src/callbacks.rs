@@ -1,8 +1,9 @@
 //! Async completions, the service: the callback keys and URLs, the durable spool, and the
-//! delivery of each accepted completion (see `completions.rs` for the routes). It delivers
-//! it to the caller's original callback URL with the caller's callback headers, through a lane
-//! keyed (callback, handler namespace, caller host), retrying with backoff until success, a
-//! non-retryable answer or expiry. Undeliverable completions stay in the spool for an operator.
+//! delivery of each accepted completion (the routes are in `completions.rs`). A completion
+//! goes to the caller's original callback URL with the caller's callback headers, through a
+//! lane keyed (callback, handler namespace, caller host), retried with backoff until success,
+//! a non-retryable answer or expiry. Undeliverable completions stay in the spool for an
+//! operator.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! The completion routes: a handler posts a completion to `/nexus/callbacks/<token>`; the
 //! gateway checks the token and sender, writes the completion to the durable spool, answers
-//! 200, and hands it to [`Callbacks`] for delivery. Also the admin API of the spool.
+//! 200, and hands it to [`crate::callbacks::Callbacks`] for delivery. Also the admin API of the spool.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
