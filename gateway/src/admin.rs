@@ -16,9 +16,17 @@ use serde::de::DeserializeOwned;
 
 use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, json};
+use crate::config::{Limits, PlainHttp};
 use crate::error::GatewayError;
 use crate::request::{self, form_pairs};
-use crate::state::State;
+
+/// What the admin API uses of the gateway.
+pub(crate) struct AdminApi<'a> {
+    pub registry: &'a Arc<Registry>,
+    pub limits: &'a Limits,
+    /// External target URLs must satisfy it.
+    pub plain_http: PlainHttp,
+}
 
 #[derive(Deserialize)]
 struct CreateRequest {
@@ -33,7 +41,7 @@ struct UpdateRequest {
 }
 
 pub async fn handle(
-    state: &State,
+    api: &AdminApi<'_>,
     peer: &Peer,
     id: Option<String>,
     request: Request<RequestBody>,
@@ -51,11 +59,11 @@ pub async fn handle(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let registry = &state.registry;
+    let registry = api.registry;
     match (request.method().clone(), id) {
         (Method::POST, None) => {
-            let body: CreateRequest = read_json(state, request).await?;
-            check_target(state, &body.spec)?;
+            let body: CreateRequest = read_json(api.limits, request).await?;
+            check_target(api.plain_http, &body.spec)?;
             let endpoint = write(registry, move |r| r.create(body.spec)).await?;
             Ok(json(&serde_json::json!({ "endpoint": endpoint })))
         }
@@ -79,8 +87,8 @@ pub async fn handle(
         }
         (Method::GET, Some(id)) => Ok(json(&serde_json::json!({ "endpoint": registry.get(&id)? }))),
         (Method::PUT, Some(id)) => {
-            let body: UpdateRequest = read_json(state, request).await?;
-            check_target(state, &body.spec)?;
+            let body: UpdateRequest = read_json(api.limits, request).await?;
+            check_target(api.plain_http, &body.spec)?;
             let endpoint = write(registry, move |r| r.update(&id, body.version, body.spec)).await?;
             Ok(json(&serde_json::json!({ "endpoint": endpoint })))
         }
@@ -130,10 +138,10 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Er
 }
 
 async fn read_json<T: DeserializeOwned>(
-    state: &State,
+    limits: &Limits,
     request: Request<RequestBody>,
 ) -> Result<T, GatewayError> {
-    let body = request::read_body(request.into_body(), &state.limits).await?;
+    let body = request::read_body(request.into_body(), limits).await?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| GatewayError::bad_request(format!("invalid request body: {error}")))?;
     check_shape(&value)?;
@@ -172,11 +180,11 @@ fn check_shape(body: &serde_json::Value) -> Result<(), GatewayError> {
 
 /// The gateway's own rule on external target URLs, beyond the registry's: plain http only
 /// where the upstream policy allows it.
-fn check_target(state: &State, spec: &EndpointSpec) -> Result<(), GatewayError> {
+fn check_target(plain_http: PlainHttp, spec: &EndpointSpec) -> Result<(), GatewayError> {
     let nexus_registry::Target::External { url } = &spec.target else {
         return Ok(());
     };
-    crate::external::check_plain_http(state.upstream.plain_http, url).map_err(|why| {
+    crate::external::check_plain_http(plain_http, url).map_err(|why| {
         GatewayError::bad_request(format!("external target url {url:?} is invalid: {why}"))
     })
 }

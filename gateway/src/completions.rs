@@ -52,7 +52,14 @@ pub async fn complete(
             error.into_response()
         }
     };
-    crate::metering::finish(state, record, &response, started).await?;
+    crate::metering::finish(
+        &state.metrics,
+        state.attribution.as_ref(),
+        record,
+        &response,
+        started,
+    )
+    .await?;
     Ok(response)
 }
 

@@ -14,11 +14,11 @@ use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, full};
 use crate::error::GatewayError;
 use crate::request::{self, form_pairs};
-use crate::state::State;
-
-/// Completes `record` from the answer and writes it; the answer waits for the log's durability.
+/// Completes `record` from the answer, counts it in `metrics` and writes it to `log`; the
+/// answer waits for the log's durability.
 pub async fn finish(
-    state: &State,
+    metrics: &crate::metrics::Metrics,
+    log: Option<&crate::attribution::AttributionLog>,
     mut record: Record,
     response: &Response<Body>,
     started: Instant,
@@ -31,8 +31,8 @@ pub async fn finish(
     if record.outcome.is_rejected() {
         record.billable = 0;
     }
-    state.metrics.record_operation(&record);
-    let Some(log) = &state.attribution else {
+    metrics.record_operation(&record);
+    let Some(log) = log else {
         return Ok(());
     };
     log.append(record).await.map(drop).map_err(|e| {
@@ -45,13 +45,14 @@ pub async fn finish(
 /// `limit` (default 1000, at most 10000). With `wait` (at most 30 s), waits for new records
 /// when there are none yet. Metering identities only.
 pub async fn events(
-    state: &State,
+    log: Option<&crate::attribution::AttributionLog>,
+    shutdown: &tokio_util::sync::CancellationToken,
     peer: &Peer,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     authz::authorize(peer, Action::ReadAttribution)?;
     request::require_method(&request, &[Method::GET])?;
-    let Some(log) = &state.attribution else {
+    let Some(log) = log else {
         return Err(GatewayError::new(
             crate::ErrorType::NotImplemented,
             "attribution is turned off on this gateway",
@@ -88,7 +89,7 @@ pub async fn events(
     if log.last_seq() <= after && !wait.is_zero() {
         tokio::select! {
             _ = log.wait_after(after, wait) => {}
-            () = state.shutdown.cancelled() => {}
+            () = shutdown.cancelled() => {}
         }
     }
     let dir = log.dir().to_path_buf();

@@ -58,7 +58,14 @@ pub async fn handle(
         }
     };
     let record = facts.into_record(kind, peer, outcome);
-    metering::finish(state, record, &response, started).await?;
+    metering::finish(
+        &state.metrics,
+        state.attribution.as_ref(),
+        record,
+        &response,
+        started,
+    )
+    .await?;
     Ok(response)
 }
 

@@ -14,6 +14,14 @@ use crate::request::Route;
 use crate::state::State;
 use crate::{admin, completions, metering, operations, worker_api};
 
+fn workers(state: &State) -> worker_api::WorkerApi<'_> {
+    worker_api::WorkerApi {
+        matching: &state.matching,
+        limits: &state.limits,
+        shutdown: &state.shutdown,
+    }
+}
+
 /// Answers one request; never fails: every error becomes a Nexus failure response here.
 pub async fn handle(
     state: Arc<State>,
@@ -34,10 +42,22 @@ pub async fn handle(
             Route::Poll {
                 namespace,
                 task_queue,
-            } => worker_api::poll(&state, &peer, namespace, task_queue, request).await,
-            Route::Respond { token } => worker_api::respond(&state, &peer, token, request).await,
-            Route::Endpoints { id } => admin::handle(&state, &peer, id, request).await,
-            Route::AttributionEvents => metering::events(&state, &peer, request).await,
+            } => worker_api::poll(&workers(&state), &peer, namespace, task_queue, request).await,
+            Route::Respond { token } => {
+                worker_api::respond(&workers(&state), &peer, token, request).await
+            }
+            Route::Endpoints { id } => {
+                let api = admin::AdminApi {
+                    registry: &state.registry,
+                    limits: &state.limits,
+                    plain_http: state.upstream.plain_http,
+                };
+                admin::handle(&api, &peer, id, request).await
+            }
+            Route::AttributionEvents => {
+                let log = state.attribution.as_ref();
+                metering::events(log, &state.shutdown, &peer, request).await
+            }
         }
     }
     .instrument(span)

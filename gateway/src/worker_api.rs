@@ -14,14 +14,23 @@ use tokio::time::Instant;
 
 use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, empty, full};
+use crate::config::Limits;
 use crate::error::GatewayError;
+use crate::matching::Matching;
 use crate::matching::{QueueKey, TaskResponse};
 use crate::nexus::{self, headers};
 use crate::request;
-use crate::state::State;
+
+/// What the worker API uses of the gateway.
+pub(crate) struct WorkerApi<'a> {
+    pub matching: &'a Matching,
+    pub limits: &'a Limits,
+    /// Cancelled when the gateway stops: long polls end at once.
+    pub shutdown: &'a tokio_util::sync::CancellationToken,
+}
 
 pub async fn poll(
-    state: &State,
+    api: &WorkerApi<'_>,
     peer: &Peer,
     namespace: String,
     task_queue: String,
@@ -38,24 +47,24 @@ pub async fn poll(
         namespace,
         task_queue,
     };
-    let wait = poll_wait(state, request.headers())?;
-    poll_queue(state, &key, wait).await
+    let wait = poll_wait(api, request.headers())?;
+    poll_queue(api, &key, wait).await
 }
 
-fn poll_wait(state: &State, h: &HeaderMap) -> Result<Duration, GatewayError> {
-    let max = state.matching.settings().max_poll;
+fn poll_wait(api: &WorkerApi<'_>, h: &HeaderMap) -> Result<Duration, GatewayError> {
+    let max = api.matching.settings().max_poll;
     Ok(nexus::request_timeout(h)?.map_or(max, |t| t.min(max)))
 }
 
 /// Long-polls `key`: 200 with the next task, or 204 when none came within `wait`.
 async fn poll_queue(
-    state: &State,
+    api: &WorkerApi<'_>,
     key: &QueueKey,
     wait: Duration,
 ) -> Result<Response<Body>, GatewayError> {
     let task = tokio::select! {
-        task = state.matching.poll(key, wait) => task,
-        () = state.shutdown.cancelled() => None,
+        task = api.matching.poll(key, wait) => task,
+        () = api.shutdown.cancelled() => None,
     };
     let Some(task) = task else {
         let mut response = Response::new(empty());
@@ -77,7 +86,7 @@ async fn poll_queue(
 }
 
 pub async fn respond(
-    state: &State,
+    api: &WorkerApi<'_>,
     peer: &Peer,
     token: String,
     request: Request<RequestBody>,
@@ -91,12 +100,12 @@ pub async fn respond(
         namespace: namespace.clone(),
         task_queue: tq,
     });
-    let wait = poll_wait(state, request.headers())?;
+    let wait = poll_wait(api, request.headers())?;
     let (parts, body) = request.into_parts();
-    let body = request::read_body(body, &state.limits).await?;
+    let body = request::read_body(body, api.limits).await?;
     let mut relayed = HeaderMap::new();
     nexus::copy_relayed(&parts.headers, &mut relayed);
-    state.matching.complete(
+    api.matching.complete(
         &token,
         |owner| authz::authorize(peer, Action::AnswerTask { owner }).map(drop),
         TaskResponse {
@@ -106,7 +115,7 @@ pub async fn respond(
         },
     )?;
     match next {
-        Some(key) if !key.task_queue.is_empty() => poll_queue(state, &key, wait).await,
+        Some(key) if !key.task_queue.is_empty() => poll_queue(api, &key, wait).await,
         _ => Ok(Response::new(empty())),
     }
 }
