@@ -48,6 +48,7 @@ pub mod inbound;
 pub mod matching;
 pub(crate) mod metering;
 pub(crate) mod metrics;
+pub mod names;
 pub mod nexus;
 pub(crate) mod operations;
 pub(crate) mod ops_port;

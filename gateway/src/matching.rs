@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
+use crate::names::{Namespace, TaskQueue};
 
 /// Settings for matching; each default is Temporal-like and documented.
 #[derive(Debug, Clone)]
@@ -66,12 +67,12 @@ pub struct TaskResponse {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QueueKey {
-    pub namespace: String,
-    pub task_queue: String,
+    pub namespace: Namespace,
+    pub task_queue: TaskQueue,
 }
 
 struct Pending {
-    namespace: String,
+    namespace: Namespace,
     reply: oneshot::Sender<TaskResponse>,
 }
 
@@ -82,11 +83,11 @@ struct QueueState {
 }
 
 #[derive(Default)]
-struct TaskQueue {
+struct Queue {
     state: Mutex<QueueState>,
 }
 
-impl TaskQueue {
+impl Queue {
     /// Hands the task to a waiting poller, or queues it if there is room; false when full.
     fn offer(&self, mut task: Task, max_waiting: usize) -> bool {
         let mut state = self.state.lock().expect("queue lock");
@@ -131,7 +132,7 @@ impl TaskQueue {
 /// All task queues and the tasks handed to workers that still await an answer.
 pub struct Matching {
     settings: MatchingSettings,
-    queues: DashMap<QueueKey, Arc<TaskQueue>>,
+    queues: DashMap<QueueKey, Arc<Queue>>,
     pending: DashMap<String, Pending>,
     next_poller: AtomicU64,
 }
@@ -158,7 +159,7 @@ impl Matching {
         &self.settings
     }
 
-    fn queue(&self, key: &QueueKey) -> Arc<TaskQueue> {
+    fn queue(&self, key: &QueueKey) -> Arc<Queue> {
         if let Some(q) = self.queues.get(key) {
             return q.clone();
         }
@@ -280,7 +281,7 @@ impl Matching {
 
 struct DispatchGuard<'a> {
     matching: &'a Matching,
-    queue: &'a TaskQueue,
+    queue: &'a Queue,
     token: &'a str,
 }
 
@@ -292,7 +293,7 @@ impl Drop for DispatchGuard<'_> {
 }
 
 struct PollGuard {
-    queue: Arc<TaskQueue>,
+    queue: Arc<Queue>,
     id: u64,
     rx: Option<oneshot::Receiver<Task>>,
 }

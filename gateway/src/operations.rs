@@ -20,6 +20,7 @@ use crate::error::GatewayError;
 use crate::external;
 use crate::matching::{QueueKey, Task};
 use crate::metering;
+use crate::names::{Namespace, TaskQueue};
 use crate::nexus::{self, OperationKind, OperationPath, headers};
 use crate::request;
 use crate::state::State;
@@ -225,8 +226,8 @@ async fn serve(
             let body = request::read_body(body, &state.limits).await?;
             facts.request_bytes = body.len() as u64;
             let key = QueueKey {
-                namespace: namespace.clone(),
-                task_queue: task_queue.clone(),
+                namespace: Namespace::new(namespace.clone()),
+                task_queue: TaskQueue::new(task_queue.clone()),
             };
             let token = add_task_headers(&mut forwarded, &caller, &endpoint, &path, &below_prefix)?;
             let task = Task {

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::body::RequestBody;
 use crate::error::{ErrorType, GatewayError};
+use crate::names::{Namespace, TaskQueue};
 use crate::nexus::{self, OperationPath, decode_segment};
 
 pub const OPERATIONS_PREFIX: &str = nexus::ENDPOINTS_PREFIX;
@@ -49,8 +50,8 @@ pub enum Route {
     Completion(Result<String, GatewayError>),
     Completions(CompletionsRoute),
     Poll {
-        namespace: String,
-        task_queue: String,
+        namespace: Namespace,
+        task_queue: TaskQueue,
     },
     Respond {
         token: String,
@@ -101,8 +102,8 @@ impl Route {
             let segments: Vec<&str> = queue.map(|q| q.split('/').collect()).unwrap_or_default();
             return match segments.as_slice() {
                 [ns, "task-queues", tq] => Ok(Route::Poll {
-                    namespace: decode_segment(ns, "namespace")?,
-                    task_queue: decode_segment(tq, "task queue")?,
+                    namespace: decode_segment(ns, "namespace")?.into(),
+                    task_queue: decode_segment(tq, "task queue")?.into(),
                 }),
                 _ => Err(GatewayError::not_found(format!("no route for {path}"))),
             };

@@ -18,6 +18,7 @@ use crate::config::Limits;
 use crate::error::GatewayError;
 use crate::matching::Matching;
 use crate::matching::{QueueKey, TaskResponse};
+use crate::names::{Namespace, TaskQueue};
 use crate::nexus::{self, headers};
 use crate::request;
 
@@ -32,8 +33,8 @@ pub(crate) struct WorkerApi<'a> {
 pub async fn poll(
     api: &WorkerApi<'_>,
     peer: &Peer,
-    namespace: String,
-    task_queue: String,
+    namespace: Namespace,
+    task_queue: TaskQueue,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     authz::authorize(
@@ -97,8 +98,8 @@ pub async fn respond(
     // `?next-task-queue=TQ` asks for the next task of TQ (own namespace) in the answer, saving
     // the worker a separate poll.
     let next = request::query_param(request.uri().query(), "next-task-queue").map(|tq| QueueKey {
-        namespace: namespace.clone(),
-        task_queue: tq,
+        namespace: Namespace::new(namespace.clone()),
+        task_queue: tq.into(),
     });
     let wait = poll_wait(api, request.headers())?;
     let (parts, body) = request.into_parts();
