@@ -150,7 +150,7 @@ async fn serve(
     request: Request<RequestBody>,
     facts: &mut CallFacts,
 ) -> Result<Response<Body>, GatewayError> {
-    let caller = authz::authorize(peer, Action::CallEndpoints)?.to_owned();
+    let caller = Namespace::new(authz::authorize(peer, Action::CallEndpoints)?);
     let _in_flight = state.track_operation();
     if state.is_draining() {
         return Err(GatewayError::unavailable(
