@@ -576,19 +576,8 @@ impl upstream::Fault for PolicyRefusal {
 /// gateway sets itself from the completion.
 pub fn completion_header_allowed(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    !(matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "expect"
-            | "nexus-link"
-    ) || name.starts_with("proxy-")
+    !(crate::nexus::is_framing_or_hop(&name)
+        || name == "nexus-link"
         || name.starts_with("content-")
         || name.starts_with("nexus-operation-")
         || name.starts_with(crate::nexus::headers::TASK_PREFIX))

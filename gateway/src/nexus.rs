@@ -190,8 +190,20 @@ pub fn format_timeout(d: Duration) -> String {
 /// gateway-internal `Nexus-Task-*` headers.
 pub fn is_relayed(name: &HeaderName, connection_listed: &[HeaderName]) -> bool {
     let n = name.as_str();
-    !(matches!(
-        n,
+    !(is_framing_or_hop(n)
+        || matches!(
+            n,
+            "authorization" | "cookie" | "request-timeout" | "nexus-caller-namespace"
+        )
+        || n.starts_with(headers::TASK_PREFIX)
+        || connection_listed.contains(name))
+}
+
+/// Headers that belong to one hop or frame one message (lower case): never carried across
+/// the gateway, whichever way.
+pub fn is_framing_or_hop(name: &str) -> bool {
+    matches!(
+        name,
         "connection"
             | "keep-alive"
             | "transfer-encoding"
@@ -200,14 +212,8 @@ pub fn is_relayed(name: &HeaderName, connection_listed: &[HeaderName]) -> bool {
             | "upgrade"
             | "host"
             | "content-length"
-            | "authorization"
-            | "cookie"
             | "expect"
-            | "request-timeout"
-            | "nexus-caller-namespace"
-    ) || n.starts_with("proxy-")
-        || n.starts_with(headers::TASK_PREFIX)
-        || connection_listed.contains(name))
+    ) || name.starts_with("proxy-")
 }
 
 /// Copies the headers that may cross the gateway from `from` to `to`.

@@ -826,3 +826,25 @@ impl Drop for CountingServer {
         self.stop.cancel();
     }
 }
+
+/// The sealed callback URL in a query string the gateway rewrote (`callback=<encoded URL>`
+/// first, as the gateway leaves it).
+pub fn sealed_callback(query: &str) -> String {
+    let encoded = query
+        .strip_prefix("callback=")
+        .expect("the query starts with the callback parameter");
+    let encoded = encoded.split('&').next().unwrap_or_default();
+    percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .expect("UTF-8")
+        .into_owned()
+}
+
+/// [`sealed_callback`] of the query the reference handler echoes back from a start.
+pub fn sealed_callback_seen_by(reply: &Reply) -> String {
+    sealed_callback(
+        reply.json()["query"]
+            .as_str()
+            .expect("the handler echoes the query"),
+    )
+}

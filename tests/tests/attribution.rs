@@ -115,11 +115,7 @@ async fn every_action_is_recorded_once_with_its_fields() {
         403
     );
     // The handler completes the async operation.
-    let query = seen.json()["query"].as_str().unwrap().to_owned();
-    let sealed = percent_encoding::percent_decode_str(query.strip_prefix("callback=").unwrap())
-        .decode_utf8()
-        .unwrap()
-        .into_owned();
+    let sealed = sealed_callback_seen_by(&seen);
     let done = post(
         sealed.parse().unwrap(),
         &[

@@ -110,11 +110,7 @@ async fn a_name_that_resolves_to_loopback_is_refused_at_delivery_without_connect
 /// Completes, as the handler namespace, the operation whose start `reply` reports (the
 /// reference handler echoes the query it got, with the sealed callback URL).
 async fn complete_through(gw: &TestGateway, reply: &Reply, result: &'static str) {
-    let query = reply.json()["query"].as_str().unwrap().to_owned();
-    let sealed = percent_encoding::percent_decode_str(query.strip_prefix("callback=").unwrap())
-        .decode_utf8()
-        .unwrap()
-        .into_owned();
+    let sealed = sealed_callback_seen_by(reply);
     let done = post(
         sealed.parse().unwrap(),
         &[("nexus-operation-state", "succeeded")],

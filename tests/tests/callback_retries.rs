@@ -44,11 +44,7 @@ async fn complete_to(gw: &TestGateway, callback_host: std::net::SocketAddr, body
     )
     .await;
     assert_eq!(seen.status, 200, "{:?}", seen.body);
-    let sealed = seen.json()["query"].as_str().unwrap().to_owned();
-    let sealed = percent_encoding::percent_decode_str(sealed.strip_prefix("callback=").unwrap())
-        .decode_utf8()
-        .unwrap()
-        .into_owned();
+    let sealed = sealed_callback_seen_by(&seen);
     let ack = send(
         &gw.client(&ns("billing")),
         post(
@@ -68,6 +64,21 @@ async fn listed(gw: &TestGateway, state: &str) -> Vec<Value> {
     let reply = send(&gw.client(&admin()), list).await;
     assert_eq!(reply.status, 200);
     reply.json()["completions"].as_array().unwrap().clone()
+}
+
+/// Waits (bounded) for the first completion listed as `state`; returns it.
+async fn first_listed(gw: &TestGateway, state: &str, what: &str) -> Value {
+    let mut entry = Value::Null;
+    eventually(what, BOUND, async || {
+        entry = listed(gw, state)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        !entry.is_null()
+    })
+    .await;
+    entry
 }
 
 #[tokio::test]
@@ -125,16 +136,7 @@ async fn a_403_fails_at_once_and_is_kept() {
     let mut receiver = Receiver::start(403).await;
     complete_to(&gw, receiver.addr, "payload").await;
     assert!(receiver.next(BOUND).await.is_some());
-    let mut entry = Value::Null;
-    eventually("the completion is failed", BOUND, async || {
-        entry = listed(&gw, "failed")
-            .await
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        !entry.is_null()
-    })
-    .await;
+    let entry = first_listed(&gw, "failed", "the completion is failed").await;
     assert_eq!(entry["attempts"], 1, "not retried: {entry}");
     assert!(
         entry["lastError"].as_str().unwrap().contains("403"),
@@ -149,16 +151,7 @@ async fn retries_stop_at_the_tokens_expiry() {
     let mut receiver = Receiver::start(503).await;
     complete_to(&gw, receiver.addr, "payload").await;
     assert!(receiver.next(BOUND).await.is_some());
-    let mut entry = Value::Null;
-    eventually("given up at expiry", BOUND, async || {
-        entry = listed(&gw, "failed")
-            .await
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        !entry.is_null()
-    })
-    .await;
+    let entry = first_listed(&gw, "failed", "given up at expiry").await;
     assert!(
         entry["lastError"].as_str().unwrap().contains("expired"),
         "{entry}"

@@ -42,11 +42,7 @@ async fn start_with_callback_token(gw: &TestGateway, receiver: &Receiver, secret
         "the handler must not see the caller's callback headers: {headers:?}"
     );
     let query = seen["query"].as_str().unwrap();
-    let sealed = query.strip_prefix("callback=").expect("callback param");
-    let sealed = percent_encoding::percent_decode_str(sealed)
-        .decode_utf8()
-        .unwrap()
-        .into_owned();
+    let sealed = sealed_callback(query);
     assert!(
         sealed.starts_with(&format!(
             "https://localhost:{}/nexus/callbacks/",

@@ -172,11 +172,7 @@ async fn a_completion_record_names_the_handler_that_posted_it() {
         ),
     )
     .await;
-    let sealed = seen.json()["query"].as_str().unwrap().to_owned();
-    let sealed = percent_encoding::percent_decode_str(sealed.strip_prefix("callback=").unwrap())
-        .decode_utf8()
-        .unwrap()
-        .into_owned();
+    let sealed = sealed_callback_seen_by(&seen);
     let ack = send(
         &gw.client(&ns("billing")),
         post(

@@ -628,10 +628,7 @@ async fn accepted_completions_survive_kill_9() {
         assert_eq!(task.status, 200);
         let path = task.header("nexus-task-path").unwrap();
         let query = path.split_once('?').unwrap().1;
-        let sealed = percent_encoding::percent_decode_str(query.strip_prefix("callback=").unwrap())
-            .decode_utf8()
-            .unwrap()
-            .into_owned();
+        let sealed = sealed_callback(query);
         let token = task.header("nexus-task-token").unwrap();
         let answer = post(
             format!("{base}/api/v1/nexus-tasks/{token}/response")
