@@ -28,28 +28,9 @@ fn start_serve(dir: &Path) -> (Proc, u16) {
         "[callbacks]\nallowed = [{ host = \"127.0.0.1\", allow_insecure = true }]\n",
     )
     .unwrap();
-    let mut gw = Proc::spawn(
-        &[
-            "serve",
-            "--config",
-            "callbacks.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            "data",
-            "--tls-ca",
-            "certs/ca.pem",
-            "--tls-cert",
-            "certs/server.pem",
-            "--tls-key",
-            "certs/server-key.pem",
-            "--shutdown-grace",
-            "10",
-        ],
-        dir,
-    );
+    let mut args = support::SERVE.to_vec();
+    args.extend(["--config", "callbacks.toml", "--shutdown-grace", "10"]);
+    let mut gw = Proc::spawn(&args, dir);
     let line = gw.wait_for("data https://");
     (gw, port_after(&line, "127.0.0.1:"))
 }

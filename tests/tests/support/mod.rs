@@ -142,25 +142,29 @@ pub struct Served {
     pub ops_port: u16,
 }
 
+/// `serve` on free loopback ports with the PKI of `certs init --dir certs` and the data
+/// directory `data`, both in the working directory.
+pub const SERVE: [&str; 13] = [
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--ops-listen",
+    "127.0.0.1:0",
+    "--data-dir",
+    "data",
+    "--tls-ca",
+    "certs/ca.pem",
+    "--tls-cert",
+    "certs/server.pem",
+    "--tls-key",
+    "certs/server-key.pem",
+];
+
 /// `certs init` into `dir/certs`, then `serve` with `extra` flags on free ports.
 pub fn serve(dir: &Path, extra: &[&str]) -> Served {
     let (code, _, err) = run(&["certs", "init", "--dir", "certs"], dir);
     assert_eq!(code, 0, "{err}");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--ops-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        "data",
-        "--tls-ca",
-        "certs/ca.pem",
-        "--tls-cert",
-        "certs/server.pem",
-        "--tls-key",
-        "certs/server-key.pem",
-    ];
+    let mut args = SERVE.to_vec();
     args.extend_from_slice(extra);
     let mut proc = Proc::spawn(&args, dir);
     let line = proc.wait_for("data https://");
