@@ -25,9 +25,14 @@ fn is_loopback(host: &str) -> bool {
 
 /// Whether `url` may be used under the plain-http policy; why not if not.
 pub fn check_plain_http(policy: PlainHttp, url: &str) -> Result<(), &'static str> {
-    let Ok(uri) = url.parse::<Uri>() else {
-        return Ok(()); // the registry's rules name what is wrong with it
-    };
+    match url.parse::<Uri>() {
+        Ok(uri) => plain_http_allowed(policy, &uri),
+        Err(_) => Ok(()), // the registry's rules name what is wrong with it
+    }
+}
+
+/// [`check_plain_http`] of a parsed URI (the request path parses it once).
+fn plain_http_allowed(policy: PlainHttp, uri: &Uri) -> Result<(), &'static str> {
     if uri.scheme_str() != Some("http") {
         return Ok(());
     }
@@ -75,7 +80,7 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         .and_then(|a| a.as_str().rsplit('@').next())
         .unwrap_or_default()
         .to_owned();
-    if let Err(why) = check_plain_http(state.upstream.plain_http, f.base_url) {
+    if let Err(why) = plain_http_allowed(state.upstream.plain_http, &uri) {
         return Err(GatewayError::unavailable(format!(
             "endpoint {:?} targets {host} over plain http, which this gateway refuses: {why}",
             f.endpoint_name
@@ -96,13 +101,13 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         headers::REQUEST_TIMEOUT,
         HeaderValue::from_str(&nexus::format_timeout(left)).expect("ascii"),
     );
-    let watch = f.watch.clone();
+    let watch = &f.watch;
     let sent = upstream::send(
         &state.outbound,
         &lane,
         f.deadline,
         state.proxy.request(request),
-        &CallerBody(&watch),
+        &CallerBody(watch),
     )
     .await;
     let response = match sent {
