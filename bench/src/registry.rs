@@ -84,6 +84,19 @@ impl Store for Prepared {
     fn delete(&self, _: &str, _: u64) -> Result<u64, RegistryError> {
         Ok(self.1.fetch_add(1, Ordering::Relaxed) + 2)
     }
+    fn load_clusters(&self) -> Result<Vec<nexus_registry::Cluster>, RegistryError> {
+        Ok(Vec::new())
+    }
+    fn put_cluster(
+        &self,
+        _: &nexus_registry::Cluster,
+        _: Option<u64>,
+    ) -> Result<(), RegistryError> {
+        Ok(())
+    }
+    fn delete_cluster(&self, _: &str, _: u64) -> Result<(), RegistryError> {
+        Ok(())
+    }
 }
 
 fn registry(n: usize) -> Result<(Registry, Vec<Endpoint>)> {

@@ -17,6 +17,8 @@ pub enum Identity {
     Admin(String),
     /// `spiffe://<td>/metering/<name>`
     Metering(String),
+    /// `spiffe://<td>/cluster/<name>`: a trusted Temporal cluster calling for its namespaces.
+    Cluster(String),
 }
 
 impl Identity {
@@ -31,12 +33,16 @@ impl Identity {
             Identity::Namespace(_) => "namespace",
             Identity::Admin(_) => "admin",
             Identity::Metering(_) => "metering",
+            Identity::Cluster(_) => "cluster",
         }
     }
 
     pub fn name(&self) -> &str {
         match self {
-            Identity::Namespace(n) | Identity::Admin(n) | Identity::Metering(n) => n,
+            Identity::Namespace(n)
+            | Identity::Admin(n)
+            | Identity::Metering(n)
+            | Identity::Cluster(n) => n,
         }
     }
 
@@ -46,6 +52,7 @@ impl Identity {
             Identity::Namespace(_) => "ns",
             Identity::Admin(_) => "admin",
             Identity::Metering(_) => "metering",
+            Identity::Cluster(_) => "cluster",
         }
     }
 
@@ -167,7 +174,7 @@ pub fn validate_trust_domain(trust_domain: &str) -> Result<(), String> {
     }
 }
 
-/// Parses `spiffe://<trust_domain>/(ns|admin|metering)/<name>`.
+/// Parses `spiffe://<trust_domain>/(ns|admin|metering|cluster)/<name>`.
 pub fn parse_identity_uri(uri: &str, trust_domain: &str) -> Result<Identity, IdentityError> {
     let unrecognised = || IdentityError::Unrecognised {
         found: vec![uri.to_owned()],
@@ -180,6 +187,7 @@ pub fn parse_identity_uri(uri: &str, trust_domain: &str) -> Result<Identity, Ide
         "ns" => (Identity::Namespace, "namespace"),
         "admin" => (Identity::Admin, "admin"),
         "metering" => (Identity::Metering, "metering"),
+        "cluster" => (Identity::Cluster, "cluster"),
         _ => return Err(unrecognised()),
     };
     // Exact comparison: SPIFFE trust domains are lowercase by definition.

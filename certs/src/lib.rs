@@ -219,10 +219,34 @@ fn protocol_error(side: &str, source: rustls::Error) -> CertError {
     }
 }
 
+/// Whether a client must present a certificate during the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// No certificate: the handshake fails.
+    Required,
+    /// A certificate, if presented, must still chain to the CA; without one the connection
+    /// is anonymous and the application decides what it may do.
+    #[default]
+    Optional,
+}
+
 /// Server side: client certificate REQUIRED and verified against `m.ca`,
 /// ALPN `["h2", "http/1.1"]`.
 pub fn server_config(m: &TlsMaterial) -> Result<rustls::ServerConfig, CertError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&m.ca)?), provider())
+    server_config_with(m, ClientAuth::Required)
+}
+
+/// [`server_config`] with the client certificate required or optional.
+pub fn server_config_with(
+    m: &TlsMaterial,
+    client_auth: ClientAuth,
+) -> Result<rustls::ServerConfig, CertError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&m.ca)?), provider());
+    let builder = match client_auth {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    let verifier = builder
         .build()
         .map_err(|source| CertError::Verifier { source })?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())

@@ -3,17 +3,21 @@
 //!
 //! | Action | Allowed to |
 //! |---|---|
-//! | call Nexus endpoints | a namespace |
-//! | call one endpoint | a namespace in its `allowedCallerNamespaces` |
-//! | complete an operation | a namespace; the target namespace when the operation has one |
+//! | call Nexus endpoints ([`caller`]) | a namespace; a registered cluster, by its certificate or a secret in the URL |
+//! | call one endpoint ([`authorize_call`]) | a caller in its `allowedCallerNamespaces` (`ns`, or `ns@cluster`) |
+//! | complete an operation | anyone holding the sealed token; with a namespace certificate, only the target namespace |
 //! | poll a task queue, answer a task | the queue's, the task's own namespace |
-//! | manage endpoints, manage completions | an admin |
+//! | manage endpoints, clusters, completions | an admin |
 //! | read attribution | metering |
 //!
-//! No certificate identity at all is 401; a known identity doing what it may not is 403.
+//! Without a certificate (the handshake lets such connections in for Temporal servers), only
+//! cluster-secret calls and completions pass: everything else is 401. A known identity doing
+//! what it may not is 403.
+
+use std::sync::Arc;
 
 use nexus_certs::{Identity, IdentityError, PeerIdentity};
-use nexus_registry::Endpoint;
+use nexus_registry::{Cluster, Endpoint, Registry};
 
 use crate::error::GatewayError;
 
@@ -23,10 +27,6 @@ pub type Peer = Result<PeerIdentity, IdentityError>;
 /// What a request wants to do.
 #[derive(Debug, Clone, Copy)]
 pub enum Action<'a> {
-    /// Start or cancel operations at all (checked before the endpoint is known).
-    CallEndpoints,
-    /// Start or cancel operations of this endpoint.
-    CallEndpoint(&'a Endpoint),
     /// Post a completion; `target` is the namespace that handled the operation, if known.
     CompleteOperation {
         target: Option<&'a str>,
@@ -40,8 +40,75 @@ pub enum Action<'a> {
         owner: &'a str,
     },
     ManageEndpoints,
+    ManageClusters,
     ManageCompletions,
     ReadAttribution,
+}
+
+/// Who starts or cancels an operation.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A namespace certificate.
+    Namespace(crate::names::Namespace),
+    /// A trusted cluster, which names the namespace it acts for in each request.
+    Cluster {
+        cluster: Arc<Cluster>,
+        /// How it proved itself, for attribution: its certificate's URI or `secret:<id>`.
+        credential: String,
+    },
+}
+
+/// Who may start or cancel operations: a namespace certificate, a cluster certificate of a
+/// registered cluster, or (`secret`, from the URL) a valid secret of a registered cluster.
+pub fn caller(
+    peer: &Peer,
+    secret: Option<&str>,
+    registry: &Registry,
+) -> Result<Caller, GatewayError> {
+    if let Some(secret) = secret {
+        // Not echoed: the secret is a credential.
+        let (cluster, id) = registry.cluster_by_secret(secret).ok_or_else(|| {
+            GatewayError::unauthenticated(
+                "the cluster secret in the URL is unknown, revoked or expired",
+            )
+        })?;
+        return Ok(Caller::Cluster {
+            cluster,
+            credential: format!("secret:{id}"),
+        });
+    }
+    let peer = peer.as_ref().map_err(|error| {
+        GatewayError::unauthenticated(format!("client certificate not accepted: {error}"))
+    })?;
+    match &peer.identity {
+        Identity::Namespace(ns) => Ok(Caller::Namespace(crate::names::Namespace::new(ns.as_str()))),
+        Identity::Cluster(name) => {
+            let cluster = registry.cluster(name).ok_or_else(|| {
+                GatewayError::unauthorized(format!(
+                    "cluster {name:?} is not registered: nexus-gateway cluster add --name {name} ..."
+                ))
+            })?;
+            Ok(Caller::Cluster {
+                cluster,
+                credential: peer.uri.clone(),
+            })
+        }
+        other => Err(GatewayError::unauthorized(format!(
+            "{other} may not call Nexus endpoints: a namespace or cluster certificate is required"
+        ))),
+    }
+}
+
+/// Whether `caller` (`ns`, or `ns@cluster` for a cluster's namespace) may call `endpoint`.
+pub fn authorize_call(caller: &str, endpoint: &Endpoint) -> Result<(), GatewayError> {
+    if endpoint.allows_caller(caller) {
+        Ok(())
+    } else {
+        Err(GatewayError::unauthorized(format!(
+            "namespace {caller:?} is not allowed to call endpoint {:?}",
+            endpoint.spec.name
+        )))
+    }
 }
 
 /// The verified identity, or 401 saying why there is none.
@@ -54,6 +121,13 @@ pub fn identity(peer: &Peer) -> Result<&Identity, GatewayError> {
 /// Allows `action` or says why not. Returns the caller's namespace for namespace actions
 /// (empty for the others).
 pub fn authorize<'p>(peer: &'p Peer, action: Action<'_>) -> Result<&'p str, GatewayError> {
+    // The sealed token is the credential of a completion: a handler without a certificate
+    // (a stock Temporal server) may post one.
+    if let (Action::CompleteOperation { .. }, Err(IdentityError::NoClientCertificate)) =
+        (action, peer)
+    {
+        return Ok("");
+    }
     let identity = identity(peer)?;
     let namespace = |verb: &str| match identity {
         Identity::Namespace(ns) => Ok(ns.as_str()),
@@ -71,18 +145,8 @@ pub fn authorize<'p>(peer: &'p Peer, action: Action<'_>) -> Result<&'p str, Gate
         }
     };
     match action {
-        Action::CallEndpoints => namespace("call Nexus endpoints"),
-        Action::CallEndpoint(endpoint) => {
-            let caller = namespace("call Nexus endpoints")?;
-            if endpoint.allows_caller(caller) {
-                Ok(caller)
-            } else {
-                Err(GatewayError::unauthorized(format!(
-                    "namespace {caller:?} is not allowed to call endpoint {:?}",
-                    endpoint.spec.name
-                )))
-            }
-        }
+        // A cluster's handlers hold the token like a certificate-less one.
+        Action::CompleteOperation { .. } if matches!(identity, Identity::Cluster(_)) => Ok(""),
         Action::CompleteOperation { target } => {
             let sender = namespace("complete operations")?;
             match target {
@@ -117,6 +181,11 @@ pub fn authorize<'p>(peer: &'p Peer, action: Action<'_>) -> Result<&'p str, Gate
         Action::ManageEndpoints => role(
             matches!(identity, Identity::Admin(_)),
             "manage endpoints",
+            "an admin",
+        ),
+        Action::ManageClusters => role(
+            matches!(identity, Identity::Admin(_)),
+            "manage clusters",
             "an admin",
         ),
         Action::ManageCompletions => role(
@@ -170,14 +239,7 @@ mod tests {
         let billing = || peer(Identity::Namespace("billing".into()));
         let admin = || peer(Identity::Admin("root".into()));
         let metering = || peer(Identity::Metering("m".into()));
-        let allowed = endpoint(&["orders"]);
-        let closed = endpoint(&[]);
         let cases: Vec<(Peer, Action, bool)> = vec![
-            (orders(), Action::CallEndpoints, true),
-            (admin(), Action::CallEndpoints, false),
-            (orders(), Action::CallEndpoint(&allowed), true),
-            (billing(), Action::CallEndpoint(&allowed), false),
-            (orders(), Action::CallEndpoint(&closed), false),
             (
                 billing(),
                 Action::CompleteOperation {
@@ -217,6 +279,20 @@ mod tests {
             (orders(), Action::AnswerTask { owner: "billing" }, false),
             (admin(), Action::AnswerTasks, false),
             (admin(), Action::ManageEndpoints, true),
+            (admin(), Action::ManageClusters, true),
+            (orders(), Action::ManageClusters, false),
+            (
+                peer(Identity::Cluster("east".into())),
+                Action::CompleteOperation {
+                    target: Some("billing"),
+                },
+                true,
+            ),
+            (
+                peer(Identity::Cluster("east".into())),
+                Action::ManageEndpoints,
+                false,
+            ),
             (orders(), Action::ManageEndpoints, false),
             (metering(), Action::ManageEndpoints, false),
             (admin(), Action::ManageCompletions, true),
@@ -231,8 +307,105 @@ mod tests {
                 assert_eq!(e.kind.status(), 403, "{e}");
             }
         }
+        // Without a certificate only a completion passes: its sealed token is the credential.
         let anonymous: Peer = Err(IdentityError::NoClientCertificate);
-        let e = authorize(&anonymous, Action::ManageEndpoints).unwrap_err();
+        for action in [
+            Action::ManageEndpoints,
+            Action::ManageClusters,
+            Action::ManageCompletions,
+            Action::ReadAttribution,
+            Action::PollQueue {
+                namespace: "billing",
+            },
+            Action::AnswerTasks,
+            Action::AnswerTask { owner: "billing" },
+        ] {
+            let e = authorize(&anonymous, action).unwrap_err();
+            assert_eq!(e.kind.status(), 401, "{action:?}");
+        }
+        let complete = Action::CompleteOperation {
+            target: Some("billing"),
+        };
+        assert_eq!(authorize(&anonymous, complete).unwrap(), "");
+        let unrecognised: Peer = Err(IdentityError::NoUriSan {
+            trust_domain: "td".into(),
+        });
+        assert_eq!(
+            authorize(&unrecognised, complete)
+                .unwrap_err()
+                .kind
+                .status(),
+            401
+        );
+    }
+
+    #[test]
+    fn who_may_call() {
+        let registry = Registry::new(nexus_registry::RedbStore::in_memory().unwrap()).unwrap();
+        let spec = nexus_registry::ClusterSpec {
+            callback_url_template: "https://t/namespaces/{namespace}/cb".into(),
+            description: String::new(),
+        };
+        let (_, secret) = registry.create_cluster("east", spec, true).unwrap();
+        let secret = secret.unwrap();
+        let anonymous: Peer = Err(IdentityError::NoClientCertificate);
+        assert_eq!(
+            caller(&anonymous, None, &registry)
+                .unwrap_err()
+                .kind
+                .status(),
+            401
+        );
+        let e = caller(&anonymous, Some("ngs_wrong"), &registry).unwrap_err();
         assert_eq!(e.kind.status(), 401);
+        assert!(!e.to_string().contains("ngs_wrong"), "{e}");
+        match caller(&anonymous, Some(&secret), &registry).unwrap() {
+            Caller::Cluster {
+                cluster,
+                credential,
+            } => {
+                assert_eq!(cluster.name, "east");
+                assert!(credential.starts_with("secret:") && !credential.contains(&secret[4..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let east = peer(Identity::Cluster("east".into()));
+        assert!(matches!(
+            caller(&east, None, &registry),
+            Ok(Caller::Cluster { .. })
+        ));
+        let west = peer(Identity::Cluster("west".into()));
+        assert_eq!(
+            caller(&west, None, &registry).unwrap_err().kind.status(),
+            403
+        );
+        let admin = peer(Identity::Admin("a".into()));
+        assert_eq!(
+            caller(&admin, None, &registry).unwrap_err().kind.status(),
+            403
+        );
+        let orders = peer(Identity::Namespace("orders".into()));
+        assert!(matches!(
+            caller(&orders, None, &registry),
+            Ok(Caller::Namespace(_))
+        ));
+
+        let allowed = endpoint(&["orders", "orders@east"]);
+        assert!(authorize_call("orders", &allowed).is_ok());
+        assert!(authorize_call("orders@east", &allowed).is_ok());
+        assert_eq!(
+            authorize_call("orders@west", &allowed)
+                .unwrap_err()
+                .kind
+                .status(),
+            403
+        );
+        assert_eq!(
+            authorize_call("billing", &endpoint(&[]))
+                .unwrap_err()
+                .kind
+                .status(),
+            403
+        );
     }
 }

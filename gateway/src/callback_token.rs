@@ -82,6 +82,8 @@ impl Sealed {
 
 pub struct CallbackKeys {
     keys: Vec<(u32, LessSafeKey)>,
+    /// Derived from the first key: signs operation tokens of cluster callers.
+    token_key: ring::hmac::Key,
     rng: SystemRandom,
 }
 
@@ -110,6 +112,7 @@ impl CallbackKeys {
         }
         let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
         let mut keys = Vec::new();
+        let mut token_key = None;
         for (n, line) in text
             .lines()
             .enumerate()
@@ -123,11 +126,26 @@ impl CallbackKeys {
                 .ok_or_else(bad)?;
             let key = UnboundKey::new(&CHACHA20_POLY1305, &secret).map_err(|_| bad())?;
             keys.push((id, LessSafeKey::new(key)));
+            // The first key stays when keys are added, so wrapped tokens stay valid.
+            token_key.get_or_insert_with(|| {
+                let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+                let derived = ring::hmac::sign(&root, b"nexus-gateway cluster operation tokens v1");
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
+            });
         }
-        if keys.is_empty() {
+        let Some(token_key) = token_key else {
             return Err(fail("no keys".into()));
-        }
-        Ok(CallbackKeys { keys, rng })
+        };
+        Ok(CallbackKeys {
+            keys,
+            token_key,
+            rng,
+        })
+    }
+
+    /// The key that signs operation tokens handed to cluster callers.
+    pub fn token_key(&self) -> &ring::hmac::Key {
+        &self.token_key
     }
 
     /// Seals [`CallbackClaims`] or a [`NoteRef`].

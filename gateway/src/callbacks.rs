@@ -264,6 +264,25 @@ pub(crate) fn completion_headers(
     out
 }
 
+/// For a cluster caller (`ns@cluster`), the operation token in the completion's headers as
+/// the cluster got it from the start: wrapped (see [`crate::cluster_tokens`]).
+pub(crate) fn wrap_tokens_for_cluster(
+    key: &ring::hmac::Key,
+    caller_namespace: &str,
+    headers: &mut [(String, String)],
+) {
+    let Some((namespace, cluster)) = caller_namespace.split_once('@') else {
+        return;
+    };
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("nexus-operation-token")
+            || name.eq_ignore_ascii_case("nexus-operation-id")
+        {
+            *value = crate::cluster_tokens::wrap(key, cluster, namespace, value);
+        }
+    }
+}
+
 pub(crate) fn encode(delivery: &Delivery, body: &[u8]) -> Vec<u8> {
     let meta = serde_json::to_vec(delivery).expect("serializable");
     let mut out = Vec::with_capacity(4 + meta.len() + body.len());
@@ -315,6 +334,11 @@ fn wake_siblings(callbacks: &Callbacks, destination: &str) {
 
 impl Callbacks {
     /// The delivery counters, for `/metrics`.
+    /// The key that signs operation tokens handed to cluster callers.
+    pub fn token_key(&self) -> &ring::hmac::Key {
+        self.keys.token_key()
+    }
+
     pub fn counts(&self) -> crate::metrics::CompletionCounts {
         crate::metrics::CompletionCounts {
             pending: self.pending.load(Ordering::Relaxed).max(0) as u64,

@@ -12,7 +12,9 @@ use tracing::debug;
 use crate::attribution::{Kind, Outcome, Record};
 use crate::authz::{self, Action, Peer};
 use crate::body::{Body, RequestBody, empty, json};
-use crate::callbacks::{Delivery, completion_headers, decode, encode, now_ms, on_spool};
+use crate::callbacks::{
+    Delivery, completion_headers, decode, encode, now_ms, on_spool, wrap_tokens_for_cluster,
+};
 use crate::error::GatewayError;
 use crate::nexus::headers;
 use crate::request::{self, CompletionsRoute};
@@ -84,8 +86,11 @@ async fn accept(
     request: Request<RequestBody>,
     record: &mut Record,
 ) -> Result<Accepted, GatewayError> {
+    // Empty for a sender without a namespace certificate: the token is its credential.
     let sender = authz::authorize(peer, Action::CompleteOperation { target: None })?.to_owned();
-    record.target_namespace = Some(sender.clone());
+    if !sender.is_empty() {
+        record.target_namespace = Some(sender.clone());
+    }
     let token = token?;
     request::require_method(&request, &[Method::POST])?;
     let key = once_key(&token);
@@ -105,6 +110,9 @@ async fn accept(
     record.service = Some(claims.service.clone());
     record.operation = Some(claims.operation.clone());
     record.request_id = claims.request_id.clone();
+    if record.target_namespace.is_none() {
+        record.target_namespace = claims.target_namespace.clone();
+    }
     authz::authorize(
         peer,
         Action::CompleteOperation {
@@ -125,11 +133,23 @@ async fn accept(
     let (parts, body) = request.into_parts();
     let body = request::read_body(body, &state.limits).await?;
     record.request_bytes = body.len() as u64;
+    let mut headers = completion_headers(&claims, &parts.headers);
+    wrap_tokens_for_cluster(
+        state.callbacks.token_key(),
+        &claims.caller_namespace,
+        &mut headers,
+    );
+    // The lane's source: the handler's namespace, as its certificate or the operation says.
+    let handler_namespace = match (sender.is_empty(), &claims.target_namespace) {
+        (false, _) => sender,
+        (true, Some(target)) => target.clone(),
+        (true, None) => format!("endpoint:{}", claims.endpoint),
+    };
     let delivery = Delivery {
-        headers: completion_headers(&claims, &parts.headers),
+        headers,
         url: claims.url,
         caller_namespace: claims.caller_namespace,
-        handler_namespace: sender,
+        handler_namespace,
         endpoint: claims.endpoint,
         service: claims.service,
         operation: claims.operation,

@@ -26,6 +26,9 @@ pub struct Config {
     pub tls_files: Option<nexus_certs::TlsFiles>,
     /// How often the TLS files are checked for changes (default 2 s).
     pub tls_reload_interval: Duration,
+    /// Whether callers must present a client certificate at the handshake (default optional:
+    /// stock Temporal servers present none; [`crate::authz`] answers 401 where one is needed).
+    pub client_auth: nexus_certs::ClientAuth,
     /// SPIFFE trust domain of client identities (default `nexus-gateway`).
     pub trust_domain: String,
     /// Holds the registry database and, later, logs and spools.
@@ -61,6 +64,7 @@ impl Config {
             tls,
             tls_files: None,
             tls_reload_interval: Duration::from_secs(2),
+            client_auth: nexus_certs::ClientAuth::default(),
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
             data_dir,
             public_url: None,

@@ -399,7 +399,18 @@ fn server(r: &mut Reader, root: &toml::Table, config: &mut Config) {
 
 /// `[tls]`: the certificate files, all three or none.
 fn tls(r: &mut Reader, root: &toml::Table, config: &mut Config) -> Option<nexus_certs::TlsFiles> {
-    let t = r.section(root, "tls", &["ca", "cert", "key", "reload_interval"]);
+    let t = r.section(
+        root,
+        "tls",
+        &["ca", "cert", "key", "reload_interval", "client_certificate"],
+    );
+    r.parse(
+        t,
+        "tls",
+        "client_certificate",
+        &mut config.client_auth,
+        client_auth,
+    );
     let (mut ca, mut cert, mut key) = (String::new(), String::new(), String::new());
     r.parse(t, "tls", "ca", &mut ca, string);
     r.parse(t, "tls", "cert", &mut cert, string);
@@ -423,6 +434,14 @@ fn tls(r: &mut Reader, root: &toml::Table, config: &mut Config) -> Option<nexus_
                 .push("[tls] ca, cert and key go together: set all three".into());
             None
         }
+    }
+}
+
+fn client_auth(v: &toml::Value) -> Result<nexus_certs::ClientAuth, String> {
+    match string(v)?.as_str() {
+        "optional" => Ok(nexus_certs::ClientAuth::Optional),
+        "required" => Ok(nexus_certs::ClientAuth::Required),
+        other => Err(format!("{other:?}: expected optional or required")),
     }
 }
 

@@ -18,6 +18,8 @@
 //!      completion          → token → spool → 200 → delivery (lane → send)    completions.rs, callbacks.rs
 //!      worker poll/respond → matching                                        worker_api.rs
 //!      admin, metering     → registry CRUD, attribution reader               admin.rs, metering.rs
+//!      trusted clusters    → cluster CRUD; caller namespace from callback    cluster_admin.rs
+//!                            URL, operation tokens wrapped for cancels       cluster_tokens.rs
 //!   → every start, cancel and completion → attribution record → answer       metering.rs, attribution/
 //!   → outcomes (breaker, attribution, registry errors) from one table         outcome.rs
 //!   → errors become Nexus failure responses in one place                     error.rs
@@ -36,6 +38,8 @@ pub(crate) mod callback_token;
 pub(crate) mod callbacks;
 pub mod cli;
 pub mod client;
+pub(crate) mod cluster_admin;
+pub(crate) mod cluster_tokens;
 pub(crate) mod completions;
 pub mod config;
 pub mod config_file;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use nexus_registry::{Endpoint, Target};
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use nexus_certs::Identity;
 
 use crate::attribution::{Kind, Outcome, Record};
-use crate::authz::{self, Action, Peer};
+use crate::authz::{self, Caller, Peer};
 use crate::body::{Body, CappedBody, RequestBody, full};
 use crate::callback_token::CallbackClaims;
 use crate::error::GatewayError;
@@ -29,6 +29,7 @@ use crate::state::State;
 pub async fn handle(
     state: &State,
     peer: &Peer,
+    secret: Option<&str>,
     path: Result<OperationPath, GatewayError>,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -48,7 +49,7 @@ pub async fn handle(
         operation_token: header_text(request.headers(), &headers::OPERATION_TOKEN),
         ..CallFacts::default()
     };
-    let (response, outcome) = match serve(state, peer, path, request, &mut facts).await {
+    let (response, outcome) = match serve(state, peer, secret, path, request, &mut facts).await {
         Ok(response) => {
             let outcome = crate::outcome::target_outcome(kind, &response);
             (response, outcome)
@@ -74,6 +75,9 @@ pub async fn handle(
 /// record is derived from it once the answer is known.
 #[derive(Default)]
 struct CallFacts {
+    /// The namespace the call is made for (`ns@cluster` for a cluster's), and how the caller
+    /// proved itself, once known.
+    caller: Option<(String, String)>,
     request_id: Option<String>,
     operation_token: Option<String>,
     /// Service, operation and endpoint as the path named them, once it parsed.
@@ -101,7 +105,10 @@ impl CallFacts {
             outcome,
             ..Record::default()
         };
-        if let Ok(p) = peer {
+        if let Some((namespace, credential)) = self.caller {
+            record.caller_namespace = Some(namespace);
+            record.caller_identity = Some(credential);
+        } else if let Ok(p) = peer {
             record.caller_identity = Some(p.uri.clone());
             if let Identity::Namespace(ns) = &p.identity {
                 record.caller_namespace = Some(ns.clone());
@@ -110,15 +117,12 @@ impl CallFacts {
         if let Some(endpoint) = self.endpoint {
             record.endpoint = Some(endpoint.spec.name.clone());
             record.endpoint_id = Some(endpoint.id.clone());
-            match &endpoint.spec.target {
-                Target::Worker {
-                    namespace,
-                    task_queue,
-                } => {
-                    record.target_namespace = Some(namespace.clone());
-                    record.task_queue = Some(task_queue.clone());
-                }
-                Target::External { url } => record.target_url = Some(url.clone()),
+            if let Some((namespace, task_queue)) = endpoint.spec.target.namespace_and_queue() {
+                record.target_namespace = Some(namespace.to_owned());
+                record.task_queue = Some(task_queue.to_owned());
+            }
+            if let Target::External { url } = &endpoint.spec.target {
+                record.target_url = Some(url.clone());
             }
         }
         record
@@ -146,11 +150,12 @@ fn header_text(h: &HeaderMap, name: &HeaderName) -> Option<String> {
 async fn serve(
     state: &State,
     peer: &Peer,
+    secret: Option<&str>,
     path: Result<OperationPath, GatewayError>,
     request: Request<RequestBody>,
     facts: &mut CallFacts,
 ) -> Result<Response<Body>, GatewayError> {
-    let caller = Namespace::new(authz::authorize(peer, Action::CallEndpoints)?);
+    let who = authz::caller(peer, secret, &state.registry)?;
     let _in_flight = state.track_operation();
     if state.is_draining() {
         return Err(GatewayError::unavailable(
@@ -165,6 +170,16 @@ async fn serve(
         path.operation.clone(),
         path.endpoint.clone(),
     ));
+    let cancel_token = match &path.kind {
+        OperationKind::Start => None,
+        OperationKind::Cancel { path_token } => Some(cancel_token(
+            path_token.as_deref(),
+            request.headers(),
+            request.uri().query(),
+        )?),
+    };
+    let (caller, cancel_token) = acting_namespace(state, &who, &path, cancel_token)?;
+    facts.caller = Some((caller.to_string(), credential(&who, peer)));
     let Some(endpoint) = state.registry.resolve(&path.endpoint) else {
         state.inbound.charge_caller(&caller)?;
         return Err(GatewayError::not_found(format!(
@@ -173,7 +188,7 @@ async fn serve(
         )));
     };
     facts.endpoint = Some(endpoint.clone());
-    authz::authorize(peer, Action::CallEndpoint(&endpoint))?;
+    authz::authorize_call(&caller, &endpoint)?;
     let _admitted = state
         .inbound
         .admit_or_push_back(&caller, &endpoint.spec.name)
@@ -187,14 +202,6 @@ async fn serve(
         )));
     }
     let received = Instant::now();
-    let cancel_token = match &path.kind {
-        OperationKind::Start => None,
-        OperationKind::Cancel { path_token } => Some(cancel_token(
-            path_token.as_deref(),
-            request.headers(),
-            request.uri().query(),
-        )?),
-    };
     let (parts, body) = request.into_parts();
     let mut forwarded = HeaderMap::new();
     nexus::copy_relayed(&parts.headers, &mut forwarded);
@@ -218,7 +225,7 @@ async fn serve(
         .await?;
     }
     let wait = wait_budget(timeout, state);
-    match &endpoint.spec.target {
+    let response = match &endpoint.spec.target {
         Target::Worker {
             namespace,
             task_queue,
@@ -240,7 +247,7 @@ async fn serve(
             let mut response = Response::new(full(answer.body));
             *response.status_mut() = answer.status;
             nexus::copy_relayed(&answer.headers, response.headers_mut());
-            Ok(response)
+            response
         }
         Target::External { url } => {
             forwarded.insert(
@@ -264,9 +271,113 @@ async fn serve(
             )
             .await;
             facts.request_bytes = watch.bytes();
-            forwarded
+            forwarded?
+        }
+    };
+    match &who {
+        Caller::Cluster { cluster, .. } if response.status() == StatusCode::CREATED => {
+            let key = state.callbacks.token_key();
+            wrap_started(response, key, &cluster.name, &caller).await
+        }
+        _ => Ok(response),
+    }
+}
+
+/// The namespace a call is made for, and the handler's token of a cancel. A certificate
+/// namespace acts for itself; a cluster for the namespace its callback URL names (start) or
+/// its wrapped token carries (cancel), qualified as `ns@cluster`.
+fn acting_namespace(
+    state: &State,
+    who: &Caller,
+    path: &OperationPath,
+    cancel_token: Option<String>,
+) -> Result<(Namespace, Option<String>), GatewayError> {
+    let cluster = match who {
+        Caller::Namespace(ns) => return Ok((ns.clone(), cancel_token)),
+        Caller::Cluster { cluster, .. } => cluster,
+    };
+    let (namespace, token) = match cancel_token {
+        Some(wrapped) => {
+            let key = state.callbacks.token_key();
+            let (namespace, token) = crate::cluster_tokens::unwrap(key, &cluster.name, &wrapped)?;
+            (namespace, Some(token))
+        }
+        None => {
+            let query = path.below_prefix.split_once('?').map(|(_, q)| q);
+            let callback = query
+                .and_then(|q| request::form_pairs(q).find(|(k, _)| k == "callback"))
+                .map(|(_, url)| url)
+                .ok_or_else(|| {
+                    GatewayError::unauthorized(format!(
+                        "a start from cluster {:?} must carry a callback URL: it names the caller namespace",
+                        cluster.name
+                    ))
+                })?;
+            let namespace = cluster
+                .namespace_in_callback(&callback)
+                .map_err(GatewayError::unauthorized)?
+                .to_owned();
+            (namespace, None)
+        }
+    };
+    Ok((
+        Namespace::new(format!("{namespace}@{}", cluster.name)),
+        token,
+    ))
+}
+
+/// How the caller proved itself, for attribution. Never a secret: a secret is named by id.
+fn credential(who: &Caller, peer: &Peer) -> String {
+    match (who, peer) {
+        (Caller::Cluster { credential, .. }, _) => credential.clone(),
+        (Caller::Namespace(_), Ok(p)) => p.uri.clone(),
+        (Caller::Namespace(ns), Err(_)) => format!("namespace:{ns}"),
+    }
+}
+
+/// Reads a whole response body of at most `max` bytes.
+async fn read_capped(mut body: Body, max: usize) -> Result<bytes::Bytes, GatewayError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| GatewayError::internal(format!("reading the handler's answer: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            out.extend_from_slice(&data);
+            if out.len() > max {
+                return Err(GatewayError::internal(format!(
+                    "the handler's start answer is larger than {max} bytes"
+                )));
+            }
         }
     }
+    Ok(out.freeze())
+}
+
+/// Largest 201 body whose token is wrapped for a cluster caller.
+const MAX_STARTED_BODY: usize = 64 * 1024;
+
+/// Wraps the token (and the deprecated `id`) of an async start's answer for a cluster caller.
+async fn wrap_started(
+    response: Response<Body>,
+    key: &ring::hmac::Key,
+    cluster: &str,
+    caller: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let namespace = caller.split_once('@').map_or(caller, |(ns, _)| ns);
+    let (mut parts, body) = response.into_parts();
+    let bytes = read_capped(body, MAX_STARTED_BODY).await?;
+    let Ok(mut started) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        // Not a Nexus start answer: relayed as it is, the caller judges it.
+        return Ok(Response::from_parts(parts, full(bytes)));
+    };
+    for field in ["token", "id"] {
+        if let Some(token) = started.get(field).and_then(|t| t.as_str()) {
+            started[field] = crate::cluster_tokens::wrap(key, cluster, namespace, token).into();
+        }
+    }
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let body = serde_json::to_vec(&started).map_err(|e| GatewayError::internal(e.to_string()))?;
+    Ok(Response::from_parts(parts, full(body)))
 }
 
 /// Replaces the caller's `callback` URL with a sealed gateway URL and removes the caller's
@@ -315,10 +426,7 @@ async fn seal_callback(
         forwarded.remove(name);
     }
     let now = crate::callbacks::now_ms();
-    let target_namespace = match &endpoint.spec.target {
-        Target::Worker { namespace, .. } => Some(namespace.clone()),
-        Target::External { .. } => None,
-    };
+    let target_namespace = endpoint.spec.target.namespace().map(str::to_owned);
     let claims = CallbackClaims {
         url: callback,
         headers: callback_headers,

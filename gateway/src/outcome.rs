@@ -69,8 +69,11 @@ impl From<nexus_registry::RegistryError> for GatewayError {
         let message = error.to_string();
         match error {
             E::Invalid(_) => GatewayError::bad_request(message),
-            E::NotFound(_) => GatewayError::not_found(message),
-            E::AlreadyExists(_) | E::VersionConflict { .. } => GatewayError::conflict(message),
+            E::NotFound(_) | E::ClusterNotFound(_) => GatewayError::not_found(message),
+            E::AlreadyExists(_)
+            | E::VersionConflict { .. }
+            | E::ClusterExists(_)
+            | E::ClusterVersionConflict { .. } => GatewayError::conflict(message),
             E::Storage(_) => GatewayError::internal(message),
         }
     }

@@ -34,9 +34,10 @@ pub fn watch(
     current: Arc<ArcSwap<ServerConfig>>,
     stats: Arc<ReloadStats>,
     interval: Duration,
+    client_auth: nexus_certs::ClientAuth,
 ) -> impl std::future::Future<Output = ()> {
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    watch_with(files, current, stats, interval, hangup)
+    watch_with(files, current, stats, interval, client_auth, hangup)
 }
 
 async fn watch_with(
@@ -44,6 +45,7 @@ async fn watch_with(
     current: Arc<ArcSwap<ServerConfig>>,
     stats: Arc<ReloadStats>,
     interval: Duration,
+    client_auth: nexus_certs::ClientAuth,
     mut hangup: Option<tokio::signal::unix::Signal>,
 ) {
     let mut seen = modified(&files);
@@ -57,7 +59,10 @@ async fn watch_with(
             continue;
         }
         seen = now;
-        match files.load().and_then(|m| nexus_certs::server_config(&m)) {
+        match files
+            .load()
+            .and_then(|m| nexus_certs::server_config_with(&m, client_auth))
+        {
             Ok(config) => {
                 current.store(Arc::new(config));
                 stats.succeeded.fetch_add(1, Ordering::Relaxed);

@@ -3,12 +3,13 @@
 //!
 //! | Route | Path |
 //! |---|---|
-//! | [`Route::Operation`] | `/nexus/endpoints/{endpoint}/services/{service}/{operation}[/cancel]` |
+//! | [`Route::Operation`] | `[/nexus/clusters/{secret}]/nexus/endpoints/{endpoint}/services/{service}/{operation}[/cancel]` |
 //! | [`Route::Completion`] | `/nexus/callbacks/{token}` |
 //! | [`Route::Completions`] | `/api/v1/callbacks[/{id}[/retry]]` |
 //! | [`Route::Poll`] | `/api/v1/namespaces/{ns}/task-queues/{tq}/nexus-tasks/poll` |
 //! | [`Route::Respond`] | `/api/v1/nexus-tasks/{token}/response` |
 //! | [`Route::Endpoints`] | `/api/v1/nexus/endpoints[/{id}]` |
+//! | [`Route::Clusters`] | `/api/v1/clusters[/{name}[/secrets]]` |
 //! | [`Route::AttributionEvents`] | `/api/v1/attribution/events` |
 
 use bytes::Bytes;
@@ -21,6 +22,10 @@ use crate::names::{Namespace, TaskQueue};
 use crate::nexus::{self, OperationPath, decode_segment};
 
 pub const OPERATIONS_PREFIX: &str = nexus::ENDPOINTS_PREFIX;
+/// A trusted cluster's operations: `/nexus/clusters/{secret}` then the endpoint's path
+/// without its leading `/nexus`.
+pub const CLUSTER_OPERATIONS_PREFIX: &str = "/nexus/clusters/";
+pub const CLUSTERS_PATH: &str = "/api/v1/clusters";
 pub const COMPLETION_PREFIX: &str = "/nexus/callbacks/";
 pub const COMPLETIONS_PATH: &str = "/api/v1/callbacks";
 pub const POLL_PREFIX: &str = "/api/v1/namespaces/";
@@ -45,8 +50,12 @@ const RESPOND_SUFFIX: &str = "response";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// A Nexus start or cancel; a path that does not parse is kept with its error so that
-    /// the refusal is still attributed to the caller.
-    Operation(Result<OperationPath, GatewayError>),
+    /// the refusal is still attributed to the caller. `secret` is a trusted cluster's, when
+    /// the path came below [`CLUSTER_OPERATIONS_PREFIX`].
+    Operation {
+        secret: Option<String>,
+        path: Result<OperationPath, GatewayError>,
+    },
     Completion(Result<String, GatewayError>),
     Completions(CompletionsRoute),
     Poll {
@@ -58,6 +67,11 @@ pub enum Route {
     },
     Endpoints {
         id: Option<String>,
+    },
+    Clusters {
+        name: Option<String>,
+        /// `/secrets`: issue a new secret.
+        secrets: bool,
     },
     AttributionEvents,
 }
@@ -77,7 +91,35 @@ impl Route {
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, GatewayError> {
         let no_route = || GatewayError::not_found(format!("no route for {method} {path}"));
         if path.starts_with(OPERATIONS_PREFIX) {
-            return Ok(Route::Operation(nexus::parse_operation_path(path, query)));
+            return Ok(Route::Operation {
+                secret: None,
+                path: nexus::parse_operation_path(path, query),
+            });
+        }
+        if let Some(rest) = path.strip_prefix(CLUSTER_OPERATIONS_PREFIX) {
+            let (secret, below) = rest.split_once('/').unwrap_or((rest, ""));
+            return Ok(Route::Operation {
+                secret: Some(secret.to_owned()),
+                path: nexus::parse_operation_path(&format!("/nexus/{below}"), query),
+            });
+        }
+        if let Some(rest) = path.strip_prefix(CLUSTERS_PATH) {
+            let segments: Vec<&str> = rest.split('/').skip(1).collect();
+            return match (rest.is_empty(), segments.as_slice()) {
+                (true, _) | (false, [""]) => Ok(Route::Clusters {
+                    name: None,
+                    secrets: false,
+                }),
+                (false, [name]) => Ok(Route::Clusters {
+                    name: Some(decode_segment(name, "cluster name")?),
+                    secrets: false,
+                }),
+                (false, [name, "secrets"]) => Ok(Route::Clusters {
+                    name: Some(decode_segment(name, "cluster name")?),
+                    secrets: true,
+                }),
+                _ => Err(GatewayError::not_found(format!("no route for {path}"))),
+            };
         }
         if let Some(rest) = path.strip_prefix(COMPLETION_PREFIX) {
             let token = match rest.split('/').collect::<Vec<_>>().as_slice() {
@@ -133,14 +175,25 @@ impl Route {
     /// The route's name in metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Route::Operation(_) => "operation",
+            Route::Operation { .. } => "operation",
             Route::Completion(_) => "completion",
             Route::Completions(_) => "callbacks-admin",
             Route::Poll { .. } => "poll",
             Route::Respond { .. } => "respond",
-            Route::Endpoints { .. } => "admin",
+            Route::Endpoints { .. } | Route::Clusters { .. } => "admin",
             Route::AttributionEvents => "attribution",
         }
+    }
+}
+
+/// `path` fit for logs: a cluster secret in it is replaced.
+pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.strip_prefix(CLUSTER_OPERATIONS_PREFIX) {
+        Some(rest) => {
+            let below = rest.split_once('/').map_or("", |(_, below)| below);
+            format!("{CLUSTER_OPERATIONS_PREFIX}<secret>/{below}").into()
+        }
+        None => path.into(),
     }
 }
 
@@ -237,12 +290,46 @@ mod tests {
         let post = Method::POST;
         assert!(matches!(
             route(post.clone(), "/nexus/endpoints/e/services/s/o"),
-            Ok(Route::Operation(Ok(p))) if p.service == "s" && p.operation == "o"
+            Ok(Route::Operation { secret: None, path: Ok(p) }) if p.service == "s" && p.operation == "o"
         ));
         assert!(matches!(
             route(post.clone(), "/nexus/endpoints/e/services"),
-            Ok(Route::Operation(Err(_)))
+            Ok(Route::Operation { path: Err(_), .. })
         ));
+        assert!(matches!(
+            route(post.clone(), "/nexus/clusters/ngs_x/endpoints/e/services/s/o/cancel"),
+            Ok(Route::Operation { secret: Some(s), path: Ok(p) })
+                if s == "ngs_x" && p.endpoint == "e" && p.below_prefix == "/s/o/cancel"
+        ));
+        assert!(matches!(
+            route(post.clone(), "/nexus/clusters/ngs_x/other"),
+            Ok(Route::Operation { secret: Some(_), path: Err(e) }) if !e.to_string().contains("ngs_x")
+        ));
+        assert_eq!(
+            loggable_path("/nexus/clusters/ngs_x/endpoints/e/services/s/o"),
+            "/nexus/clusters/<secret>/endpoints/e/services/s/o"
+        );
+        assert_eq!(
+            route(Method::GET, "/api/v1/clusters/east"),
+            Ok(Route::Clusters {
+                name: Some("east".into()),
+                secrets: false
+            })
+        );
+        assert_eq!(
+            route(post.clone(), "/api/v1/clusters/east/secrets"),
+            Ok(Route::Clusters {
+                name: Some("east".into()),
+                secrets: true
+            })
+        );
+        assert_eq!(
+            route(Method::GET, "/api/v1/clusters"),
+            Ok(Route::Clusters {
+                name: None,
+                secrets: false
+            })
+        );
         assert_eq!(
             route(post.clone(), "/nexus/callbacks/t%2F1"),
             Ok(Route::Completion(Ok("t/1".into())))

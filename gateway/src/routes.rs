@@ -12,7 +12,7 @@ use crate::authz::Peer;
 use crate::body::{Body, RequestBody};
 use crate::request::Route;
 use crate::state::State;
-use crate::{admin, completions, metering, operations, worker_api};
+use crate::{admin, cluster_admin, completions, metering, operations, worker_api};
 
 fn workers(state: &State) -> worker_api::WorkerApi<'_> {
     worker_api::WorkerApi {
@@ -33,10 +33,16 @@ pub async fn handle(
     let route = Route::parse(request.method(), uri.path(), uri.query());
     let label = route.as_ref().map_or("unknown", Route::label);
     // Debug level: spans on every request cost measurable CPU when info is on.
-    let span = debug_span!("request", method = %request.method(), path = %uri.path());
+    let span = debug_span!(
+        "request",
+        method = %request.method(),
+        path = %crate::request::loggable_path(uri.path())
+    );
     let result = async {
         match route? {
-            Route::Operation(path) => operations::handle(&state, &peer, path, request).await,
+            Route::Operation { secret, path } => {
+                operations::handle(&state, &peer, secret.as_deref(), path, request).await
+            }
             Route::Completion(token) => completions::complete(&state, &peer, token, request).await,
             Route::Completions(route) => completions::admin(&state, &peer, route, request).await,
             Route::Poll {
@@ -53,6 +59,14 @@ pub async fn handle(
                     plain_http: state.upstream.plain_http,
                 };
                 admin::handle(&api, &peer, id, request).await
+            }
+            Route::Clusters { name, secrets } => {
+                let api = cluster_admin::ClusterApi {
+                    registry: &state.registry,
+                    limits: &state.limits,
+                    policy: &state.callbacks.policy,
+                };
+                cluster_admin::handle(&api, &peer, name, secrets, request).await
             }
             Route::AttributionEvents => {
                 let log = state.attribution.as_ref();

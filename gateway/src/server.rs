@@ -70,8 +70,9 @@ impl App {
     /// The ports are bound and TLS checked before the data directory is touched, so a start
     /// that fails on those (port in use, say) leaves nothing behind on disk.
     pub async fn build(config: Config) -> Result<App, StartError> {
-        let tls = Arc::new(ArcSwap::from_pointee(nexus_certs::server_config(
+        let tls = Arc::new(ArcSwap::from_pointee(nexus_certs::server_config_with(
             &config.tls,
+            config.client_auth,
         )?));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -197,6 +198,7 @@ impl App {
                 tls.clone(),
                 state.tls_reloads.clone(),
                 config.tls_reload_interval,
+                config.client_auth,
             ))
         });
         state.ready.store(true, Ordering::SeqCst);

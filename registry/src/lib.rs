@@ -22,6 +22,7 @@
 //!   Temporal's rules.
 //! - [`RegistryError`]: one variant per HTTP status (400, 404, 409, 500).
 
+mod cluster;
 mod index;
 mod model;
 mod registry;
@@ -29,6 +30,10 @@ mod shards;
 mod store;
 mod validate;
 
+pub use cluster::{
+    Cluster, ClusterSecret, ClusterSpec, MAX_TEMPLATE_CHARS, NAMESPACE_PLACEHOLDER, secret_digest,
+    validate_cluster_name,
+};
 pub use model::{Endpoint, EndpointSpec, RegistryError, Target, deserialize_version, url_prefix};
 pub use registry::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, Registry};
 pub use store::{RedbStore, Store};

@@ -66,6 +66,39 @@ pub enum Target {
     External { url: String },
 }
 
+impl Target {
+    /// The namespace that handles the operations: a worker target's, or the one a Temporal
+    /// frontend URL names (`.../namespaces/{ns}/task-queues/{tq}/nexus-services`).
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace_and_queue().map(|(ns, _)| ns)
+    }
+
+    /// [`Target::namespace`] and the task queue.
+    pub fn namespace_and_queue(&self) -> Option<(&str, &str)> {
+        match self {
+            Target::Worker {
+                namespace,
+                task_queue,
+            } => Some((namespace, task_queue)),
+            Target::External { url } => {
+                let path = url.split_once("://")?.1.split_once('/')?.1;
+                match path
+                    .trim_end_matches('/')
+                    .rsplitn(5, '/')
+                    .collect::<Vec<_>>()[..]
+                {
+                    ["nexus-services", tq, "task-queues", ns, rest]
+                        if rest == "namespaces" || rest.ends_with("/namespaces") =>
+                    {
+                        Some((ns, tq))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
 /// The URL prefix under which the endpoint with `id` is served.
 pub fn url_prefix(id: &str) -> String {
     format!("/nexus/endpoints/{id}/services")
@@ -89,6 +122,21 @@ pub enum RegistryError {
     )]
     VersionConflict {
         id: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// 404. Holds the cluster name.
+    #[error("cluster {0:?} not found")]
+    ClusterNotFound(String),
+    /// 409. Holds the cluster name.
+    #[error("a cluster named {0:?} already exists")]
+    ClusterExists(String),
+    /// 409. The caller's cluster version is stale (or ahead).
+    #[error(
+        "cluster {name:?} version conflict: request has version {expected}, current version is {actual}"
+    )]
+    ClusterVersionConflict {
+        name: String,
         expected: u64,
         actual: u64,
     },
@@ -221,6 +269,27 @@ mod tests {
                 serde_json::from_value::<Endpoint>(value.clone()).is_err(),
                 "{bad} accepted"
             );
+        }
+    }
+
+    #[test]
+    fn target_namespace_of_temporal_urls() {
+        let external = |url: &str| Target::External { url: url.into() };
+        assert_eq!(
+            external("http://t:7243/namespaces/billing/task-queues/charges/nexus-services")
+                .namespace_and_queue(),
+            Some(("billing", "charges"))
+        );
+        assert_eq!(
+            external("https://t/api/namespaces/billing/task-queues/q/nexus-services/").namespace(),
+            Some("billing")
+        );
+        for url in [
+            "https://h/nexus",
+            "https://h/namespaces/b/task-queues/q",
+            "https://h",
+        ] {
+            assert_eq!(external(url).namespace(), None, "{url}");
         }
     }
 

@@ -9,6 +9,9 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::cluster::{
+    Cluster, ClusterSpec, issue_secret, prune_secrets, secret_digest, validate_cluster_name,
+};
 use crate::index::KeyIndex;
 use crate::model::{Endpoint, EndpointSpec, RegistryError, url_prefix};
 use crate::shards::Shards;
@@ -97,7 +100,29 @@ impl Snapshot {
 pub struct Registry {
     store: Box<dyn Store>,
     snapshot: ArcSwap<Snapshot>,
+    clusters: ArcSwap<Clusters>,
     writer: Mutex<()>,
+}
+
+/// The trusted clusters, by name and by the digest of each of their secrets.
+#[derive(Default)]
+struct Clusters {
+    by_name: BTreeMap<String, Arc<Cluster>>,
+    by_digest: HashMap<String, Arc<Cluster>>,
+}
+
+impl Clusters {
+    fn new(clusters: impl IntoIterator<Item = Cluster>) -> Self {
+        let mut out = Clusters::default();
+        for cluster in clusters {
+            let cluster = Arc::new(cluster);
+            for secret in &cluster.secrets {
+                out.by_digest.insert(secret.sha256.clone(), cluster.clone());
+            }
+            out.by_name.insert(cluster.name.clone(), cluster);
+        }
+        out
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -114,9 +139,11 @@ impl Registry {
     /// Loads everything in `store` into memory.
     pub fn new(store: impl Store) -> Result<Registry, RegistryError> {
         let (table_version, endpoints) = store.load()?;
+        let clusters = Clusters::new(store.load_clusters()?);
         Ok(Registry {
             store: Box::new(store),
             snapshot: ArcSwap::from_pointee(Snapshot::new(table_version, endpoints)),
+            clusters: ArcSwap::from_pointee(clusters),
             writer: Mutex::new(()),
         })
     }
@@ -317,7 +344,164 @@ impl Registry {
         let (table_version, endpoints) = self.store.load()?;
         self.snapshot
             .store(Arc::new(Snapshot::new(table_version, endpoints)));
+        self.clusters
+            .store(Arc::new(Clusters::new(self.store.load_clusters()?)));
         Ok(())
+    }
+
+    /// The trusted cluster `name`.
+    pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.clusters.load().by_name.get(name).cloned()
+    }
+
+    /// Every trusted cluster, by name.
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        self.clusters.load().by_name.values().cloned().collect()
+    }
+
+    /// The cluster that `secret` belongs to and the secret's id, if the secret is valid now.
+    pub fn cluster_by_secret(&self, secret: &str) -> Option<(Arc<Cluster>, String)> {
+        let digest = secret_digest(secret);
+        let clusters = self.clusters.load();
+        let cluster = clusters.by_digest.get(&crate::cluster::hex(&digest))?;
+        let id = cluster.secret(&digest, SystemTime::now())?.id.clone();
+        Some((cluster.clone(), id))
+    }
+
+    /// Registers a cluster at version 1; with `with_secret`, issues its first secret and
+    /// returns it (the only time it is shown).
+    pub fn create_cluster(
+        &self,
+        name: &str,
+        mut spec: ClusterSpec,
+        with_secret: bool,
+    ) -> Result<(Arc<Cluster>, Option<String>), RegistryError> {
+        validate_cluster_name(name)?;
+        spec.validate()?;
+        let _writer = self.lock_writer()?;
+        let now = now();
+        let issued = with_secret.then(|| issue_secret(&now)).transpose()?;
+        let cluster = Cluster {
+            name: name.to_owned(),
+            version: 1,
+            created_time: now.clone(),
+            last_modified_time: now,
+            spec,
+            secrets: issued.iter().map(|i| i.stored.clone()).collect(),
+        };
+        self.write_cluster(|store| store.put_cluster(&cluster, None))?;
+        Ok((self.publish_cluster(cluster), issued.map(|i| i.secret)))
+    }
+
+    /// Replaces the spec of cluster `name`, which must be at `version`.
+    pub fn update_cluster(
+        &self,
+        name: &str,
+        version: u64,
+        mut spec: ClusterSpec,
+    ) -> Result<Arc<Cluster>, RegistryError> {
+        spec.validate()?;
+        let _writer = self.lock_writer()?;
+        let current = self.current_cluster(name, version)?;
+        let mut cluster = Cluster::clone(&current);
+        cluster.spec = spec;
+        self.save_cluster(cluster, version)
+    }
+
+    /// Issues a new secret for cluster `name`. Its current secrets keep working for `overlap`
+    /// (zero: they stop now), so the cluster's endpoint URLs can be changed without downtime.
+    pub fn rotate_cluster_secret(
+        &self,
+        name: &str,
+        version: u64,
+        overlap: std::time::Duration,
+    ) -> Result<(Arc<Cluster>, String), RegistryError> {
+        let _writer = self.lock_writer()?;
+        let current = self.current_cluster(name, version)?;
+        let mut cluster = Cluster::clone(&current);
+        let now = SystemTime::now();
+        let until = now + overlap;
+        for secret in &mut cluster.secrets {
+            // A secret already rotated out keeps the earlier of its end and this one.
+            let ends = match &secret.expires_time {
+                Some(t) => humantime::parse_rfc3339(t).map_or(until, |t| t.min(until)),
+                None => until,
+            };
+            secret.expires_time = Some(humantime::format_rfc3339_millis(ends).to_string());
+        }
+        prune_secrets(&mut cluster.secrets, now);
+        let issued = issue_secret(&self::now())?;
+        cluster.secrets.push(issued.stored);
+        Ok((self.save_cluster(cluster, version)?, issued.secret))
+    }
+
+    /// Deletes cluster `name`, which must be at `version`; its secrets stop working at once.
+    pub fn delete_cluster(&self, name: &str, version: u64) -> Result<(), RegistryError> {
+        let _writer = self.lock_writer()?;
+        self.current_cluster(name, version)?;
+        self.write_cluster(|store| store.delete_cluster(name, version))?;
+        let mut next = Clusters::new(
+            self.clusters
+                .load()
+                .by_name
+                .values()
+                .filter(|c| c.name != name)
+                .map(|c| Cluster::clone(c)),
+        );
+        next.by_name.remove(name);
+        self.clusters.store(Arc::new(next));
+        Ok(())
+    }
+
+    fn current_cluster(&self, name: &str, version: u64) -> Result<Arc<Cluster>, RegistryError> {
+        let current = self
+            .cluster(name)
+            .ok_or_else(|| RegistryError::ClusterNotFound(name.into()))?;
+        if current.version != version {
+            return Err(RegistryError::ClusterVersionConflict {
+                name: name.into(),
+                expected: version,
+                actual: current.version,
+            });
+        }
+        Ok(current)
+    }
+
+    fn save_cluster(
+        &self,
+        mut cluster: Cluster,
+        version: u64,
+    ) -> Result<Arc<Cluster>, RegistryError> {
+        cluster.version = version
+            .checked_add(1)
+            .ok_or_else(|| RegistryError::Invalid(format!("version {version} is too large")))?;
+        cluster.last_modified_time = now();
+        self.write_cluster(|store| store.put_cluster(&cluster, Some(version)))?;
+        Ok(self.publish_cluster(cluster))
+    }
+
+    fn write_cluster(
+        &self,
+        op: impl FnOnce(&dyn Store) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        self.write(|store| op(store).map(|()| 0)).map(|_| ())
+    }
+
+    /// Swaps in the cluster table with `cluster` added or replaced. Writer lock held.
+    fn publish_cluster(&self, cluster: Cluster) -> Arc<Cluster> {
+        let name = cluster.name.clone();
+        let others = self
+            .clusters
+            .load()
+            .by_name
+            .values()
+            .filter(|c| c.name != name)
+            .map(|c| Cluster::clone(c))
+            .collect::<Vec<_>>();
+        let next = Clusters::new(others.into_iter().chain([cluster]));
+        let published = next.by_name[&name].clone();
+        self.clusters.store(Arc::new(next));
+        published
     }
 
     /// Copies the current snapshot, applies `change` and swaps it in. Only

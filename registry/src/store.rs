@@ -6,6 +6,7 @@ use std::path::Path;
 use redb::backends::InMemoryBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
+use crate::cluster::Cluster;
 use crate::model::{Endpoint, RegistryError};
 
 /// A persistent store. All methods are atomic; each returns after the change
@@ -26,6 +27,20 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes endpoint `id` if its stored version is `expected_version`,
     /// returning the new table version.
     fn delete(&self, id: &str, expected_version: u64) -> Result<u64, RegistryError>;
+
+    /// Every trusted cluster.
+    fn load_clusters(&self) -> Result<Vec<Cluster>, RegistryError>;
+
+    /// Writes `cluster`: with `expected_version` None it must not exist yet; with `Some(v)`
+    /// the stored one must be at `v`. Checked inside the transaction.
+    fn put_cluster(
+        &self,
+        cluster: &Cluster,
+        expected_version: Option<u64>,
+    ) -> Result<(), RegistryError>;
+
+    /// Deletes cluster `name` if its stored version is `expected_version`.
+    fn delete_cluster(&self, name: &str, expected_version: u64) -> Result<(), RegistryError>;
 }
 
 /// id -> endpoint JSON. JSON rather than a binary encoding so the file stays
@@ -33,6 +48,8 @@ pub trait Store: Send + Sync + 'static {
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
 /// name -> id, so name uniqueness is checked inside the write transaction.
 const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
+/// cluster name -> cluster JSON.
+const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
 /// "table_version" -> u64.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TABLE_VERSION: &str = "table_version";
@@ -74,6 +91,7 @@ impl RedbStore {
         txn.open_table(ENDPOINTS).map_err(storage)?;
         txn.open_table(NAMES).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
+        txn.open_table(CLUSTERS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Self { db })
     }
@@ -172,6 +190,97 @@ impl Store for RedbStore {
         txn.commit().map_err(storage)?;
         Ok(table_version)
     }
+
+    fn load_clusters(&self) -> Result<Vec<Cluster>, RegistryError> {
+        self.clusters()
+    }
+
+    fn put_cluster(
+        &self,
+        cluster: &Cluster,
+        expected_version: Option<u64>,
+    ) -> Result<(), RegistryError> {
+        self.write_cluster(cluster, expected_version)
+    }
+
+    fn delete_cluster(&self, name: &str, expected_version: u64) -> Result<(), RegistryError> {
+        self.remove_cluster(name, expected_version)
+    }
+}
+
+impl RedbStore {
+    /// The stored cluster `name` must be at `expected` (`None`: must not exist).
+    fn check_cluster_version(
+        clusters: &redb::Table<&str, &[u8]>,
+        name: &str,
+        expected: Option<u64>,
+    ) -> Result<(), RegistryError> {
+        let stored = match clusters.get(name).map_err(storage)? {
+            Some(json) => Some(decode_cluster(name, json.value())?),
+            None => None,
+        };
+        match (expected, stored) {
+            (None, Some(_)) => Err(RegistryError::ClusterExists(name.into())),
+            (Some(_), None) => Err(RegistryError::ClusterNotFound(name.into())),
+            (Some(expected), Some(stored)) if stored.version != expected => {
+                Err(RegistryError::ClusterVersionConflict {
+                    name: name.into(),
+                    expected,
+                    actual: stored.version,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RedbStore {
+    pub(crate) fn clusters(&self) -> Result<Vec<Cluster>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let clusters = txn.open_table(CLUSTERS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in clusters.iter().map_err(storage)? {
+            let (name, json) = entry.map_err(storage)?;
+            out.push(decode_cluster(name.value(), json.value())?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn write_cluster(
+        &self,
+        cluster: &Cluster,
+        expected_version: Option<u64>,
+    ) -> Result<(), RegistryError> {
+        let json = serde_json::to_vec(cluster).map_err(storage)?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut clusters = txn.open_table(CLUSTERS).map_err(storage)?;
+            Self::check_cluster_version(&clusters, &cluster.name, expected_version)?;
+            clusters
+                .insert(cluster.name.as_str(), json.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    pub(crate) fn remove_cluster(
+        &self,
+        name: &str,
+        expected_version: u64,
+    ) -> Result<(), RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut clusters = txn.open_table(CLUSTERS).map_err(storage)?;
+            Self::check_cluster_version(&clusters, name, Some(expected_version))?;
+            clusters.remove(name).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+}
+
+fn decode_cluster(name: &str, json: &[u8]) -> Result<Cluster, RegistryError> {
+    serde_json::from_slice(json)
+        .map_err(|e| RegistryError::Storage(format!("decoding stored cluster {name:?}: {e}")))
 }
 
 /// Removes `name` only if it still points at `id`, so a damaged index can

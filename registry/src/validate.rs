@@ -83,7 +83,7 @@ impl EndpointSpec {
             )));
         }
         for (i, ns) in callers.iter().enumerate() {
-            if let Some(rule) = namespace_rule(ns) {
+            if let Some(rule) = caller_rule(ns) {
                 return Err(invalid(
                     format_args!("allowedCallerNamespaces[{i}]"),
                     ns,
@@ -124,8 +124,19 @@ fn check_name(name: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// The rule an allowed caller breaks, if any: a namespace of a certificate caller, or
+/// `namespace@cluster` for a namespace of a trusted Temporal cluster.
+fn caller_rule(caller: &str) -> Option<String> {
+    match caller.split_once('@') {
+        None => namespace_rule(caller),
+        Some((ns, cluster)) => namespace_rule(ns)
+            .or_else(|| namespace_rule(cluster))
+            .map(|rule| format!("{rule} (a cluster caller is namespace@cluster)")),
+    }
+}
+
 /// The rule a namespace name breaks, if any.
-fn namespace_rule(ns: &str) -> Option<String> {
+pub(crate) fn namespace_rule(ns: &str) -> Option<String> {
     let chars = ns.chars().count();
     if chars == 0 {
         return Some("must not be empty".into());

@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, mpsc};
 use std::thread;
+use std::time::Duration;
 
 use nexus_registry::{Endpoint, EndpointSpec, RedbStore, Registry, RegistryError, Store, Target};
 
@@ -429,6 +430,97 @@ impl Store for FixedStore {
     fn delete(&self, _: &str, _: u64) -> Result<u64, RegistryError> {
         Err(RegistryError::Storage("read-only".into()))
     }
+    fn load_clusters(&self) -> Result<Vec<nexus_registry::Cluster>, RegistryError> {
+        Ok(Vec::new())
+    }
+    fn put_cluster(
+        &self,
+        _: &nexus_registry::Cluster,
+        _: Option<u64>,
+    ) -> Result<(), RegistryError> {
+        Err(RegistryError::Storage("read-only".into()))
+    }
+    fn delete_cluster(&self, _: &str, _: u64) -> Result<(), RegistryError> {
+        Err(RegistryError::Storage("read-only".into()))
+    }
+}
+
+fn cluster_spec(template: &str) -> nexus_registry::ClusterSpec {
+    nexus_registry::ClusterSpec {
+        callback_url_template: template.into(),
+        description: String::new(),
+    }
+}
+
+/// Clusters persist like endpoints: a reopened registry knows them and their secrets, rotation
+/// keeps the old secret for its overlap only, and a deleted cluster's secret opens nothing.
+#[test]
+fn clusters_survive_reopen_rotate_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    let template = "https://t:7243/namespaces/{{.NamespaceName}}/nexus/callback";
+    let first = {
+        let r = Registry::open(&path).unwrap();
+        let (c, secret) = r
+            .create_cluster("east", cluster_spec(template), true)
+            .unwrap();
+        assert_eq!(c.version, 1);
+        assert_eq!(
+            c.spec.callback_url_template,
+            "https://t:7243/namespaces/{namespace}/nexus/callback"
+        );
+        let e = r
+            .create_cluster("east", cluster_spec(template), false)
+            .unwrap_err();
+        assert_eq!(e, RegistryError::ClusterExists("east".into()));
+        let (mtls, none) = r
+            .create_cluster("west", cluster_spec(template), false)
+            .unwrap();
+        assert!(none.is_none() && mtls.secrets.is_empty());
+        secret.unwrap()
+    };
+    let r = Registry::open(&path).unwrap();
+    let (c, _) = r
+        .cluster_by_secret(&first)
+        .expect("secret valid after reopen");
+    assert_eq!(c.name, "east");
+    assert!(r.cluster_by_secret("ngs_nope").is_none());
+
+    let e = r
+        .rotate_cluster_secret("east", 7, Duration::from_secs(3600))
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::ClusterVersionConflict { actual: 1, .. }),
+        "{e}"
+    );
+    let (c, second) = r
+        .rotate_cluster_secret("east", 1, Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(c.version, 2);
+    assert!(
+        r.cluster_by_secret(&first).is_some(),
+        "old secret works during the overlap"
+    );
+    assert!(r.cluster_by_secret(&second).is_some());
+    let (_, third) = r.rotate_cluster_secret("east", 2, Duration::ZERO).unwrap();
+    assert!(
+        r.cluster_by_secret(&first).is_none(),
+        "overlap 0 ends the old secrets"
+    );
+    assert!(r.cluster_by_secret(&second).is_none());
+    assert!(r.cluster_by_secret(&third).is_some());
+
+    r.delete_cluster("east", 3).unwrap();
+    assert!(r.cluster_by_secret(&third).is_none());
+    assert!(r.cluster("east").is_none());
+    drop(r);
+    let r = Registry::open(&path).unwrap();
+    assert!(r.cluster("east").is_none());
+    assert_eq!(r.clusters().len(), 1);
+    let e = r
+        .update_cluster("west", 1, cluster_spec("https://t/no-placeholder"))
+        .unwrap_err();
+    assert!(e.to_string().contains("exactly once"), "{e}");
 }
 
 fn endpoint(i: u128, name: &str) -> Endpoint {

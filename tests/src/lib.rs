@@ -94,6 +94,27 @@ impl Pki {
     }
 }
 
+/// A client that presents no certificate at all.
+pub fn anonymous_client(gw: &TestGateway) -> nexus_gateway::client::HttpClient {
+    let roots = {
+        let mut store = rustls::RootCertStore::empty();
+        store.add(gw.pki.ca.cert_der()).unwrap();
+        store
+    };
+    let config = rustls::ClientConfig::builder_with_provider(nexus_certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
 pub fn ns(name: &str) -> Identity {
     Identity::Namespace(name.into())
 }

@@ -20,30 +20,10 @@ async fn gateway() -> TestGateway {
     gw
 }
 
-/// A client that presents no certificate at all.
-fn anonymous_client(gw: &TestGateway) -> nexus_gateway::client::HttpClient {
-    let roots = {
-        let mut store = rustls::RootCertStore::empty();
-        store.add(gw.pki.ca.cert_der()).unwrap();
-        store
-    };
-    let config = rustls::ClientConfig::builder_with_provider(nexus_certs::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_only()
-        .enable_http1()
-        .build();
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(connector)
-}
-
 #[tokio::test]
-async fn no_client_certificate_fails_the_handshake() {
-    let gw = gateway().await;
+async fn with_certificates_required_no_certificate_fails_the_handshake() {
+    let gw = TestGateway::start_with(|c| c.client_auth = nexus_certs::ClientAuth::Required).await;
+    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
     let alert = handshake_alert(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
     // TLS 1.3: the gateway asks for a certificate and refuses the handshake without one.
     assert_eq!(alert, AlertDescription::CertificateRequired);
@@ -133,7 +113,7 @@ async fn caller_not_allowed_gets_403_and_admin_cannot_call() {
     assert!(
         reply
             .message()
-            .contains("a namespace certificate is required"),
+            .contains("a namespace or cluster certificate is required"),
         "{}",
         reply.message()
     );
@@ -643,7 +623,7 @@ async fn the_ops_port_cuts_off_a_client_that_never_finishes_its_headers() {
 #[tokio::test]
 async fn refused_handshakes_are_counted_by_reason() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = gateway().await;
+    let gw = TestGateway::start_with(|c| c.client_auth = nexus_certs::ClientAuth::Required).await;
     let no_cert = handshake_alert(&anonymous_client(&gw), post(op(&gw, "svc/echo"), &[], "")).await;
     assert_eq!(no_cert, AlertDescription::CertificateRequired);
     let stranger = Pki {

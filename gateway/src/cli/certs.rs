@@ -50,6 +50,9 @@ pub struct Who {
     /// A metering identity: reads attribution.
     #[arg(long)]
     metering: Option<String>,
+    /// A trusted Temporal cluster identity: calls endpoints for its namespaces.
+    #[arg(long)]
+    cluster: Option<String>,
 }
 
 pub fn run(command: Command) -> Result<(), Failure> {
@@ -66,10 +69,12 @@ pub fn run(command: Command) -> Result<(), Failure> {
             outln!("server key:  {}", server.key.display())
         }
         Command::Issue(args) => {
-            let identity = match (args.who.namespace, args.who.admin, args.who.metering) {
-                (Some(ns), _, _) => Identity::Namespace(ns),
-                (_, Some(name), _) => Identity::Admin(name),
-                (_, _, Some(name)) => Identity::Metering(name),
+            let who = args.who;
+            let identity = match (who.namespace, who.admin, who.metering, who.cluster) {
+                (Some(ns), ..) => Identity::Namespace(ns),
+                (_, Some(name), ..) => Identity::Admin(name),
+                (_, _, Some(name), _) => Identity::Metering(name),
+                (.., Some(name)) => Identity::Cluster(name),
                 _ => unreachable!("clap requires one identity"),
             };
             let pki = DevPki::open(&args.dir)?;

@@ -3,6 +3,7 @@
 mod attribution;
 mod callbacks;
 mod certs;
+mod cluster;
 mod conn;
 mod dev;
 mod endpoint;
@@ -38,6 +39,9 @@ enum Command {
     /// Manage Nexus endpoints through the admin API (needs an admin certificate).
     #[command(subcommand)]
     Endpoint(endpoint::Command),
+    /// Manage trusted Temporal clusters, callers that vouch for their namespaces (admin).
+    #[command(subcommand)]
+    Cluster(cluster::Command),
     /// Serve a task queue by forwarding its tasks to a Nexus HTTP handler at a URL.
     Worker(worker::Args),
     /// Read the attribution log (metering certificate).
@@ -128,6 +132,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Certs(command) => certs::run(command),
             Command::Endpoint(command) => endpoint::run(command).await,
+            Command::Cluster(command) => cluster::run(command).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Callbacks(command) => callbacks::run(command).await,
             Command::Attribution(AttributionCommand::Tail(args)) => attribution::tail(args).await,
