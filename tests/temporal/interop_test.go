@@ -1,0 +1,274 @@
+package interop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nexus-rpc/sdk-go/nexus"
+	enumspb "go.temporal.io/api/enums/v1"
+	nexuspb "go.temporal.io/api/nexus/v1"
+	"go.temporal.io/api/operatorservice/v1"
+	"go.temporal.io/sdk/client"
+	sdklog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/worker"
+)
+
+// TestTemporalInterop runs a stock Temporal server (namespaces orders and billing) and the
+// gateway. The caller workflows in orders reach billing's Nexus service first through a
+// Temporal endpoint with a native worker target (baseline: proves the Temporal side alone),
+// then through a Temporal endpoint whose external target is the gateway, which proxies to
+// Temporal's own Nexus HTTP handler for billing. Finally the gateway's attribution log and
+// usage totals must account for every call made through it.
+func TestTemporalInterop(t *testing.T) {
+	work := workDir(t)
+	gw := startGateway(t, filepath.Join(work, "gateway"))
+	// Temporal calls the gateway over https without a client certificate; its Go process
+	// trusts the gateway's dev CA through the system roots, read once, so set before start.
+	t.Setenv("SSL_CERT_FILE", gw.CAFile)
+
+	grpcPort, httpPort := pickTemporalPorts()
+	ts := startTemporal(t, work, grpcPort, httpPort, "orders", "billing")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("Temporal log %s (warnings and errors):\n%s", ts.LogFile, tailFile(ts.LogFile, 40))
+		}
+	})
+	orders, billing := ts.client(t, "orders"), ts.client(t, "billing")
+
+	bw := worker.New(billing, chargesQueue, worker.Options{})
+	bw.RegisterNexusService(billingService())
+	bw.RegisterWorkflow(chargeWorkflow)
+	ow := worker.New(orders, ordersQueue, worker.Options{})
+	ow.RegisterWorkflow(orderWorkflow)
+	for _, w := range []worker.Worker{bw, ow} {
+		if err := w.Start(); err != nil {
+			t.Fatalf("starting worker: %v", err)
+		}
+		t.Cleanup(w.Stop)
+	}
+
+	createTemporalEndpoint(t, orders, "payments-direct", &nexuspb.EndpointTarget{
+		Variant: &nexuspb.EndpointTarget_Worker_{Worker: &nexuspb.EndpointTarget_Worker{
+			Namespace: "billing", TaskQueue: chargesQueue,
+		}},
+	})
+	if !t.Run("direct", func(t *testing.T) { runCases(t, orders, billing, "payments-direct", "direct") }) {
+		t.Fatal("the Temporal-only baseline fails: the Temporal setup is broken, not the gateway")
+	}
+
+	// Register Temporal as cluster "east" with the gateway. Its callback template lets the
+	// gateway read the caller namespace from Temporal's callback URLs.
+	cl := gw.addCluster(t, "east", "http://"+ts.HTTPAddr+"/namespaces/{namespace}/nexus/callback")
+	gw.cli(t, "endpoint", "create", "--name", "payments",
+		"--target-url", "http://"+ts.HTTPAddr+"/namespaces/billing/task-queues/"+chargesQueue+"/nexus-services",
+		"--allow-caller", "orders@east")
+	createTemporalEndpoint(t, orders, "payments", &nexuspb.EndpointTarget{
+		Variant: &nexuspb.EndpointTarget_External_{External: &nexuspb.EndpointTarget_External{
+			Url: cl.URLPrefix + "payments/services",
+		}},
+	})
+	if !t.Run("gateway", func(t *testing.T) { runCases(t, orders, billing, "payments", "gw") }) {
+		return
+	}
+	t.Run("attribution", func(t *testing.T) { checkAttribution(t, gw) })
+}
+
+// Calls made through one endpoint by runCases, which the gateway must bill.
+const (
+	casesStarts  = 5 // sync, async, cancel, operation failure, handler error
+	casesCancels = 1
+	// Async completions relayed: the async result and the canceled outcome.
+	casesCompletions = 2
+)
+
+// runCases runs each scenario as an orders workflow calling endpoint; prefix keeps workflow
+// IDs unique per endpoint.
+func runCases(t *testing.T, orders, billing client.Client, endpoint, prefix string) {
+	run := func(t *testing.T, name string, in orderInput) (chargeResult, error) {
+		t.Helper()
+		in.Endpoint = endpoint
+		in.Charge.ChargeID = prefix + "-charge-" + name
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		run, err := orders.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID:                       prefix + "-order-" + name,
+			TaskQueue:                ordersQueue,
+			WorkflowExecutionTimeout: 2 * time.Minute,
+		}, orderWorkflow, in)
+		if err != nil {
+			t.Fatalf("starting order workflow: %v", err)
+		}
+		var res chargeResult
+		err = run.Get(ctx, &res)
+		if ctx.Err() != nil {
+			t.Fatalf("order workflow %s did not finish in time: %v", run.GetID(), err)
+		}
+		return res, err
+	}
+	charge := chargeInput{Amount: 42}
+
+	t.Run("sync", func(t *testing.T) {
+		res, err := run(t, "sync", orderInput{Operation: opSyncCharge, Charge: charge})
+		want := chargeResult{ChargeID: prefix + "-charge-sync", Amount: 42, By: "sync"}
+		if err != nil || res != want {
+			t.Fatalf("got %+v, %v; want %+v", res, err, want)
+		}
+	})
+	t.Run("async", func(t *testing.T) {
+		res, err := run(t, "async", orderInput{Operation: opAsyncCharge, Charge: charge})
+		want := chargeResult{ChargeID: prefix + "-charge-async", Amount: 42, By: "workflow"}
+		if err != nil || res != want {
+			t.Fatalf("got %+v, %v; want %+v", res, err, want)
+		}
+	})
+	t.Run("cancel", func(t *testing.T) {
+		in := orderInput{Operation: opAsyncCharge, Charge: charge, CancelAfterStart: true}
+		in.Charge.WaitForCancel = true
+		res, err := run(t, "cancel", in)
+		if err != nil || res.By != "canceled" {
+			t.Fatalf("caller: got %+v, %v; want the operation canceled", res, err)
+		}
+		// The cancel must have reached the handler workflow in billing.
+		id := prefix + "-charge-cancel"
+		var status enumspb.WorkflowExecutionStatus
+		if eventually(30*time.Second, func() bool {
+			d, err := billing.DescribeWorkflowExecution(context.Background(), id, "")
+			status = d.GetWorkflowExecutionInfo().GetStatus()
+			return err == nil && status == enumspb.WORKFLOW_EXECUTION_STATUS_CANCELED
+		}) != nil {
+			t.Fatalf("handler workflow %s: status %v, want CANCELED", id, status)
+		}
+	})
+	t.Run("operation-failure", func(t *testing.T) {
+		_, err := run(t, "declined", orderInput{Operation: opDeclined, Charge: charge})
+		var appErr *temporal.ApplicationError
+		opErr := nexusError(t, err, opDeclined)
+		if !errors.As(opErr.Cause, &appErr) || appErr.Message() != declinedReason {
+			t.Fatalf("cause: got %T %v; want ApplicationError %q", opErr.Cause, opErr.Cause, declinedReason)
+		}
+	})
+	t.Run("handler-error", func(t *testing.T) {
+		_, err := run(t, "bad-request", orderInput{Operation: opBadRequest, Charge: charge})
+		var hErr *nexus.HandlerError
+		opErr := nexusError(t, err, opBadRequest)
+		if !errors.As(opErr.Cause, &hErr) || hErr.Type != nexus.HandlerErrorTypeBadRequest ||
+			!strings.Contains(hErr.Error(), badRequestText) {
+			t.Fatalf("cause: got %T %v; want a BAD_REQUEST HandlerError %q", opErr.Cause, opErr.Cause, badRequestText)
+		}
+	})
+}
+
+// nexusError checks that the caller workflow failed with a Temporal Nexus operation error
+// for operation and returns it.
+func nexusError(t *testing.T, err error, operation string) *temporal.NexusOperationError {
+	t.Helper()
+	var opErr *temporal.NexusOperationError
+	if !errors.As(err, &opErr) {
+		t.Fatalf("got %v; want a NexusOperationError", err)
+	}
+	if opErr.Service != serviceName || opErr.Operation != operation {
+		t.Fatalf("error names %s/%s; want %s/%s", opErr.Service, opErr.Operation, serviceName, operation)
+	}
+	return opErr
+}
+
+// checkAttribution checks the gateway's records and bill for the calls of the "gateway" cases.
+func checkAttribution(t *testing.T, gw *gateway) {
+	count := func(recs []record, kind string) (n int) {
+		for _, r := range recs {
+			if r.Kind == kind && r.Endpoint == "payments" {
+				n++
+			}
+		}
+		return n
+	}
+	var recs []record
+	// Completion records are written as the relay happens; allow them a moment.
+	_ = eventually(30*time.Second, func() bool {
+		recs = gw.attribution(t)
+		return count(recs, "start") >= casesStarts && count(recs, "cancel") >= casesCancels &&
+			count(recs, "completion") >= casesCompletions
+	})
+	var dump strings.Builder
+	for _, r := range recs {
+		fmt.Fprintln(&dump, r)
+	}
+	if s, c, k := count(recs, "start"), count(recs, "cancel"), count(recs, "completion"); s < casesStarts ||
+		c < casesCancels || k < casesCompletions {
+		t.Fatalf("attribution has %d starts, %d cancels, %d completions for endpoint payments; want at least %d, %d, %d:\n%s",
+			s, c, k, casesStarts, casesCancels, casesCompletions, &dump)
+	}
+	for _, r := range recs {
+		if r.Endpoint != "payments" {
+			t.Errorf("record for an unexpected endpoint: %s", r)
+			continue
+		}
+		if r.CallerNamespace != "orders@east" {
+			t.Errorf("caller_namespace %q, want orders@east: %s", r.CallerNamespace, r)
+		}
+		if r.TargetNamespace != "billing" {
+			t.Errorf("target_namespace %q, want billing (derived from the Temporal-shaped target URL): %s",
+				r.TargetNamespace, r)
+		}
+	}
+
+	rows := gw.usage(t)
+	var got usageRow
+	for _, row := range rows {
+		if row.Endpoint == "payments" && row.CallerNamespace == "orders@east" {
+			got = row
+		}
+	}
+	if got.Starts != casesStarts || got.Cancels != casesCancels || got.Actions != casesStarts+casesCancels {
+		t.Errorf("usage for orders@east on payments: %+v; want %d starts, %d cancels, %d actions\nall rows: %+v",
+			got, casesStarts, casesCancels, casesStarts+casesCancels, rows)
+	}
+	if got.TargetNamespace != "billing" {
+		t.Errorf("usage row target_namespace %q, want billing", got.TargetNamespace)
+	}
+	if t.Failed() {
+		t.Logf("attribution log:\n%s", &dump)
+	}
+}
+
+func createTemporalEndpoint(t *testing.T, c client.Client, name string, target *nexuspb.EndpointTarget) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := c.OperatorService().CreateNexusEndpoint(ctx, &operatorservice.CreateNexusEndpointRequest{
+		Spec: &nexuspb.EndpointSpec{Name: name, Target: target},
+	})
+	if err != nil {
+		t.Fatalf("creating Temporal endpoint %s: %v", name, err)
+	}
+}
+
+// workDir is a temporary directory for the gateway's data and the servers' logs, removed
+// after the test unless it failed (then kept for the logs, and its path printed).
+func workDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "temporal-interop-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("kept %s for its logs", dir)
+			return
+		}
+		_ = os.RemoveAll(dir)
+	})
+	return dir
+}
+
+// sdkLogger keeps SDK client and worker logs to warnings and errors.
+func sdkLogger() sdklog.Logger {
+	return sdklog.NewStructuredLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+}
