@@ -56,6 +56,9 @@ func startGateway(t *testing.T, dir string) *gateway {
 	g.URL = fmt.Sprintf("https://localhost:%d", port)
 	g.CAFile = filepath.Join(dir, "certs", "ca.pem")
 
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	logFile, err := os.Create(g.LogFile)
 	if err != nil {
 		t.Fatal(err)

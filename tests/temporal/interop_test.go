@@ -151,7 +151,9 @@ func runCases(t *testing.T, orders, billing client.Client, endpoint, prefix stri
 		_, err := run(t, "declined", orderInput{Operation: opDeclined, Charge: charge})
 		var appErr *temporal.ApplicationError
 		opErr := nexusError(t, err, opDeclined)
-		if !errors.As(opErr.Cause, &appErr) || appErr.Message() != declinedReason {
+		// The SDK wraps the handler's failure: ApplicationError (type OperationError) caused by
+		// the message, so the message is checked on the whole cause chain.
+		if !errors.As(opErr.Cause, &appErr) || !strings.Contains(opErr.Cause.Error(), declinedReason) {
 			t.Fatalf("cause: got %T %v; want ApplicationError %q", opErr.Cause, opErr.Cause, declinedReason)
 		}
 	})
@@ -160,7 +162,7 @@ func runCases(t *testing.T, orders, billing client.Client, endpoint, prefix stri
 		var hErr *nexus.HandlerError
 		opErr := nexusError(t, err, opBadRequest)
 		if !errors.As(opErr.Cause, &hErr) || hErr.Type != nexus.HandlerErrorTypeBadRequest ||
-			!strings.Contains(hErr.Error(), badRequestText) {
+			hErr.Message != badRequestText {
 			t.Fatalf("cause: got %T %v; want a BAD_REQUEST HandlerError %q", opErr.Cause, opErr.Cause, badRequestText)
 		}
 	})

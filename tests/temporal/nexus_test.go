@@ -54,7 +54,7 @@ func billingService() *nexus.Service {
 			return chargeResult{}, nexus.NewOperationFailedError(declinedReason)
 		}),
 		nexus.NewSyncOperation(opBadRequest, func(_ context.Context, in chargeInput, _ nexus.StartOperationOptions) (chargeResult, error) {
-			return chargeResult{}, nexus.HandlerErrorf(nexus.HandlerErrorTypeBadRequest, badRequestText)
+			return chargeResult{}, nexus.NewHandlerErrorf(nexus.HandlerErrorTypeBadRequest, badRequestText)
 		}),
 	)
 	return s
