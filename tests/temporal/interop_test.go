@@ -22,9 +22,9 @@ import (
 )
 
 // TestTemporalInterop runs a stock Temporal server (namespaces orders and billing) and the
-// gateway. The caller workflows in orders reach billing's Nexus service first through a
-// Temporal endpoint with a native worker target (baseline: proves the Temporal side alone),
-// then through a Temporal endpoint whose external target is the gateway, which proxies to
+// gateway. The caller workflows in orders reach billing's Nexus service first without the
+// gateway (baselines: a native worker target, and an external target at Temporal's own Nexus
+// HTTP handler; they prove the Temporal side alone), then through a Temporal endpoint whose external target is the gateway, which proxies to
 // Temporal's own Nexus HTTP handler for billing. Finally the gateway's attribution log and
 // usage totals must account for every call made through it.
 func TestTemporalInterop(t *testing.T) {
@@ -60,8 +60,17 @@ func TestTemporalInterop(t *testing.T) {
 			Namespace: "billing", TaskQueue: chargesQueue,
 		}},
 	})
-	if !t.Run("direct", func(t *testing.T) { runCases(t, orders, billing, "payments-direct", "direct") }) {
-		t.Fatal("the Temporal-only baseline fails: the Temporal setup is broken, not the gateway")
+	// Same service through an external target: Temporal calling its own Nexus HTTP handler
+	// over HTTP, the path the gateway sits in below, with callbacks via the URL template.
+	createTemporalEndpoint(t, orders, "payments-external", &nexuspb.EndpointTarget{
+		Variant: &nexuspb.EndpointTarget_External_{External: &nexuspb.EndpointTarget_External{
+			Url: "http://" + ts.HTTPAddr + "/namespaces/billing/task-queues/" + chargesQueue + "/nexus-services",
+		}},
+	})
+	baseline := t.Run("direct", func(t *testing.T) { runCases(t, orders, billing, "payments-direct", "direct") })
+	baseline = t.Run("external", func(t *testing.T) { runCases(t, orders, billing, "payments-external", "ext") }) && baseline
+	if !baseline {
+		t.Fatal("a Temporal-only baseline fails: the Temporal setup is broken, not the gateway")
 	}
 
 	// Register Temporal as cluster "east" with the gateway. Its callback template lets the
