@@ -24,9 +24,9 @@ import (
 // TestTemporalInterop runs a stock Temporal server (namespaces orders and billing) and the
 // gateway. The caller workflows in orders reach billing's Nexus service first without the
 // gateway (baselines: a native worker target, and an external target at Temporal's own Nexus
-// HTTP handler; they prove the Temporal side alone), then through a Temporal endpoint whose external target is the gateway, which proxies to
-// Temporal's own Nexus HTTP handler for billing. Finally the gateway's attribution log and
-// usage totals must account for every call made through it.
+// HTTP handler; they prove the Temporal side alone), then through a Temporal endpoint whose
+// external target is the gateway, which proxies to that same handler. Finally the gateway's
+// attribution log and usage totals must account for every call made through it.
 func TestTemporalInterop(t *testing.T) {
 	work := workDir(t)
 	gw := startGateway(t, filepath.Join(work, "gateway"))
@@ -62,11 +62,8 @@ func TestTemporalInterop(t *testing.T) {
 	})
 	// Same service through an external target: Temporal calling its own Nexus HTTP handler
 	// over HTTP, the path the gateway sits in below, with callbacks via the URL template.
-	createTemporalEndpoint(t, orders, "payments-external", &nexuspb.EndpointTarget{
-		Variant: &nexuspb.EndpointTarget_External_{External: &nexuspb.EndpointTarget_External{
-			Url: "http://" + ts.HTTPAddr + "/namespaces/billing/task-queues/" + chargesQueue + "/nexus-services",
-		}},
-	})
+	billingHandler := "http://" + ts.HTTPAddr + "/namespaces/billing/task-queues/" + chargesQueue + "/nexus-services"
+	createTemporalEndpoint(t, orders, "payments-external", externalTarget(billingHandler))
 	baseline := t.Run("direct", func(t *testing.T) { runCases(t, orders, billing, "payments-direct", "direct") })
 	baseline = t.Run("external", func(t *testing.T) { runCases(t, orders, billing, "payments-external", "ext") }) && baseline
 	if !baseline {
@@ -77,13 +74,8 @@ func TestTemporalInterop(t *testing.T) {
 	// gateway read the caller namespace from Temporal's callback URLs.
 	cl := gw.addCluster(t, "east", "http://"+ts.HTTPAddr+"/namespaces/{namespace}/nexus/callback")
 	gw.cli(t, "endpoint", "create", "--name", "payments",
-		"--target-url", "http://"+ts.HTTPAddr+"/namespaces/billing/task-queues/"+chargesQueue+"/nexus-services",
-		"--allow-caller", "orders@east")
-	createTemporalEndpoint(t, orders, "payments", &nexuspb.EndpointTarget{
-		Variant: &nexuspb.EndpointTarget_External_{External: &nexuspb.EndpointTarget_External{
-			Url: cl.URLPrefix + "payments/services",
-		}},
-	})
+		"--target-url", billingHandler, "--allow-caller", "orders@east")
+	createTemporalEndpoint(t, orders, "payments", externalTarget(cl.URLPrefix+"payments/services"))
 	if !t.Run("gateway", func(t *testing.T) { runCases(t, orders, billing, "payments", "gw") }) {
 		return
 	}
@@ -258,6 +250,12 @@ func checkAttribution(t *testing.T, gw *gateway) {
 	// Shown with -v: the records are the evidence of what went through the gateway.
 	t.Logf("attribution log:\n%s", &dump)
 	t.Logf("usage rows: %+v", rows)
+}
+
+func externalTarget(url string) *nexuspb.EndpointTarget {
+	return &nexuspb.EndpointTarget{Variant: &nexuspb.EndpointTarget_External_{
+		External: &nexuspb.EndpointTarget_External{Url: url},
+	}}
 }
 
 func createTemporalEndpoint(t *testing.T, c client.Client, name string, target *nexuspb.EndpointTarget) {
