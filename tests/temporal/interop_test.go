@@ -28,10 +28,15 @@ import (
 // external target is the gateway, which proxies to that same handler. Finally the gateway's
 // attribution log and usage totals must account for every call made through it.
 func TestTemporalInterop(t *testing.T) {
+	// Temporal calls the gateway over https without a client certificate; its Go process
+	// trusts the gateway's dev CA through the system roots (SSL_CERT_FILE), which Go reads
+	// once per process: a second run here would meet a new CA with the old roots.
+	if ranOnce {
+		t.Fatal("runs once per process (Go caches SSL_CERT_FILE roots): use -count=1")
+	}
+	ranOnce = true
 	work := workDir(t)
 	gw := startGateway(t, filepath.Join(work, "gateway"))
-	// Temporal calls the gateway over https without a client certificate; its Go process
-	// trusts the gateway's dev CA through the system roots, read once, so set before start.
 	t.Setenv("SSL_CERT_FILE", gw.CAFile)
 
 	grpcPort, httpPort := pickTemporalPorts()
@@ -81,6 +86,8 @@ func TestTemporalInterop(t *testing.T) {
 	}
 	t.Run("attribution", func(t *testing.T) { checkAttribution(t, gw) })
 }
+
+var ranOnce bool
 
 // The gateway's records expected for one runCases pass, by "kind operation": one start per
 // case, the cancel, and the two async completions it relays (the result and the canceled end).
@@ -271,14 +278,14 @@ func createTemporalEndpoint(t *testing.T, c client.Client, name string, target *
 }
 
 // workDir is a temporary directory for the gateway's data and the servers' logs, removed
-// after the test unless it failed (then kept for the logs, and its path printed).
+// after the test unless it failed or TEMPORAL_INTEROP_KEEP is set (then kept for the logs).
 func workDir(t *testing.T) string {
 	dir, err := os.MkdirTemp("", "temporal-interop-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("TEMPORAL_INTEROP_KEEP") != "" {
 			t.Logf("kept %s for its logs", dir)
 			return
 		}
