@@ -13,6 +13,7 @@ import (
 
 	"github.com/nexus-rpc/sdk-go/nexus"
 	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	nexuspb "go.temporal.io/api/nexus/v1"
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
@@ -145,6 +146,7 @@ func runCases(t *testing.T, orders, billing client.Client, endpoint, prefix stri
 		if err != nil || res != want {
 			t.Fatalf("got %+v, %v; want %+v", res, err, want)
 		}
+		checkLinks(t, orders, billing, prefix+"-order-async", prefix+"-charge-async")
 	})
 	t.Run("cancel", func(t *testing.T) {
 		in := orderInput{Operation: opAsyncCharge, Charge: charge, CancelAfterStart: true}
@@ -183,6 +185,41 @@ func runCases(t *testing.T, orders, billing client.Client, endpoint, prefix stri
 			t.Fatalf("cause: got %T %v; want a BAD_REQUEST HandlerError %q", opErr.Cause, opErr.Cause, badRequestText)
 		}
 	})
+}
+
+// checkLinks checks the Nexus links Temporal exchanges in headers (they let each side's
+// history point at the other): the caller's started event links the handler workflow, and
+// the handler workflow's completion callback links the caller workflow.
+func checkLinks(t *testing.T, orders, billing client.Client, callerID, handlerID string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	first := func(c client.Client, id string, match func(*historypb.HistoryEvent) bool) *historypb.HistoryEvent {
+		for it := c.GetWorkflowHistory(ctx, id, "", false, 0); it.HasNext(); {
+			e, err := it.Next()
+			if err != nil {
+				t.Fatalf("history of %s: %v", id, err)
+			}
+			if match(e) {
+				return e
+			}
+		}
+		t.Fatalf("history of %s: event not found", id)
+		return nil
+	}
+	started := first(orders, callerID, func(e *historypb.HistoryEvent) bool {
+		return e.GetNexusOperationStartedEventAttributes() != nil
+	})
+	if l := started.GetLinks(); len(l) != 1 || l[0].GetWorkflowEvent().GetWorkflowId() != handlerID {
+		t.Errorf("caller's operation-started event links %v; want the handler workflow %s", l, handlerID)
+	}
+	handlerStart := first(billing, handlerID, func(e *historypb.HistoryEvent) bool {
+		return e.GetWorkflowExecutionStartedEventAttributes() != nil
+	})
+	cbs := handlerStart.GetWorkflowExecutionStartedEventAttributes().GetCompletionCallbacks()
+	if len(cbs) != 1 || len(cbs[0].GetLinks()) != 1 || cbs[0].GetLinks()[0].GetWorkflowEvent().GetWorkflowId() != callerID {
+		t.Errorf("handler workflow's completion callbacks %v; want one linking the caller workflow %s", cbs, callerID)
+	}
 }
 
 // nexusError checks that the caller workflow failed with a Temporal Nexus operation error
