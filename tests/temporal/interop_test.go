@@ -17,6 +17,7 @@ import (
 	nexuspb "go.temporal.io/api/nexus/v1"
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	sdklog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
@@ -52,7 +53,7 @@ func TestTemporalInterop(t *testing.T) {
 	bw := worker.New(billing, chargesQueue, worker.Options{})
 	bw.RegisterNexusService(billingService())
 	bw.RegisterWorkflow(chargeWorkflow)
-	ow := worker.New(orders, ordersQueue, worker.Options{})
+	ow := worker.New(orders, ordersQueue, worker.Options{Interceptors: []interceptor.WorkerInterceptor{&traceInterceptor{}}})
 	ow.RegisterWorkflow(orderWorkflow)
 	for _, w := range []worker.Worker{bw, ow} {
 		if err := w.Start(); err != nil {
@@ -135,10 +136,13 @@ func runCases(t *testing.T, orders, billing client.Client, endpoint, prefix stri
 
 	t.Run("sync", func(t *testing.T) {
 		res, err := run(t, "sync", orderInput{Operation: opSyncCharge, Charge: charge})
+		seen := res.Seen
+		res.Seen = seenRequest{}
 		want := chargeResult{ChargeID: prefix + "-charge-sync", Amount: 42, By: "sync"}
 		if err != nil || res != want {
 			t.Fatalf("got %+v, %v; want %+v", res, err, want)
 		}
+		checkSeen(t, orders, prefix+"-order-sync", seen)
 	})
 	t.Run("async", func(t *testing.T) {
 		res, err := run(t, "async", orderInput{Operation: opAsyncCharge, Charge: charge})
@@ -187,33 +191,58 @@ func runCases(t *testing.T, orders, billing client.Client, endpoint, prefix stri
 	})
 }
 
+// checkSeen checks what the sync handler received: the request ID of the caller's scheduled
+// event, the header the caller workflow set, an operation timeout, and a link to the caller.
+func checkSeen(t *testing.T, orders client.Client, callerID string, seen seenRequest) {
+	t.Helper()
+	scheduled := firstEvent(t, orders, callerID, func(e *historypb.HistoryEvent) bool {
+		return e.GetNexusOperationScheduledEventAttributes() != nil
+	}).GetNexusOperationScheduledEventAttributes()
+	t.Logf("handler saw %+v", seen)
+	if seen.RequestID == "" || seen.RequestID != scheduled.GetRequestId() {
+		t.Errorf("handler saw request ID %q; the caller scheduled %q", seen.RequestID, scheduled.GetRequestId())
+	}
+	if seen.Trace != callerID {
+		t.Errorf("handler saw %s: %q; the caller workflow set %q", traceHeader, seen.Trace, callerID)
+	}
+	if seen.OperationTimeout == "" {
+		t.Errorf("handler saw no %s header (the caller set a schedule-to-close timeout)", nexus.HeaderOperationTimeout)
+	}
+	if !strings.Contains(seen.Links, callerID) {
+		t.Errorf("handler saw links %q; want one to the caller workflow %s", seen.Links, callerID)
+	}
+}
+
+// firstEvent returns the first event of workflow id's history that matches.
+func firstEvent(t *testing.T, c client.Client, id string, match func(*historypb.HistoryEvent) bool) *historypb.HistoryEvent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for it := c.GetWorkflowHistory(ctx, id, "", false, 0); it.HasNext(); {
+		e, err := it.Next()
+		if err != nil {
+			t.Fatalf("history of %s: %v", id, err)
+		}
+		if match(e) {
+			return e
+		}
+	}
+	t.Fatalf("history of %s: event not found", id)
+	return nil
+}
+
 // checkLinks checks the Nexus links Temporal exchanges in headers (they let each side's
 // history point at the other): the caller's started event links the handler workflow, and
 // the handler workflow's completion callback links the caller workflow.
 func checkLinks(t *testing.T, orders, billing client.Client, callerID, handlerID string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	first := func(c client.Client, id string, match func(*historypb.HistoryEvent) bool) *historypb.HistoryEvent {
-		for it := c.GetWorkflowHistory(ctx, id, "", false, 0); it.HasNext(); {
-			e, err := it.Next()
-			if err != nil {
-				t.Fatalf("history of %s: %v", id, err)
-			}
-			if match(e) {
-				return e
-			}
-		}
-		t.Fatalf("history of %s: event not found", id)
-		return nil
-	}
-	started := first(orders, callerID, func(e *historypb.HistoryEvent) bool {
+	started := firstEvent(t, orders, callerID, func(e *historypb.HistoryEvent) bool {
 		return e.GetNexusOperationStartedEventAttributes() != nil
 	})
 	if l := started.GetLinks(); len(l) != 1 || l[0].GetWorkflowEvent().GetWorkflowId() != handlerID {
 		t.Errorf("caller's operation-started event links %v; want the handler workflow %s", l, handlerID)
 	}
-	handlerStart := first(billing, handlerID, func(e *historypb.HistoryEvent) bool {
+	handlerStart := firstEvent(t, billing, handlerID, func(e *historypb.HistoryEvent) bool {
 		return e.GetWorkflowExecutionStartedEventAttributes() != nil
 	})
 	cbs := handlerStart.GetWorkflowExecutionStartedEventAttributes().GetCompletionCallbacks()

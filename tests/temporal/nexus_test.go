@@ -3,10 +3,12 @@ package interop
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/nexus-rpc/sdk-go/nexus"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/temporalnexus"
 	"go.temporal.io/sdk/workflow"
@@ -36,15 +38,36 @@ type chargeInput struct {
 type chargeResult struct {
 	ChargeID string
 	Amount   int
-	By       string // which handler produced it
+	By       string      // which handler produced it
+	Seen     seenRequest // what the sync handler received besides the input
 }
+
+// seenRequest is what reached the handler of a sync start, so the caller can check that
+// everything Temporal sends crossed the gateway unchanged.
+type seenRequest struct {
+	RequestID        string // Nexus-Request-Id
+	Trace            string // traceHeader, set by the caller workflow
+	OperationTimeout string // Operation-Timeout, from the caller's schedule-to-close timeout
+	Links            string // Nexus-Link URLs, space-separated
+}
+
+// traceHeader is a Nexus header the caller workflow sets (see traceInterceptor).
+const traceHeader = "x-order-trace"
 
 // billingService is the Nexus service the billing worker serves on task queue "charges".
 func billingService() *nexus.Service {
 	s := nexus.NewService(serviceName)
 	s.MustRegister(
-		nexus.NewSyncOperation(opSyncCharge, func(_ context.Context, in chargeInput, _ nexus.StartOperationOptions) (chargeResult, error) {
-			return chargeResult{ChargeID: in.ChargeID, Amount: in.Amount, By: "sync"}, nil
+		nexus.NewSyncOperation(opSyncCharge, func(_ context.Context, in chargeInput, o nexus.StartOperationOptions) (chargeResult, error) {
+			seen := seenRequest{
+				RequestID:        o.RequestID,
+				Trace:            o.Header.Get(traceHeader),
+				OperationTimeout: o.Header.Get(nexus.HeaderOperationTimeout),
+			}
+			for _, l := range o.Links {
+				seen.Links = strings.TrimSpace(seen.Links + " " + l.URL.String())
+			}
+			return chargeResult{ChargeID: in.ChargeID, Amount: in.Amount, By: "sync", Seen: seen}, nil
 		}),
 		temporalnexus.NewWorkflowRunOperation(opAsyncCharge, chargeWorkflow,
 			func(_ context.Context, in chargeInput, _ nexus.StartOperationOptions) (client.StartWorkflowOptions, error) {
@@ -108,4 +131,31 @@ func orderWorkflow(ctx workflow.Context, in orderInput) (chargeResult, error) {
 		return chargeResult{ChargeID: in.Charge.ChargeID, By: "canceled"}, nil
 	}
 	return res, err
+}
+
+// traceInterceptor sets traceHeader (the caller's workflow ID) on the Nexus operations the
+// caller workflows start: headers a workflow sets must reach the handler.
+type traceInterceptor struct {
+	interceptor.WorkerInterceptorBase
+}
+
+func (*traceInterceptor) InterceptWorkflow(_ workflow.Context, next interceptor.WorkflowInboundInterceptor) interceptor.WorkflowInboundInterceptor {
+	return &traceInbound{interceptor.WorkflowInboundInterceptorBase{Next: next}}
+}
+
+type traceInbound struct {
+	interceptor.WorkflowInboundInterceptorBase
+}
+
+func (i *traceInbound) Init(outbound interceptor.WorkflowOutboundInterceptor) error {
+	return i.Next.Init(&traceOutbound{interceptor.WorkflowOutboundInterceptorBase{Next: outbound}})
+}
+
+type traceOutbound struct {
+	interceptor.WorkflowOutboundInterceptorBase
+}
+
+func (o *traceOutbound) ExecuteNexusOperation(ctx workflow.Context, in interceptor.ExecuteNexusOperationInput) workflow.NexusOperationFuture {
+	in.NexusHeader[traceHeader] = workflow.GetInfo(ctx).WorkflowExecution.ID
+	return o.Next.ExecuteNexusOperation(ctx, in)
 }
