@@ -13,6 +13,7 @@ import (
 
 	"github.com/nexus-rpc/sdk-go/nexus"
 	enumspb "go.temporal.io/api/enums/v1"
+	failurepb "go.temporal.io/api/failure/v1"
 	historypb "go.temporal.io/api/history/v1"
 	nexuspb "go.temporal.io/api/nexus/v1"
 	"go.temporal.io/api/operatorservice/v1"
@@ -21,6 +22,7 @@ import (
 	sdklog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestTemporalInterop runs a stock Temporal server (namespaces orders and billing) and the
@@ -86,7 +88,35 @@ func TestTemporalInterop(t *testing.T) {
 	if !t.Run("gateway", func(t *testing.T) { runCases(t, orders, billing, "payments", "gw") }) {
 		return
 	}
+	t.Run("failures-as-without-gateway", func(t *testing.T) { compareFailures(t, orders, "ext", "gw") })
 	t.Run("attribution", func(t *testing.T) { checkAttribution(t, gw) })
+}
+
+// compareFailures checks that the failures the caller workflows recorded through the gateway
+// (prefix got) are those recorded without it (prefix want), the routing aside: failures,
+// handler errors and cancellations cross the gateway unchanged.
+func compareFailures(t *testing.T, orders client.Client, want, got string) {
+	failure := func(id string) *failurepb.Failure {
+		e := firstEvent(t, orders, id, func(e *historypb.HistoryEvent) bool {
+			return e.GetNexusOperationFailedEventAttributes() != nil || e.GetNexusOperationCanceledEventAttributes() != nil
+		})
+		f := e.GetNexusOperationFailedEventAttributes().GetFailure()
+		if f == nil {
+			f = e.GetNexusOperationCanceledEventAttributes().GetFailure()
+		}
+		f = proto.Clone(f).(*failurepb.Failure)
+		// The endpoint differs by design and the gateway wraps operation tokens.
+		if info := f.GetNexusOperationExecutionFailureInfo(); info != nil {
+			info.Endpoint, info.OperationId, info.OperationToken = "", "", ""
+		}
+		return f
+	}
+	for _, c := range []string{"declined", "bad-request", "cancel"} {
+		w, g := failure(want+"-order-"+c), failure(got+"-order-"+c)
+		if !proto.Equal(w, g) {
+			t.Errorf("%s: through the gateway the caller recorded\n%v\nwithout it\n%v", c, g, w)
+		}
+	}
 }
 
 var ranOnce bool
