@@ -49,9 +49,9 @@ func gatewayBinary(t *testing.T) string {
 
 // startGateway runs the gateway in dir and waits (bounded) until its ops port reports ready.
 // The process is killed at cleanup, also when the test fails.
-func startGateway(t *testing.T, dir string) *gateway {
+func startGateway(t *testing.T, bin, dir string) *gateway {
 	t.Helper()
-	g := &gateway{bin: gatewayBinary(t), Dir: dir, LogFile: filepath.Join(dir, "gateway.log")}
+	g := &gateway{bin: bin, Dir: dir, LogFile: filepath.Join(dir, "gateway.log")}
 	port, opsPort := freeport.MustGetFreePort(), freeport.MustGetFreePort()
 	g.URL = fmt.Sprintf("https://localhost:%d", port)
 	g.CAFile = filepath.Join(dir, "certs", "ca.pem")

@@ -39,8 +39,9 @@ func TestTemporalInterop(t *testing.T) {
 		t.Fatal("runs once per process (Go caches SSL_CERT_FILE roots): use -count=1")
 	}
 	ranOnce = true
+	bin := gatewayBinary(t)
 	work := workDir(t)
-	gw := startGateway(t, filepath.Join(work, "gateway"))
+	gw := startGateway(t, bin, filepath.Join(work, "gateway"))
 	t.Setenv("SSL_CERT_FILE", gw.CAFile)
 
 	grpcPort, httpPort := pickTemporalPorts()
