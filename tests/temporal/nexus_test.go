@@ -73,10 +73,10 @@ func billingService() *nexus.Service {
 			func(_ context.Context, in chargeInput, _ nexus.StartOperationOptions) (client.StartWorkflowOptions, error) {
 				return client.StartWorkflowOptions{ID: in.ChargeID, WorkflowExecutionTimeout: 2 * time.Minute}, nil
 			}),
-		nexus.NewSyncOperation(opDeclined, func(_ context.Context, in chargeInput, _ nexus.StartOperationOptions) (chargeResult, error) {
+		nexus.NewSyncOperation(opDeclined, func(_ context.Context, _ chargeInput, _ nexus.StartOperationOptions) (chargeResult, error) {
 			return chargeResult{}, nexus.NewOperationFailedError(declinedReason)
 		}),
-		nexus.NewSyncOperation(opBadRequest, func(_ context.Context, in chargeInput, _ nexus.StartOperationOptions) (chargeResult, error) {
+		nexus.NewSyncOperation(opBadRequest, func(_ context.Context, _ chargeInput, _ nexus.StartOperationOptions) (chargeResult, error) {
 			return chargeResult{}, nexus.NewHandlerErrorf(nexus.HandlerErrorTypeBadRequest, badRequestText)
 		}),
 	)
