@@ -71,8 +71,9 @@ func startGateway(t *testing.T, bin, dir string) *gateway {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", g.bin, err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); _ = logFile.Close() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); _ = logFile.Close(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -87,14 +88,15 @@ func startGateway(t *testing.T, bin, dir string) *gateway {
 	})
 
 	ready := fmt.Sprintf("http://127.0.0.1:%d/readyz", opsPort)
+	probe := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
-		case err := <-exited:
-			t.Fatalf("gateway exited during startup: %v\n%s", err, tailFile(g.LogFile, 40))
+		case <-exited:
+			t.Fatalf("gateway exited during startup: %v\n%s", waitErr, tailFile(g.LogFile, 40))
 		default:
 		}
-		if resp, err := http.Get(ready); err == nil {
+		if resp, err := probe.Get(ready); err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return g
