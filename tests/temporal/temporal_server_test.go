@@ -131,13 +131,12 @@ func startTemporal(t *testing.T, logDir string, grpcPort, httpPort int, namespac
 		},
 		// Retry failed Nexus requests and callbacks quickly so a transient failure costs
 		// seconds, not the default minutes of backoff.
-		nexusoperations.RetryPolicyInitialInterval.Key():            200 * time.Millisecond,
-		nexusoperations.RetryPolicyMaximumInterval.Key():            2 * time.Second,
-		callback.RetryPolicyInitialInterval.Key():                   200 * time.Millisecond,
-		callback.RetryPolicyMaximumInterval.Key():                   2 * time.Second,
-		callbacks.RetryPolicyInitialInterval.Key():                  200 * time.Millisecond,
-		callbacks.RetryPolicyMaximumInterval.Key():                  2 * time.Second,
-		dynamicconfig.ForceSearchAttributesCacheRefreshOnRead.Key(): true,
+		nexusoperations.RetryPolicyInitialInterval.Key(): 200 * time.Millisecond,
+		nexusoperations.RetryPolicyMaximumInterval.Key(): 2 * time.Second,
+		callback.RetryPolicyInitialInterval.Key():        200 * time.Millisecond,
+		callback.RetryPolicyMaximumInterval.Key():        2 * time.Second,
+		callbacks.RetryPolicyInitialInterval.Key():       200 * time.Millisecond,
+		callbacks.RetryPolicyMaximumInterval.Key():       2 * time.Second,
 	}
 
 	logger := log.NewZapLogger(log.BuildZapLogger(log.Config{Level: "warn", OutputFile: ts.LogFile}))
