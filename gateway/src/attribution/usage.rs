@@ -131,8 +131,10 @@ fn hour_of(t: SystemTime) -> String {
 /// Charging: one action per `start` and per `cancel` with `billable > 0`, to `caller_namespace`.
 /// A retried request (same caller namespace, endpoint id (or name), request id and kind) is
 /// counted once, by its first billable record; later billable copies are left out of every
-/// total, even when the first one is before `from`, so consecutive windows add up. Records
-/// without a request id are never deduplicated. Pass records in seq order
+/// total, even when the first one is before `from`, so consecutive windows add up. A cancel
+/// without a request id (Temporal sends none) is keyed by its operation token instead: the
+/// same operation's cancel counts once. Other records without a request id are never
+/// deduplicated. Pass records in seq order
 /// ([`super::read_records`] gives them so).
 ///
 /// Rejected records (outcome `rejected…`) count in `rejected` only. Bytes and `errors` sum over
@@ -155,14 +157,19 @@ pub fn aggregate(
     for r in records {
         let rejected = r.is_rejected();
         // Before the window check, so a retry is not charged again in a later window.
+        let retry_key = match (&r.request_id, r.kind, &r.operation_token) {
+            (Some(request_id), ..) => Some(request_id.clone()),
+            (None, Kind::Cancel, Some(token)) => Some(format!("token:{token}")),
+            _ => None,
+        };
         let duplicate = r.billable > 0
             && !rejected
-            && r.request_id.as_ref().is_some_and(|request_id| {
+            && retry_key.is_some_and(|key| {
                 let endpoint = r.endpoint_id.as_ref().or(r.endpoint.as_ref());
                 !charged.insert((
                     r.caller_namespace.clone().unwrap_or_default(),
                     endpoint.cloned().unwrap_or_default(),
-                    request_id.clone(),
+                    key,
                     r.kind,
                 ))
             });
@@ -351,6 +358,17 @@ mod tests {
         assert_eq!((row.actions, row.starts, row.cancels), (6, 5, 1));
         assert_eq!(row.completions, 1);
         assert_eq!((row.request_bytes, row.response_bytes), (70, 140));
+    }
+
+    #[test]
+    fn a_cancel_without_request_id_is_charged_once_per_operation() {
+        let cancel = |token: &str| {
+            let mut r = rec("cancel", "orders@east", None, T1);
+            r.operation_token = Some(token.into());
+            r
+        };
+        let row = total(vec![cancel("t1"), cancel("t1"), cancel("t2")]);
+        assert_eq!((row.actions, row.cancels), (2, 2));
     }
 
     #[test]
