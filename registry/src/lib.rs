@@ -25,6 +25,7 @@
 mod cluster;
 mod index;
 mod model;
+pub mod pg;
 mod registry;
 mod shards;
 mod store;

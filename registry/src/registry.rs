@@ -349,6 +349,18 @@ impl Registry {
         Ok(())
     }
 
+    /// Reloads from the store if another process changed it (the table version moved).
+    /// Returns whether anything was reloaded. Replicas sharing a store call it on each change
+    /// notification and periodically.
+    pub fn refresh(&self) -> Result<bool, RegistryError> {
+        let _writer = self.lock_writer()?;
+        if self.store.table_version()? == self.snapshot.load().table_version {
+            return Ok(false);
+        }
+        self.reload()?;
+        Ok(true)
+    }
+
     /// The trusted cluster `name`.
     pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
         self.clusters.load().by_name.get(name).cloned()
@@ -507,7 +519,15 @@ impl Registry {
     /// Copies the current snapshot, applies `change` and swaps it in. Only
     /// called with the writer lock held.
     fn publish(&self, table_version: u64, change: impl FnOnce(&mut Snapshot)) {
-        let mut next = Snapshot::clone(&self.snapshot.load());
+        let current = self.snapshot.load();
+        if table_version != current.table_version + 1 {
+            // Another process wrote to a shared store since this snapshot: load it all, so
+            // the snapshot never claims a version it does not hold.
+            if self.reload().is_ok() {
+                return;
+            }
+        }
+        let mut next = Snapshot::clone(&current);
         next.table_version = table_version;
         change(&mut next);
         self.snapshot.store(Arc::new(next));

@@ -15,6 +15,12 @@ pub trait Store: Send + Sync + 'static {
     /// Everything stored, with the table version.
     fn load(&self) -> Result<(u64, Vec<Endpoint>), RegistryError>;
 
+    /// The current table version, to tell whether a snapshot is still current. Stores shared
+    /// by several processes answer it without loading everything.
+    fn table_version(&self) -> Result<u64, RegistryError> {
+        self.load().map(|(version, _)| version)
+    }
+
     /// Writes (inserts or replaces) `endpoint` and bumps the table version, in
     /// one transaction, returning the new table version. Checks inside the
     /// transaction that: if `expected_version` is None, the id does not exist
