@@ -91,6 +91,8 @@ pub struct CallbackKeys {
 pub enum KeyError {
     #[error("callback key file {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error("callback keys in the shared store: {message}")]
+    Shared { message: String },
 }
 
 impl CallbackKeys {
@@ -101,16 +103,24 @@ impl CallbackKeys {
             path: path.clone(),
             message,
         };
-        let rng = SystemRandom::new();
         if !path.exists() {
-            let mut secret = [0u8; 32];
-            rng.fill(&mut secret)
-                .map_err(|_| fail("no randomness".into()))?;
-            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            write_private(&path, format!("1 {hex}\n").as_bytes())
-                .map_err(|e| fail(e.to_string()))?;
+            let text = Self::generate().map_err(|_| fail("no randomness".into()))?;
+            write_private(&path, text.as_bytes()).map_err(|e| fail(e.to_string()))?;
         }
         let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+        Self::parse(&text).map_err(fail)
+    }
+
+    /// A fresh key file's text: one key, id 1.
+    pub fn generate() -> Result<String, ring::error::Unspecified> {
+        let mut secret = [0u8; 32];
+        SystemRandom::new().fill(&mut secret)?;
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("1 {hex}\n"))
+    }
+
+    /// Keys from the text of a key file (`<id> <64 hex digits>` lines; the last seals).
+    pub fn parse(text: &str) -> Result<CallbackKeys, String> {
         let mut keys = Vec::new();
         let mut token_key = None;
         for (n, line) in text
@@ -118,7 +128,7 @@ impl CallbackKeys {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
-            let bad = || fail(format!("line {}: expected `<id> <64 hex digits>`", n + 1));
+            let bad = || format!("line {}: expected `<id> <64 hex digits>`", n + 1);
             let (id, hex) = line.trim().split_once(' ').ok_or_else(bad)?;
             let id: u32 = id.parse().map_err(|_| bad())?;
             let secret = decode_hex(hex.trim())
@@ -134,12 +144,12 @@ impl CallbackKeys {
             });
         }
         let Some(token_key) = token_key else {
-            return Err(fail("no keys".into()));
+            return Err("no keys".into());
         };
         Ok(CallbackKeys {
             keys,
             token_key,
-            rng,
+            rng: SystemRandom::new(),
         })
     }
 

@@ -90,9 +90,12 @@ pub fn now_ms() -> u64 {
 
 impl Callbacks {
     /// `tls` is the client identity deliveries present; `own` the gateway's own addresses,
-    /// which callbacks may never reach.
+    /// which callbacks may never reach; `shared_keys` the key file text every replica shares
+    /// (else the key file in `data_dir`).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         data_dir: &std::path::Path,
+        shared_keys: Option<&str>,
         public_url: String,
         settings: CallbackSettings,
         tls: &nexus_certs::TlsMaterial,
@@ -102,7 +105,11 @@ impl Callbacks {
     ) -> Result<Callbacks, OpenError> {
         let policy = Arc::new(CallbackPolicy::new(settings.allowed.clone(), own));
         let client = crate::client::callback_client(tls, policy.clone())?;
-        let keys = CallbackKeys::load_or_create(data_dir)?;
+        let keys = match shared_keys {
+            Some(text) => CallbackKeys::parse(text)
+                .map_err(|message| crate::callback_token::KeyError::Shared { message })?,
+            None => CallbackKeys::load_or_create(data_dir)?,
+        };
         let spool = Spool::open(&data_dir.join("callbacks.redb"))?;
         let entries = spool.list(None)?;
         let failed = entries

@@ -50,6 +50,40 @@ pub struct Config {
     pub attribution: crate::attribution::AttributionSettings,
     /// How long SIGTERM waits for in-flight requests before closing them (default 30 s).
     pub shutdown_grace: Duration,
+    pub store: StoreSettings,
+}
+
+/// Where the registry, trusted clusters and the callback sealing key live: the embedded store
+/// in the data directory (default), or a PostgreSQL database shared by replicas.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `postgres://user:password@host/db[?sslmode=require]`; `None`: embedded.
+    pub url: Option<String>,
+    /// CA bundle (PEM) the database's certificate chains to, for `sslmode=require`.
+    pub ca: Option<PathBuf>,
+    /// How often a replica checks the shared store for changes it was not notified of
+    /// (default 5 s; notifications bring them within milliseconds).
+    pub resync_interval: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            url: None,
+            ca: None,
+            resync_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl StoreSettings {
+    /// The PostgreSQL settings, when the store is shared.
+    pub fn postgres(&self) -> Option<nexus_registry::pg::PgSettings> {
+        let url = self.url.as_ref()?;
+        let mut settings = nexus_registry::pg::PgSettings::new(url.clone());
+        settings.ca = self.ca.clone();
+        Some(settings)
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
@@ -77,6 +111,7 @@ impl Config {
             attribution_enabled: true,
             attribution: crate::attribution::AttributionSettings::new(PathBuf::new()),
             shutdown_grace: Duration::from_secs(30),
+            store: StoreSettings::default(),
         }
     }
 }

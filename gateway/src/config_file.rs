@@ -330,6 +330,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
     outbound(&mut r, &root, &mut config);
     callbacks(&mut r, &root, &mut config);
     attribution(&mut r, &root, &mut config);
+    store(&mut r, &root, &mut config);
     if let Some(path) = upstream_ca {
         match nexus_certs::load_certs(&path) {
             Ok(certs) => config.upstream.ca = Some(certs),
@@ -343,7 +344,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
     }
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server",
     "tls",
     "limits",
@@ -353,6 +354,7 @@ const SECTIONS: [&str; 9] = [
     "outbound",
     "callbacks",
     "attribution",
+    "store",
 ];
 
 /// `[server]`: addresses, data directory, public URL, trust domain, grace.
@@ -394,6 +396,32 @@ fn server(r: &mut Reader, root: &toml::Table, config: &mut Config) {
         "shutdown_grace",
         &mut config.shutdown_grace,
         duration,
+    );
+}
+
+/// `[store]`: the shared PostgreSQL store of replicas; empty `url` is the embedded store.
+fn store(r: &mut Reader, root: &toml::Table, config: &mut Config) {
+    let t = r.section(root, "store", &["url", "ca", "resync_interval"]);
+    r.parse(t, "store", "url", &mut config.store.url, |v| {
+        let url = string(v)?;
+        if url.is_empty() {
+            return Ok(None);
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("expected a postgres:// URL (or empty for the embedded store)".into());
+        }
+        Ok(Some(url))
+    });
+    r.parse(t, "store", "ca", &mut config.store.ca, |v| {
+        let path = string(v)?;
+        Ok((!path.is_empty()).then(|| PathBuf::from(path)))
+    });
+    r.parse(
+        t,
+        "store",
+        "resync_interval",
+        &mut config.store.resync_interval,
+        nonzero_duration,
     );
 }
 

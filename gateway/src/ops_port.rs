@@ -10,6 +10,17 @@ use crate::state::State;
 pub fn handle<B>(state: &State, request: &Request<B>) -> Response<Body> {
     let (status, text) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+        // Degraded still serves: routing goes on from memory; writes answer 503 meanwhile.
+        "/readyz"
+            if state.ready.load(Ordering::SeqCst)
+                && !state.store_healthy.load(Ordering::SeqCst) =>
+        {
+            (
+                StatusCode::OK,
+                "degraded: the shared store does not answer; routing from memory, writes refused\n"
+                    .into(),
+            )
+        }
         "/readyz" if state.ready.load(Ordering::SeqCst) => (StatusCode::OK, "ready\n".into()),
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/metrics" => (StatusCode::OK, metrics(state)),

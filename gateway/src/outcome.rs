@@ -75,6 +75,8 @@ impl From<nexus_registry::RegistryError> for GatewayError {
             | E::ClusterExists(_)
             | E::ClusterVersionConflict { .. } => GatewayError::conflict(message),
             E::Storage(_) => GatewayError::internal(message),
+            E::Unavailable(_) => GatewayError::unavailable(message)
+                .with_retry_after(std::time::Duration::from_secs(1)),
         }
     }
 }

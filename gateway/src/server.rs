@@ -54,6 +54,69 @@ fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
+/// The registry and, with a shared store, the callback keys every replica uses. The shared
+/// store's client blocks, so it is opened off the async workers.
+async fn open_store(config: &Config) -> Result<(Arc<Registry>, Option<String>), StartError> {
+    let Some(pg) = config.store.postgres() else {
+        let registry = Registry::open(&config.data_dir.join("registry.redb"))?;
+        return Ok((Arc::new(registry), None));
+    };
+    tokio::task::spawn_blocking(move || {
+        let store = nexus_registry::pg::PgStore::open(pg)?;
+        let keys = store.shared_secret("callback-keys", || {
+            crate::callback_token::CallbackKeys::generate().unwrap_or_default()
+        })?;
+        Ok((Arc::new(Registry::new(store)?), Some(keys)))
+    })
+    .await
+    .map_err(|e| StartError::Registry(nexus_registry::RegistryError::Storage(e.to_string())))?
+}
+
+/// Keeps the registry of a replica current: refreshed on every change notification of the
+/// shared store (own thread: the listener blocks) and every `resync_interval` in case one was
+/// missed. Records whether the store answered, for `/readyz`.
+fn follow_shared_store(
+    state: &Arc<State>,
+    settings: &crate::config::StoreSettings,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(pg) = settings.postgres() else {
+        return Vec::new();
+    };
+    let registry = state.registry.clone();
+    let stop = state.shutdown.clone();
+    std::thread::Builder::new()
+        .name("store-listener".into())
+        .spawn(move || {
+            nexus_registry::pg::listen(
+                &pg,
+                std::time::Duration::from_secs(1),
+                || stop.is_cancelled(),
+                || {
+                    if let Err(error) = registry.refresh() {
+                        warn!(%error, "registry refresh after a change notification failed");
+                    }
+                },
+            )
+        })
+        .expect("spawn the store listener");
+    let state = state.clone();
+    let interval = settings.resync_interval;
+    vec![tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let registry = state.registry.clone();
+            let result = tokio::task::spawn_blocking(move || registry.refresh()).await;
+            let healthy = matches!(result, Ok(Ok(_)));
+            if !healthy && state.store_healthy.swap(false, Ordering::SeqCst) {
+                warn!("the shared store does not answer: routing goes on from memory");
+            } else if healthy && !state.store_healthy.swap(true, Ordering::SeqCst) {
+                info!("the shared store answers again");
+            }
+        }
+    })]
+}
+
 /// A gateway with its ports bound, ready to [`App::run`].
 pub struct App {
     data: TcpListener,
@@ -85,7 +148,7 @@ impl App {
             path: config.data_dir.clone(),
             source,
         })?;
-        let registry = Arc::new(Registry::open(&config.data_dir.join("registry.redb"))?);
+        let (registry, shared_keys) = open_store(&config).await?;
         let data_addr = data.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -107,6 +170,7 @@ impl App {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let callbacks = crate::callbacks::Callbacks::open(
             &config.data_dir,
+            shared_keys.as_deref(),
             public_url,
             config.callbacks.clone(),
             &upstream_tls,
@@ -137,6 +201,7 @@ impl App {
             attribution,
             shutdown,
             ready: std::sync::atomic::AtomicBool::new(false),
+            store_healthy: std::sync::atomic::AtomicBool::new(true),
             draining: std::sync::atomic::AtomicBool::new(false),
             in_flight: tokio::sync::watch::channel(0).0,
         });
@@ -191,6 +256,7 @@ impl App {
             config.limits.header_read_timeout,
         ));
         state.callbacks.resume();
+        let store_tasks = follow_shared_store(&state, &config.store);
         let evict_task = tokio::spawn(evict_idle_lanes(state.clone()));
         let reload_task = config.tls_files.clone().map(|files| {
             tokio::spawn(crate::reload::watch(
@@ -261,6 +327,9 @@ impl App {
         }
         ops_task.abort();
         evict_task.abort();
+        for task in store_tasks {
+            task.abort();
+        }
         if let Some(task) = reload_task {
             task.abort();
         }

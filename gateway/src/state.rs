@@ -34,6 +34,9 @@ pub struct State {
     pub shutdown: CancellationToken,
     /// False until the ports serve and again once shutdown begins (`/readyz`).
     pub ready: AtomicBool,
+    /// False while a shared store does not answer: routing goes on from memory, `/readyz`
+    /// says degraded.
+    pub store_healthy: AtomicBool,
     /// Set when shutdown begins: new operations are refused while in-flight ones finish.
     pub draining: AtomicBool,
     /// Nexus operations in flight; shutdown waits for it to reach zero.

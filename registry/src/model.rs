@@ -140,6 +140,9 @@ pub enum RegistryError {
         expected: u64,
         actual: u64,
     },
+    /// 503: the store cannot be reached now; retry later.
+    #[error("the registry store is unavailable: {0}")]
+    Unavailable(String),
     /// 500.
     #[error("registry storage error: {0}")]
     Storage(String),

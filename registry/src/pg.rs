@@ -58,7 +58,7 @@ impl PgSettings {
             .map_err(|e| RegistryError::Storage(format!("store URL is invalid: {e}")))?;
         config.connect_timeout(self.connect_timeout);
         let unreachable = |e: postgres::Error| {
-            RegistryError::Storage(format!("cannot connect to the store: {}", describe(&e)))
+            RegistryError::Unavailable(format!("cannot connect to the store: {}", describe(&e)))
         };
         match config.get_ssl_mode() {
             postgres::config::SslMode::Require => {
@@ -113,7 +113,11 @@ fn storage(e: impl Display) -> RegistryError {
     RegistryError::Storage(e.to_string())
 }
 
+/// A database error; one without a server answer (the connection broke) is `Unavailable`.
 fn db(e: postgres::Error) -> RegistryError {
+    if e.as_db_error().is_none() {
+        return RegistryError::Unavailable(format!("store: {}", describe(&e)));
+    }
     RegistryError::Storage(format!("store: {}", describe(&e)))
 }
 

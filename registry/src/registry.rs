@@ -333,7 +333,7 @@ impl Registry {
         op: impl FnOnce(&dyn Store) -> Result<u64, RegistryError>,
     ) -> Result<u64, RegistryError> {
         let result = op(self.store.as_ref());
-        if let Err(RegistryError::Storage(_)) = &result {
+        if let Err(RegistryError::Storage(_) | RegistryError::Unavailable(_)) = &result {
             // Best effort: the original error is the one worth reporting.
             let _ = self.reload();
         }

@@ -87,7 +87,9 @@ fn migrations_apply_once_even_when_replicas_start_together() {
     let db = TestDb::new();
     let settings = db.settings();
     let runs: Vec<Vec<String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| migrate(&settings).unwrap())).collect();
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| migrate(&settings).unwrap()))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let applied: Vec<&String> = runs.iter().flatten().collect();
@@ -107,7 +109,10 @@ fn writes_persist_and_keep_their_rules() {
     let updated = a.update(&created.id, 1, spec("payments-v2")).unwrap();
     assert_eq!(updated.version, 2);
     let e = a.update(&created.id, 1, spec("x-y")).unwrap_err();
-    assert!(matches!(e, RegistryError::VersionConflict { actual: 2, .. }), "{e}");
+    assert!(
+        matches!(e, RegistryError::VersionConflict { actual: 2, .. }),
+        "{e}"
+    );
     a.create(spec("fraud")).unwrap();
     let (_, secret) = a
         .create_cluster(
@@ -124,7 +129,10 @@ fn writes_persist_and_keep_their_rules() {
     assert_eq!(b.len(), 2);
     assert_eq!(b.resolve("payments-v2").unwrap().id, created.id);
     assert!(b.resolve("payments").is_none());
-    assert_eq!(b.cluster_by_secret(&secret.unwrap()).unwrap().0.name, "east");
+    assert_eq!(
+        b.cluster_by_secret(&secret.unwrap()).unwrap().0.name,
+        "east"
+    );
     b.delete(&created.id, 2).unwrap();
     assert!(a.refresh().unwrap());
     assert!(a.resolve(&created.id).is_none());
@@ -178,14 +186,22 @@ fn of_two_conflicting_writes_through_two_replicas_exactly_one_wins() {
     });
     let wins = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(wins, 1, "{results:?}");
-    assert!(results.iter().any(|r| matches!(r, Err(RegistryError::VersionConflict { .. }))));
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(RegistryError::VersionConflict { .. })))
+    );
     // And two creates of one name: one endpoint.
     let results: Vec<_> = std::thread::scope(|s| {
         let ha = s.spawn(|| a.create(spec("shared")));
         let hb = s.spawn(|| b.create(spec("shared")));
         vec![ha.join().unwrap(), hb.join().unwrap()]
     });
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
 }
 
 #[test]
@@ -205,10 +221,14 @@ fn an_unreachable_store_is_a_clear_error() {
     settings.connect_timeout = Duration::from_secs(2);
     let e = PgStore::open(settings).unwrap_err().to_string();
     assert!(e.contains("cannot connect to the store"), "{e}");
-    let e = PgStore::open(PgSettings::new("mysql://x")).unwrap_err().to_string();
-    assert!(e.contains("store URL is invalid"), "{e}");
-    let e = PgStore::open(PgSettings::new("postgres://nexus@127.0.0.1/x?sslmode=require"))
+    let e = PgStore::open(PgSettings::new("mysql://x"))
         .unwrap_err()
         .to_string();
+    assert!(e.contains("store URL is invalid"), "{e}");
+    let e = PgStore::open(PgSettings::new(
+        "postgres://nexus@127.0.0.1/x?sslmode=require",
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("set [store] ca"), "{e}");
 }

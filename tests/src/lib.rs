@@ -869,3 +869,79 @@ pub fn sealed_callback_seen_by(reply: &Reply) -> String {
             .expect("the handler echoes the query"),
     )
 }
+
+/// A PostgreSQL database of its own for one test, dropped at the end. Needs a server:
+/// `bash .ci/postgres` starts one (or set NEXUS_TEST_POSTGRES to an admin URL whose role may
+/// create databases).
+pub struct TestDb {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        // The blocking client must not run on an async worker: its own thread.
+        std::thread::spawn(Self::create)
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    fn create() -> TestDb {
+        let admin = std::env::var("NEXUS_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://nexus:nexus@127.0.0.1:5432/postgres".into());
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {admin}: {e}. Start one with `bash .ci/postgres` \
+                 (installs Debian's postgresql, starts it, creates role nexus), or set \
+                 NEXUS_TEST_POSTGRES to a server whose role may create databases"
+            )
+        });
+        let name = format!("nexus_e2e_{:032x}", rand_u128());
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create the test database");
+        let (base, _) = admin.rsplit_once('/').expect("a database in the URL");
+        let url = format!("{base}/{name}");
+        TestDb { admin, name, url }
+    }
+
+    /// Drops the database now, as if the store went away (connections are closed).
+    pub fn drop_now(&self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        std::thread::spawn(move || drop_database(&admin, &name))
+            .join()
+            .unwrap();
+    }
+}
+
+impl Default for TestDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || drop_database(&admin, &name)).join();
+    }
+}
+
+fn drop_database(admin: &str, name: &str) {
+    if let Ok(mut client) = postgres::Client::connect(admin, postgres::NoTls) {
+        let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    (u128::from(h.finish()) << 64) | u128::from(std::process::id())
+}

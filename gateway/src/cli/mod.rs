@@ -8,6 +8,7 @@ mod conn;
 mod dev;
 mod endpoint;
 mod serve;
+mod store;
 mod table;
 mod worker;
 
@@ -49,6 +50,9 @@ enum Command {
     Attribution(AttributionCommand),
     /// Totals of actions, bytes and errors per caller namespace, target namespace, endpoint, hour.
     Usage(attribution::UsageArgs),
+    /// The shared PostgreSQL store of replicas.
+    #[command(subcommand)]
+    Store(store::Command),
     /// Configuration file helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -133,6 +137,7 @@ pub fn main() -> ExitCode {
             Command::Certs(command) => certs::run(command),
             Command::Endpoint(command) => endpoint::run(command).await,
             Command::Cluster(command) => cluster::run(command).await,
+            Command::Store(command) => store::run(command).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Callbacks(command) => callbacks::run(command).await,
             Command::Attribution(AttributionCommand::Tail(args)) => attribution::tail(args).await,

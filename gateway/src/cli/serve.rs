@@ -56,6 +56,13 @@ pub struct Args {
     /// When plain-HTTP upstream URLs are allowed: never, loopback, always [default: loopback].
     #[arg(long)]
     plain_http_upstreams: Option<crate::external::PlainHttp>,
+    /// Shared PostgreSQL store of replicas, postgres://user:password@host/db [default: the
+    /// embedded store in the data directory].
+    #[arg(long, env = "NEXUS_GATEWAY_STORE")]
+    store: Option<String>,
+    /// CA bundle (PEM) the database's certificate chains to, for sslmode=require.
+    #[arg(long)]
+    store_ca: Option<PathBuf>,
 }
 
 /// `source` says where the bad settings came from: "in <file>", "in --upstream-ca", ...
@@ -104,6 +111,12 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
     if let Some(v) = args.public_url {
         config.public_url = Some(v);
+    }
+    if let Some(v) = args.store {
+        config.store.url = Some(v);
+    }
+    if let Some(v) = args.store_ca {
+        config.store.ca = Some(v);
     }
     if let Some(v) = args.plain_http_upstreams {
         config.upstream.plain_http = v;

@@ -1,0 +1,202 @@
+//! Several gateways on one shared PostgreSQL store are one gateway: an endpoint written through
+//! any replica is routed by every other, and a completion sealed by one is accepted by another.
+//! Needs a PostgreSQL server: `bash .ci/postgres` starts one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use nexus_e2e::*;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn json_request(method: Method, uri: http::Uri, body: serde_json::Value) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+async fn replica(pki: &Arc<Pki>, dir: &tempfile::TempDir, db: &TestDb) -> TestGateway {
+    let url = db.url.clone();
+    TestGateway::start_in(pki.clone(), dir.path(), move |c| {
+        c.store.url = Some(url);
+        c.store.resync_interval = Duration::from_millis(200);
+    })
+    .await
+}
+
+fn echo(gw: &TestGateway) -> Request<Full<Bytes>> {
+    post(
+        gw.uri("/nexus/endpoints/payments/services/svc/echo"),
+        &[("content-type", "text/plain")],
+        "hello",
+    )
+}
+
+#[tokio::test]
+async fn replicas_share_endpoints_clusters_and_callback_keys() {
+    let db = TestDb::new();
+    let pki = Arc::new(Pki::new());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&pki, &dir_a, &db).await;
+    let b = replica(&pki, &dir_b, &db).await;
+    let (handler, _stop) = serve_reference_handler().await;
+
+    // An endpoint written through A: routed by A on the next request, by B soon after.
+    let spec = serde_json::json!({"spec": {
+        "name": "payments",
+        "target": {"external": {"url": format!("http://{handler}")}},
+        "allowedCallerNamespaces": ["orders"],
+    }});
+    let reply = send(
+        &a.client(&admin()),
+        json_request(Method::POST, a.uri("/api/v1/nexus/endpoints"), spec),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.message());
+    let orders_a = a.client(&ns("orders"));
+    let orders_b = b.client(&ns("orders"));
+    assert_eq!(send(&orders_a, echo(&a)).await.status, 200);
+    eventually("replica B routes the new endpoint", BOUND, async || {
+        send(&orders_b, echo(&b)).await.status == 200
+    })
+    .await;
+
+    // A completion sealed by A is accepted by B and delivered.
+    let mut receiver = Receiver::start(200).await;
+    let callback = format!("http://127.0.0.1:{}/cb", receiver.addr.port());
+    let start = post(
+        a.uri(&format!(
+            "/nexus/endpoints/payments/services/svc/headers?callback={}",
+            percent_encoding::utf8_percent_encode(&callback, percent_encoding::NON_ALPHANUMERIC)
+        )),
+        &[("nexus-callback-x-caller", "kept")],
+        "",
+    );
+    let reply = send(&orders_a, start).await;
+    assert_eq!(reply.status, 200, "{}", reply.message());
+    let sealed = sealed_callback_seen_by(&reply);
+    let on_b = sealed.replace(
+        &format!("localhost:{}", a.data_addr.port()),
+        &format!("localhost:{}", b.data_addr.port()),
+    );
+    assert_ne!(sealed, on_b);
+    let completion = post(
+        on_b.parse().unwrap(),
+        &[
+            ("nexus-operation-state", "succeeded"),
+            ("nexus-operation-token", "op-1"),
+        ],
+        "done",
+    );
+    let reply = send(&anonymous_client(&b), completion).await;
+    assert_eq!(reply.status, 200, "{}", reply.message());
+    let delivered = receiver.next(BOUND).await.expect("delivered");
+    assert_eq!(delivered.header("x-caller"), Some("kept"));
+    assert_eq!(delivered.body, Bytes::from_static(b"done"));
+
+    // A cluster added through B works on A.
+    let cluster = serde_json::json!({"name": "east", "spec": {
+        "callbackUrlTemplate": format!("http://127.0.0.1:{}/namespaces/{{namespace}}/cb", receiver.addr.port())
+    }});
+    let reply = send(
+        &b.client(&admin()),
+        json_request(Method::POST, b.uri("/api/v1/clusters"), cluster),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.message());
+    let admin_a = a.client(&admin());
+    eventually("replica A knows the cluster", BOUND, async || {
+        let get = json_request(
+            Method::GET,
+            a.uri("/api/v1/clusters/east"),
+            serde_json::json!({}),
+        );
+        send(&admin_a, get).await.status == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_admins_updating_through_two_replicas_one_wins() {
+    let db = TestDb::new();
+    let pki = Arc::new(Pki::new());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&pki, &dir_a, &db).await;
+    let b = replica(&pki, &dir_b, &db).await;
+    let spec = |name: &str| {
+        serde_json::json!({
+            "name": name,
+            "target": {"worker": {"namespace": "billing", "taskQueue": "charges"}},
+            "allowedCallerNamespaces": ["orders"],
+        })
+    };
+    let reply = send(
+        &a.client(&admin()),
+        json_request(
+            Method::POST,
+            a.uri("/api/v1/nexus/endpoints"),
+            serde_json::json!({"spec": spec("payments")}),
+        ),
+    )
+    .await;
+    let id = reply.json()["endpoint"]["id"].as_str().unwrap().to_owned();
+    let update = |gw: &TestGateway, name: &str| {
+        json_request(
+            Method::PUT,
+            gw.uri(&format!("/api/v1/nexus/endpoints/{id}")),
+            serde_json::json!({"version": 1, "spec": spec(name)}),
+        )
+    };
+    let (admin_a, admin_b) = (a.client(&admin()), b.client(&admin()));
+    let (ra, rb) = tokio::join!(
+        send(&admin_a, update(&a, "from-a")),
+        send(&admin_b, update(&b, "from-b"))
+    );
+    let mut statuses = [ra.status.as_u16(), rb.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} / {}", ra.message(), rb.message());
+}
+
+#[tokio::test]
+async fn without_its_store_a_replica_routes_from_memory_and_refuses_writes_with_503() {
+    let db = TestDb::new();
+    let pki = Arc::new(Pki::new());
+    let dir = tempfile::tempdir().unwrap();
+    let gw = replica(&pki, &dir, &db).await;
+    let (handler, _stop) = serve_reference_handler().await;
+    let spec = |name: &str| {
+        serde_json::json!({"spec": {
+            "name": name,
+            "target": {"external": {"url": format!("http://{handler}")}},
+            "allowedCallerNamespaces": ["orders"],
+        }})
+    };
+    let admin_client = gw.client(&admin());
+    let create =
+        |name: &str| json_request(Method::POST, gw.uri("/api/v1/nexus/endpoints"), spec(name));
+    assert_eq!(send(&admin_client, create("payments")).await.status, 200);
+    assert_eq!(gw.ops_get("/readyz").await.1, "ready\n");
+
+    db.drop_now();
+    eventually("readyz says degraded", BOUND, async || {
+        gw.ops_get("/readyz").await.1.starts_with("degraded")
+    })
+    .await;
+    assert_eq!(gw.ops_get("/readyz").await.0, 200);
+    let orders = gw.client(&ns("orders"));
+    assert_eq!(
+        send(&orders, echo(&gw)).await.status,
+        200,
+        "routing goes on"
+    );
+    let reply = send(&admin_client, create("fraud")).await;
+    assert_eq!(reply.status, 503, "{}", reply.message());
+    assert_eq!(reply.error_type(), "UNAVAILABLE");
+    assert!(reply.header("retry-after").is_some());
+}
