@@ -37,7 +37,7 @@ pub use cluster::{
 };
 pub use model::{Endpoint, EndpointSpec, RegistryError, Target, deserialize_version, url_prefix};
 pub use registry::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, Registry};
-pub use store::{RedbStore, Store};
+pub use store::{Changes, RedbStore, Store};
 pub use validate::{
     MAX_ALLOWED_CALLERS, MAX_DESCRIPTION_BYTES, MAX_NAME_CHARS, MAX_NAMESPACE_CHARS,
     MAX_TASK_QUEUE_CHARS, MAX_URL_CHARS,

@@ -17,14 +17,21 @@ use postgres::{Client, NoTls};
 
 use crate::cluster::Cluster;
 use crate::model::{Endpoint, RegistryError};
-use crate::store::Store;
+use crate::store::{Changes, Store};
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "registry",
-    include_str!("../migrations/0001_registry.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "registry",
+        include_str!("../migrations/0001_registry.sql"),
+    ),
+    (2, "changes", include_str!("../migrations/0002_changes.sql")),
+];
+
+/// Deletion records older than this many table versions are pruned; a replica further behind
+/// reloads everything.
+const KEPT_DELETIONS: i64 = 10_000;
 
 /// Arbitrary, fixed: the advisory lock that serialises migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x6e65_7875_735f_6777;
@@ -281,6 +288,55 @@ impl Store for PgStore {
         })
     }
 
+    fn changes_since(&self, since: u64) -> Result<Option<Changes>, RegistryError> {
+        self.with(|c| {
+            let mut txn = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(db)?;
+            let table_version: i64 = txn
+                .query_one("SELECT table_version FROM nexus_registry_meta", &[])
+                .map_err(db)?
+                .get(0);
+            let since = version(since);
+            // Deletions this far back may be pruned: only a full load is exact then.
+            if table_version - since > KEPT_DELETIONS {
+                return Ok(None);
+            }
+            let mut upserted = Vec::new();
+            for row in txn
+                .query(
+                    "SELECT id, body::text FROM nexus_endpoints WHERE changed_version > $1",
+                    &[&since],
+                )
+                .map_err(db)?
+            {
+                let id: String = row.get(0);
+                let body: String = row.get(1);
+                upserted.push(serde_json::from_str(&body).map_err(|e| {
+                    RegistryError::Storage(format!("decoding stored endpoint {id:?}: {e}"))
+                })?);
+            }
+            let deleted = txn
+                .query(
+                    "SELECT id FROM nexus_endpoint_deletions WHERE changed_version > $1",
+                    &[&since],
+                )
+                .map_err(db)?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            txn.commit().map_err(db)?;
+            Ok(Some(Changes {
+                table_version: table_version as u64,
+                upserted,
+                deleted,
+            }))
+        })
+    }
+
     fn table_version(&self) -> Result<u64, RegistryError> {
         self.with(|c| {
             let v: i64 = c
@@ -337,9 +393,17 @@ impl Store for PgStore {
                 return Err(RegistryError::AlreadyExists(name.into()));
             }
             txn.execute(
-                "INSERT INTO nexus_endpoints (id, name, version, body) VALUES ($1, $2, $3, $4::text::jsonb)
-                 ON CONFLICT (id) DO UPDATE SET name = $2, version = $3, body = $4::text::jsonb",
-                &[&id, &name, &version(endpoint.version), &body],
+                "INSERT INTO nexus_endpoints (id, name, version, body, changed_version)
+                 VALUES ($1, $2, $3, $4::text::jsonb, $5)
+                 ON CONFLICT (id) DO UPDATE
+                 SET name = $2, version = $3, body = $4::text::jsonb, changed_version = $5",
+                &[
+                    &id,
+                    &name,
+                    &version(endpoint.version),
+                    &body,
+                    &version(table_version),
+                ],
             )
             .map_err(db)?;
             txn.commit().map_err(db)?;
@@ -371,6 +435,17 @@ impl Store for PgStore {
             }
             txn.execute("DELETE FROM nexus_endpoints WHERE id = $1", &[&id])
                 .map_err(db)?;
+            let at = version(table_version);
+            txn.execute(
+                "INSERT INTO nexus_endpoint_deletions (id, changed_version) VALUES ($1, $2)",
+                &[&id, &at],
+            )
+            .map_err(db)?;
+            txn.execute(
+                "DELETE FROM nexus_endpoint_deletions WHERE changed_version < $1",
+                &[&(at - KEPT_DELETIONS)],
+            )
+            .map_err(db)?;
             txn.commit().map_err(db)?;
             Ok(table_version)
         })

@@ -354,10 +354,35 @@ impl Registry {
     /// notification and periodically.
     pub fn refresh(&self) -> Result<bool, RegistryError> {
         let _writer = self.lock_writer()?;
-        if self.store.table_version()? == self.snapshot.load().table_version {
+        let current = self.snapshot.load_full();
+        let Some(changes) = self.store.changes_since(current.table_version)? else {
+            if self.store.table_version()? == current.table_version {
+                return Ok(false);
+            }
+            self.reload()?;
+            return Ok(true);
+        };
+        if changes.table_version == current.table_version {
             return Ok(false);
         }
-        self.reload()?;
+        let mut next = Snapshot::clone(&current);
+        next.table_version = changes.table_version;
+        // Every old version out first, so a name that moved between endpoints is never
+        // removed after its new owner went in.
+        let stale = changes.deleted.iter().map(String::as_str);
+        let updated = changes.upserted.iter().map(|e| e.id.as_str());
+        for id in stale.chain(updated) {
+            if let Some(old) = next.by_id.get(id).cloned() {
+                next.remove(&old);
+            }
+        }
+        for endpoint in changes.upserted {
+            next.insert(Arc::new(endpoint));
+        }
+        self.snapshot.store(Arc::new(next));
+        // Cluster writes move the table version too; there are few clusters: reload them.
+        self.clusters
+            .store(Arc::new(Clusters::new(self.store.load_clusters()?)));
         Ok(true)
     }
 

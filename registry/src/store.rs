@@ -15,6 +15,12 @@ pub trait Store: Send + Sync + 'static {
     /// Everything stored, with the table version.
     fn load(&self) -> Result<(u64, Vec<Endpoint>), RegistryError>;
 
+    /// What changed after table version `since`, if the store can tell (`None`: load it all).
+    fn changes_since(&self, since: u64) -> Result<Option<Changes>, RegistryError> {
+        let _ = since;
+        Ok(None)
+    }
+
     /// The current table version, to tell whether a snapshot is still current. Stores shared
     /// by several processes answer it without loading everything.
     fn table_version(&self) -> Result<u64, RegistryError> {
@@ -47,6 +53,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes cluster `name` if its stored version is `expected_version`.
     fn delete_cluster(&self, name: &str, expected_version: u64) -> Result<(), RegistryError>;
+}
+
+/// What changed in a store after some table version.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub table_version: u64,
+    /// Endpoints created or updated since, as they are now.
+    pub upserted: Vec<Endpoint>,
+    /// Ids of endpoints deleted since (possibly recreated since, then also in `upserted`).
+    pub deleted: Vec<String>,
 }
 
 /// id -> endpoint JSON. JSON rather than a binary encoding so the file stays

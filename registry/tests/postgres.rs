@@ -93,7 +93,7 @@ fn migrations_apply_once_even_when_replicas_start_together() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let applied: Vec<&String> = runs.iter().flatten().collect();
-    assert_eq!(applied, vec!["0001_registry"], "{runs:?}");
+    assert_eq!(applied, vec!["0001_registry", "0002_changes"], "{runs:?}");
     assert!(migrate(&settings).unwrap().is_empty());
 }
 
@@ -170,6 +170,39 @@ fn a_write_through_one_replica_reaches_the_other_by_notification() {
     assert_eq!(b.resolve("payments").unwrap().id, created.id);
     stop.store(true, Ordering::SeqCst);
     listener.join().unwrap();
+}
+
+/// A refresh applies only what changed, including a name that moved from one endpoint to
+/// another and a deletion, and ends equal to a full load.
+#[test]
+fn a_refresh_applies_changes_like_a_full_load() {
+    let db = TestDb::new();
+    let a = db.registry();
+    let b = db.registry();
+    let x = a.create(spec("alpha")).unwrap();
+    let y = a.create(spec("beta")).unwrap();
+    b.refresh().unwrap();
+    a.update(&x.id, 1, spec("gamma")).unwrap();
+    let z = a.create(spec("alpha")).unwrap();
+    a.delete(&y.id, 1).unwrap();
+    assert!(b.refresh().unwrap());
+    assert_eq!(b.resolve("alpha").unwrap().id, z.id);
+    assert_eq!(b.resolve("gamma").unwrap().id, x.id);
+    assert!(b.resolve("beta").is_none() && b.resolve(&y.id).is_none());
+    assert_eq!(b.len(), 2);
+    let fresh = db.registry();
+    let names = |r: &Registry| {
+        let mut n: Vec<String> = r
+            .list(100, None, None)
+            .unwrap()
+            .endpoints
+            .iter()
+            .map(|e| format!("{}={}", e.spec.name, e.id))
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&b), names(&fresh));
 }
 
 #[test]
