@@ -54,6 +54,24 @@ fn own_addresses(config: &Config) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
+/// This replica's id: random, made once and kept in the data directory, so its log's
+/// `(replica, seq)` stays unique across restarts.
+fn replica_id(data_dir: &std::path::Path) -> Result<String, StartError> {
+    let path = data_dir.join("replica-id");
+    let fail = |source| StartError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(_) | Err(_) => {
+            let id = format!("r-{:08x}", rand::random::<u32>());
+            std::fs::write(&path, format!("{id}\n")).map_err(fail)?;
+            Ok(id)
+        }
+    }
+}
+
 /// The registry and, with a shared store, the callback keys every replica uses. The shared
 /// store's client blocks, so it is opened off the async workers.
 async fn open_store(config: &Config) -> Result<(Arc<Registry>, Option<String>), StartError> {
@@ -181,6 +199,9 @@ impl App {
         let attribution = if config.attribution_enabled {
             let mut settings = config.attribution.clone();
             settings.dir = config.data_dir.join("attribution");
+            if config.store.url.is_some() {
+                settings.replica = Some(replica_id(&config.data_dir)?);
+            }
             Some(crate::attribution::AttributionLog::open(settings)?)
         } else {
             None

@@ -200,3 +200,74 @@ async fn without_its_store_a_replica_routes_from_memory_and_refuses_writes_with_
     assert_eq!(reply.error_type(), "UNAVAILABLE");
     assert!(reply.header("retry-after").is_some());
 }
+
+/// Each replica writes its own log, every record naming the replica; `usage` over all their
+/// directories counts a start retried on another replica once.
+#[tokio::test]
+async fn usage_over_all_replicas_counts_a_retry_on_another_replica_once() {
+    let db = TestDb::new();
+    let pki = Arc::new(Pki::new());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = replica(&pki, &dir_a, &db).await;
+    let mut b = replica(&pki, &dir_b, &db).await;
+    let (handler, _stop) = serve_reference_handler().await;
+    let spec = serde_json::json!({"spec": {
+        "name": "payments",
+        "target": {"external": {"url": format!("http://{handler}")}},
+        "allowedCallerNamespaces": ["orders"],
+    }});
+    let reply = send(
+        &a.client(&admin()),
+        json_request(Method::POST, a.uri("/api/v1/nexus/endpoints"), spec),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let start = |gw: &TestGateway, id: &str| {
+        post(
+            gw.uri("/nexus/endpoints/payments/services/svc/async"),
+            &[("nexus-request-id", id)],
+            "",
+        )
+    };
+    let (orders_a, orders_b) = (a.client(&ns("orders")), b.client(&ns("orders")));
+    assert_eq!(send(&orders_a, start(&a, "r-1")).await.status, 201);
+    eventually("replica B routes the endpoint", BOUND, async || {
+        send(&orders_b, start(&b, "r-1")).await.status == 201
+    })
+    .await;
+    assert_eq!(send(&orders_b, start(&b, "r-2")).await.status, 201);
+    a.stop().await;
+    b.stop().await;
+
+    let logs: Vec<String> = [&dir_a, &dir_b]
+        .iter()
+        .map(|d| d.path().join("attribution").display().to_string())
+        .collect();
+    for log in &logs {
+        let tail = std::process::Command::new(env!("CARGO_BIN_EXE_nexus-gateway-e2e"))
+            .args(["attribution", "tail", "--dir", log])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(tail.stdout).unwrap();
+        let replicas: std::collections::BTreeSet<String> = text
+            .lines()
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                r["replica"].as_str().expect("a replica id").to_owned()
+            })
+            .collect();
+        assert_eq!(replicas.len(), 1, "{text}");
+    }
+    let usage = std::process::Command::new(env!("CARGO_BIN_EXE_nexus-gateway-e2e"))
+        .args([
+            "usage", "--dir", &logs[0], "--dir", &logs[1], "--by", "caller", "--format", "json",
+        ])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    assert_eq!(rows[0]["caller_namespace"], "orders", "{rows}");
+    assert_eq!(
+        rows[0]["starts"], 2,
+        "r-1 on A and its retry on B count once: {rows}"
+    );
+}

@@ -95,6 +95,8 @@ impl std::fmt::Display for Durability {
 pub struct AttributionSettings {
     /// Directory holding the segment files (created if missing).
     pub dir: PathBuf,
+    /// Written into every record when set: the replica's id, when several share a store.
+    pub replica: Option<String>,
     /// Default [`Durability::Written`].
     pub durability: Durability,
     /// How often written-but-unsynced data is fsync'ed in `Written` and `Async` modes; bounds
@@ -115,6 +117,7 @@ impl AttributionSettings {
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
+            replica: None,
             durability: Durability::Written,
             fsync_interval: Duration::from_millis(100),
             segment_max_bytes: 64 << 20,

@@ -129,6 +129,9 @@ impl<'de> Deserialize<'de> for Outcome {
 pub struct Record {
     /// Assigned by the log: strictly increasing, no gaps, across restarts.
     pub seq: u64,
+    /// The replica that wrote it, when several share a store: `(replica, seq)` is unique.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// UUID v4, assigned by the log if empty.
     pub id: String,
     /// RFC 3339 UTC with ms precision, assigned by the log if empty.

@@ -101,6 +101,7 @@ pub struct AttributionLog {
 struct Inner {
     shared: Arc<Shared>,
     durability: Durability,
+    replica: Option<String>,
     dir: PathBuf,
     thread: Option<JoinHandle<()>>,
 }
@@ -141,6 +142,7 @@ impl AttributionLog {
             None => (None, 0),
         };
         let durability = settings.durability;
+        let replica = settings.replica.clone();
         let files = Files {
             settings,
             active,
@@ -173,6 +175,7 @@ impl AttributionLog {
             inner: Arc::new(Inner {
                 shared,
                 durability,
+                replica,
                 dir,
                 thread: Some(thread),
             }),
@@ -188,6 +191,7 @@ impl AttributionLog {
         if record.id.is_empty() {
             record.id = uuid::Uuid::new_v4().to_string();
         }
+        record.replica.clone_from(&self.inner.replica);
         let shared = &self.inner.shared;
         let (tx, rx) = oneshot::channel();
         let (seq, wait, lead) = {

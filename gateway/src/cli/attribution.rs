@@ -20,8 +20,9 @@ pub struct Source {
     #[command(flatten)]
     conn: Connection,
     /// Read segment files in this directory (e.g. data/attribution) instead of the API.
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    /// `usage` takes several, one per replica, and totals them.
+    #[arg(long = "dir")]
+    dirs: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -62,8 +63,19 @@ enum Reader {
 }
 
 impl Reader {
+    /// The readers of `source`: one per `--dir`, else the API.
+    fn all(source: &Source) -> Result<Vec<Reader>, Failure> {
+        if source.dirs.is_empty() {
+            return Ok(vec![Reader::new(source)?]);
+        }
+        Ok(source.dirs.iter().cloned().map(Reader::Files).collect())
+    }
+
     fn new(source: &Source) -> Result<Reader, Failure> {
-        Ok(match &source.dir {
+        if source.dirs.len() > 1 {
+            return Err("give one --dir: this reads one replica's log".into());
+        }
+        Ok(match source.dirs.first() {
             Some(dir) => Reader::Files(dir.clone()),
             None => Reader::Api(Box::new((
                 source.conn.client(&Identity::Metering("metering".into()))?,
@@ -166,28 +178,36 @@ pub async fn usage(args: UsageArgs) -> Result<(), Failure> {
         )
         .into());
     }
-    let reader = Reader::new(&args.source)?;
+    let readers = Reader::all(&args.source)?;
     let mut records = Vec::new();
-    let mut after = 0;
-    loop {
-        let lines = reader.page(after, None).await?;
-        for line in &lines {
-            let record: Record =
-                serde_json::from_str(line).map_err(|e| format!("unreadable record: {e}"))?;
-            after = record.seq;
-            records.push(record);
+    for reader in &readers {
+        let mut after = 0;
+        loop {
+            let lines = reader.page(after, None).await?;
+            for line in &lines {
+                let record: Record =
+                    serde_json::from_str(line).map_err(|e| format!("unreadable record: {e}"))?;
+                after = record.seq;
+                records.push(record);
+            }
+            if lines.len() < PAGE {
+                break;
+            }
         }
-        if lines.len() < PAGE {
-            break;
-        }
+    }
+    if readers.len() > 1 {
+        // Several replicas' logs: in time order, so a request retried on another replica is
+        // charged by its first record (the sort is stable, so one log keeps its seq order).
+        records.sort_by(|a, b| a.time.cmp(&b.time));
     }
     let rows = attribution::aggregate(records, args.from.as_deref(), args.to.as_deref(), &args.by);
     if rows.is_empty() {
         // An empty table alone cannot tell a quiet period from a wrong --dir or window.
+        let sources: Vec<String> = readers.iter().map(Reader::describe).collect();
         eprintln!(
             "no attribution records {} in {}",
             window(args.from.as_deref(), args.to.as_deref()),
-            reader.describe()
+            sources.join(", ")
         );
     }
     match args.format.as_str() {
