@@ -72,7 +72,7 @@ fn run(url: &str, args: &H3Args) -> Result<()> {
                 &settings,
                 Duration::from_millis(100),
                 || stop.load(Ordering::SeqCst),
-                || {
+                |_| {
                     listening.store(true, Ordering::SeqCst);
                     let _ = b.refresh();
                     let now = Instant::now();

@@ -29,6 +29,83 @@ pub struct Sources<'a> {
     pub attribution_waiting_reads: usize,
     pub tls_reloads: &'a ReloadStats,
     pub registry: &'a nexus_registry::Registry,
+    pub store: &'a StoreStats,
+    pub store_up: bool,
+}
+
+/// The shared store of replicas, as this replica sees it.
+#[derive(Default)]
+pub struct StoreStats {
+    /// Whether a shared store is in use at all (nothing is rendered otherwise).
+    pub shared: std::sync::atomic::AtomicBool,
+    pub refreshes: std::sync::atomic::AtomicU64,
+    pub refresh_failures: std::sync::atomic::AtomicU64,
+    /// Duration of the last periodic check, µs.
+    pub last_check_micros: std::sync::atomic::AtomicU64,
+    pub notifications: std::sync::atomic::AtomicU64,
+    /// How late the last change notification arrived, µs.
+    pub notify_lag_micros: std::sync::atomic::AtomicU64,
+    pub replicas_seen: std::sync::atomic::AtomicU64,
+}
+
+impl StoreStats {
+    fn render(&self, up: bool, out: &mut String) {
+        if !self.shared.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let secs = |a: &std::sync::atomic::AtomicU64| n(a) as f64 / 1e6;
+        let rows: [(&str, &str, &str, String); 7] = [
+            (
+                "nexus_gateway_store_up",
+                "gauge",
+                "Whether the shared store answered the last check.",
+                u8::from(up).to_string(),
+            ),
+            (
+                "nexus_gateway_store_refreshes_total",
+                "counter",
+                "Registry refreshes from the shared store.",
+                n(&self.refreshes).to_string(),
+            ),
+            (
+                "nexus_gateway_store_refresh_failures_total",
+                "counter",
+                "Refreshes and checks the shared store did not answer.",
+                n(&self.refresh_failures).to_string(),
+            ),
+            (
+                "nexus_gateway_store_check_seconds",
+                "gauge",
+                "Duration of the last periodic check of the shared store (query latency).",
+                secs(&self.last_check_micros).to_string(),
+            ),
+            (
+                "nexus_gateway_store_notifications_total",
+                "counter",
+                "Change notifications received from the shared store.",
+                n(&self.notifications).to_string(),
+            ),
+            (
+                "nexus_gateway_store_notify_lag_seconds",
+                "gauge",
+                "How late the last change notification arrived (database clock to this host's).",
+                secs(&self.notify_lag_micros).to_string(),
+            ),
+            (
+                "nexus_gateway_store_replicas_seen",
+                "gauge",
+                "Replicas that announced themselves in the shared store within three check intervals.",
+                n(&self.replicas_seen).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
 }
 
 /// Latency histogram bucket bounds, in seconds.
@@ -197,6 +274,7 @@ pub fn render(state: &Sources<'_>) -> String {
             .is_some_and(|e| e.spec.name == name)
     });
     render_operations(state.metrics, &mut out);
+    state.store.render(state.store_up, &mut out);
     render_lanes(state, &mut out);
     render_callbacks(state, &mut out);
     if let Some(last_seq) = state.attribution_last_seq {

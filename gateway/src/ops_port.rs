@@ -48,5 +48,7 @@ fn metrics(state: &State) -> String {
             .map_or(0, |log| log.waiting_reads()),
         tls_reloads: &state.tls_reloads,
         registry: &state.registry,
+        store: &state.store_stats,
+        store_up: state.store_healthy.load(Ordering::Relaxed),
     })
 }

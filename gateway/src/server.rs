@@ -72,19 +72,27 @@ fn replica_id(data_dir: &std::path::Path) -> Result<String, StartError> {
     }
 }
 
+/// The registry; with a shared store, the callback key text and this replica's own handle.
+type OpenedStore = (
+    Arc<Registry>,
+    Option<String>,
+    Option<Arc<nexus_registry::pg::PgStore>>,
+);
+
 /// The registry and, with a shared store, the callback keys every replica uses. The shared
 /// store's client blocks, so it is opened off the async workers.
-async fn open_store(config: &Config) -> Result<(Arc<Registry>, Option<String>), StartError> {
+async fn open_store(config: &Config) -> Result<OpenedStore, StartError> {
     let Some(pg) = config.store.postgres() else {
         let registry = Registry::open(&config.data_dir.join("registry.redb"))?;
-        return Ok((Arc::new(registry), None));
+        return Ok((Arc::new(registry), None, None));
     };
     tokio::task::spawn_blocking(move || {
-        let store = nexus_registry::pg::PgStore::open(pg)?;
-        let keys = store.shared_secret("callback-keys", || {
+        let side = nexus_registry::pg::PgStore::open(pg.clone())?;
+        let keys = side.shared_secret("callback-keys", || {
             crate::callback_token::CallbackKeys::generate().unwrap_or_default()
         })?;
-        Ok((Arc::new(Registry::new(store)?), Some(keys)))
+        let registry = Registry::new(nexus_registry::pg::PgStore::open(pg)?)?;
+        Ok((Arc::new(registry), Some(keys), Some(Arc::new(side))))
     })
     .await
     .map_err(|e| StartError::Registry(nexus_registry::RegistryError::Storage(e.to_string())))?
@@ -100,18 +108,32 @@ fn follow_shared_store(
     let Some(pg) = settings.postgres() else {
         return Vec::new();
     };
-    let registry = state.registry.clone();
-    let stop = state.shutdown.clone();
+    state.store_stats.shared.store(true, Ordering::Relaxed);
+    let listener = state.clone();
     std::thread::Builder::new()
         .name("store-listener".into())
         .spawn(move || {
+            let stats = &listener.store_stats;
             nexus_registry::pg::listen(
                 &pg,
                 std::time::Duration::from_secs(1),
-                || stop.is_cancelled(),
-                || {
-                    if let Err(error) = registry.refresh() {
-                        warn!(%error, "registry refresh after a change notification failed");
+                || listener.shutdown.is_cancelled(),
+                |lag| {
+                    if let Some(lag) = lag {
+                        stats.notifications.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .notify_lag_micros
+                            .store(lag.as_micros() as u64, Ordering::Relaxed);
+                    }
+                    match listener.registry.refresh() {
+                        Ok(true) => {
+                            stats.refreshes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(error) => {
+                            stats.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                            warn!(%error, "registry refresh after a change notification failed");
+                        }
                     }
                 },
             )
@@ -123,9 +145,18 @@ fn follow_shared_store(
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
-            let registry = state.registry.clone();
-            let result = tokio::task::spawn_blocking(move || registry.refresh()).await;
-            let healthy = matches!(result, Ok(Ok(_)));
+            let checking = state.clone();
+            let started = std::time::Instant::now();
+            let result =
+                tokio::task::spawn_blocking(move || check_store(&checking, interval)).await;
+            let stats = &state.store_stats;
+            stats
+                .last_check_micros
+                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let healthy = matches!(result, Ok(Ok(())));
+            if !healthy {
+                stats.refresh_failures.fetch_add(1, Ordering::Relaxed);
+            }
             if !healthy && state.store_healthy.swap(false, Ordering::SeqCst) {
                 warn!("the shared store does not answer: routing goes on from memory");
             } else if healthy && !state.store_healthy.swap(true, Ordering::SeqCst) {
@@ -133,6 +164,25 @@ fn follow_shared_store(
             }
         }
     })]
+}
+
+/// One periodic check: refresh what a lost notification would have brought, and announce
+/// this replica (counting those seen within three intervals).
+fn check_store(
+    state: &State,
+    interval: std::time::Duration,
+) -> Result<(), nexus_registry::RegistryError> {
+    if state.registry.refresh()? {
+        state.store_stats.refreshes.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some((store, replica)) = &state.shared_store {
+        let seen = store.heartbeat(replica, interval * 3)?;
+        state
+            .store_stats
+            .replicas_seen
+            .store(seen, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// A gateway with its ports bound, ready to [`App::run`].
@@ -166,7 +216,7 @@ impl App {
             path: config.data_dir.clone(),
             source,
         })?;
-        let (registry, shared_keys) = open_store(&config).await?;
+        let (registry, shared_keys, side_store) = open_store(&config).await?;
         let data_addr = data.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -196,12 +246,14 @@ impl App {
             outbound.clone(),
             shutdown.clone(),
         )?;
+        let replica = match config.store.url {
+            Some(_) => Some(replica_id(&config.data_dir)?),
+            None => None,
+        };
         let attribution = if config.attribution_enabled {
             let mut settings = config.attribution.clone();
             settings.dir = config.data_dir.join("attribution");
-            if config.store.url.is_some() {
-                settings.replica = Some(replica_id(&config.data_dir)?);
-            }
+            settings.replica = replica.clone();
             Some(crate::attribution::AttributionLog::open(settings)?)
         } else {
             None
@@ -223,6 +275,8 @@ impl App {
             shutdown,
             ready: std::sync::atomic::AtomicBool::new(false),
             store_healthy: std::sync::atomic::AtomicBool::new(true),
+            store_stats: crate::metrics::StoreStats::default(),
+            shared_store: side_store.zip(replica),
             draining: std::sync::atomic::AtomicBool::new(false),
             in_flight: tokio::sync::watch::channel(0).0,
         });

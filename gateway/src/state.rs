@@ -37,6 +37,9 @@ pub struct State {
     /// False while a shared store does not answer: routing goes on from memory, `/readyz`
     /// says degraded.
     pub store_healthy: AtomicBool,
+    pub store_stats: crate::metrics::StoreStats,
+    /// This replica's own handle on a shared store (heartbeats), apart from the registry's.
+    pub shared_store: Option<(Arc<nexus_registry::pg::PgStore>, String)>,
     /// Set when shutdown begins: new operations are refused while in-flight ones finish.
     pub draining: AtomicBool,
     /// Nexus operations in flight; shutdown waits for it to reach zero.

@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0001_registry.sql"),
     ),
     (2, "changes", include_str!("../migrations/0002_changes.sql")),
+    (
+        3,
+        "replicas",
+        include_str!("../migrations/0003_replicas.sql"),
+    ),
 ];
 
 /// Deletion records older than this many table versions are pruned; a replica further behind
@@ -230,6 +235,29 @@ impl PgStore {
         })
     }
 
+    /// Records that replica `id` is alive and returns how many replicas were seen within
+    /// `window` (this one included).
+    pub fn heartbeat(&self, id: &str, window: Duration) -> Result<u64, RegistryError> {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO nexus_replicas (id, last_seen) VALUES ($1, now())
+                 ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+                &[&id],
+            )
+            .map_err(db)?;
+            let seen: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM nexus_replicas
+                     WHERE last_seen > now() - $1::bigint * interval '1 millisecond'",
+                    &[&window_ms],
+                )
+                .map_err(db)?
+                .get(0);
+            Ok(seen as u64)
+        })
+    }
+
     /// Whether the database answers now.
     pub fn ping(&self) -> Result<(), RegistryError> {
         self.with(|c| c.simple_query("SELECT 1").map(|_| ()).map_err(db))
@@ -246,8 +274,9 @@ fn bump(txn: &mut postgres::Transaction<'_>) -> Result<u64, RegistryError> {
         )
         .map_err(db)?;
     let version: i64 = row.get(0);
+    // `<version> <database clock in ms>`: listeners measure how late it reaches them.
     txn.execute(
-        "SELECT pg_notify($1, $2)",
+        "SELECT pg_notify($1, $2 || ' ' || (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
         &[&CHANNEL, &version.to_string()],
     )
     .map_err(db)?;
@@ -501,6 +530,17 @@ impl Store for PgStore {
     }
 }
 
+/// How late a notification arrived: this host's clock minus the database's in its payload.
+fn lag(payload: &str) -> Duration {
+    let sent_ms = payload
+        .split_once(' ')
+        .and_then(|(_, ms)| ms.parse::<u64>().ok());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Duration::from_millis(sent_ms.map_or(0, |sent| now_ms.saturating_sub(sent)))
+}
+
 fn check_cluster(
     txn: &mut postgres::Transaction<'_>,
     name: &str,
@@ -528,14 +568,15 @@ fn check_cluster(
 }
 
 /// Listens for registry changes until `stop` returns true, calling `on_change` for each
-/// notification and once after every (re)connect, since changes may have been missed while
+/// notification (with how late it arrived, by the database's clock and this host's) and once
+/// with `None` after every (re)connect, since changes may have been missed while
 /// disconnected. Blocks: run it on its own thread. Reconnects after `retry` when the
 /// connection breaks.
 pub fn listen(
     settings: &PgSettings,
     retry: Duration,
     stop: impl Fn() -> bool,
-    mut on_change: impl FnMut(),
+    mut on_change: impl FnMut(Option<Duration>),
 ) {
     while !stop() {
         let mut client = match settings.connect() {
@@ -549,7 +590,7 @@ pub fn listen(
             std::thread::sleep(retry);
             continue;
         }
-        on_change();
+        on_change(None);
         let mut notifications = client.notifications();
         loop {
             if stop() {
@@ -558,7 +599,7 @@ pub fn listen(
             // Short waits, so `stop` is noticed and a dead connection found.
             let mut waiting = notifications.timeout_iter(Duration::from_millis(250));
             match postgres::fallible_iterator::FallibleIterator::next(&mut waiting) {
-                Ok(Some(_)) => on_change(),
+                Ok(Some(notification)) => on_change(Some(lag(notification.payload()))),
                 Ok(None) => {}
                 Err(_) => break,
             }

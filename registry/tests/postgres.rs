@@ -93,7 +93,11 @@ fn migrations_apply_once_even_when_replicas_start_together() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let applied: Vec<&String> = runs.iter().flatten().collect();
-    assert_eq!(applied, vec!["0001_registry", "0002_changes"], "{runs:?}");
+    assert_eq!(
+        applied,
+        vec!["0001_registry", "0002_changes", "0003_replicas"],
+        "{runs:?}"
+    );
     assert!(migrate(&settings).unwrap().is_empty());
 }
 
@@ -153,7 +157,7 @@ fn a_write_through_one_replica_reaches_the_other_by_notification() {
                 &settings,
                 Duration::from_millis(100),
                 || stop.load(Ordering::SeqCst),
-                || {
+                |_| {
                     b.refresh().unwrap();
                     let _ = tx.send(());
                 },
@@ -246,6 +250,9 @@ fn shared_secrets_are_created_once_for_all_replicas() {
     let second = b.shared_secret("callback-keys", || "1 bb".into()).unwrap();
     assert_eq!(first, "1 aa");
     assert_eq!(second, "1 aa");
+    assert_eq!(a.heartbeat("r-a", Duration::from_secs(15)).unwrap(), 1);
+    assert_eq!(b.heartbeat("r-b", Duration::from_secs(15)).unwrap(), 2);
+    assert_eq!(a.heartbeat("r-a", Duration::from_secs(15)).unwrap(), 2);
 }
 
 #[test]

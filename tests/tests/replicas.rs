@@ -120,6 +120,15 @@ async fn replicas_share_endpoints_clusters_and_callback_keys() {
         send(&admin_a, get).await.status == 200
     })
     .await;
+
+    // Each sees the store, the other replica, and the notifications that brought the changes.
+    eventually("metrics show both replicas", BOUND, async || {
+        let (_, metrics) = a.ops_get("/metrics").await;
+        metrics.contains("nexus_gateway_store_up 1")
+            && metrics.contains("nexus_gateway_store_replicas_seen 2")
+            && !metrics.contains("nexus_gateway_store_notifications_total 0")
+    })
+    .await;
 }
 
 #[tokio::test]
