@@ -13,7 +13,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
-use nexus_outbound_queue::{EntryState, LaneKey, OutboundQueue, Outcome, Spool, SpoolEntry};
+use nexus_outbound_queue::{
+    DurableSpool, EntryState, LaneKey, OutboundQueue, Outcome, Spool, SpoolEntry,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +71,9 @@ pub struct Callbacks {
     /// Where completions may go, and the client that goes only there.
     pub policy: Arc<CallbackPolicy>,
     client: CallbackClient,
-    pub(crate) spool: Arc<Spool>,
+    pub(crate) spool: Arc<dyn DurableSpool>,
+    /// With a spool shared by replicas: how long a claim on a delivery lasts unrenewed.
+    lease: Option<Duration>,
     pub settings: CallbackSettings,
     public_url: String,
     /// Deliveries running in this process, to wake one on `retry` or when its destination
@@ -95,7 +99,7 @@ impl Callbacks {
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         data_dir: &std::path::Path,
-        shared_keys: Option<&str>,
+        shared: Option<SharedStore>,
         public_url: String,
         settings: CallbackSettings,
         tls: &nexus_certs::TlsMaterial,
@@ -105,12 +109,19 @@ impl Callbacks {
     ) -> Result<Callbacks, OpenError> {
         let policy = Arc::new(CallbackPolicy::new(settings.allowed.clone(), own));
         let client = crate::client::callback_client(tls, policy.clone())?;
-        let keys = match shared_keys {
-            Some(text) => CallbackKeys::parse(text)
-                .map_err(|message| crate::callback_token::KeyError::Shared { message })?,
-            None => CallbackKeys::load_or_create(data_dir)?,
+        let (keys, spool, lease): (_, Arc<dyn DurableSpool>, _) = match shared {
+            Some(shared) => (
+                CallbackKeys::parse(&shared.keys)
+                    .map_err(|message| crate::callback_token::KeyError::Shared { message })?,
+                shared.spool,
+                Some(shared.lease),
+            ),
+            None => (
+                CallbackKeys::load_or_create(data_dir)?,
+                Arc::new(Spool::open(&data_dir.join("callbacks.redb"))?),
+                None,
+            ),
         };
-        let spool = Spool::open(&data_dir.join("callbacks.redb"))?;
         let entries = spool.list(None)?;
         let failed = entries
             .iter()
@@ -122,7 +133,8 @@ impl Callbacks {
             shutdown,
             policy,
             client,
-            spool: Arc::new(spool),
+            spool,
+            lease,
             settings,
             public_url: public_url.trim_end_matches('/').to_owned(),
             active: DashMap::new(),
@@ -180,15 +192,28 @@ impl Callbacks {
         Ok((claims, Some(note.id)))
     }
 
-    /// Starts delivering every pending completion (after a restart).
+    /// Starts delivering every pending completion (after a restart), in the background: the
+    /// spool may be the shared store's blocking client.
     pub fn resume(self: &Arc<Self>) {
-        let pending = match self.spool.list(Some(EntryState::Pending)) {
-            Ok(pending) => pending,
-            Err(error) => {
-                warn!(%error, "cannot read the completion spool");
+        let callbacks = self.clone();
+        tokio::spawn(async move {
+            let spool = callbacks.spool.clone();
+            let Some(pending) = on_spool_logged("cannot read the completion spool", move || {
+                spool.list(Some(EntryState::Pending))
+            })
+            .await
+            else {
                 return;
-            }
-        };
+            };
+            callbacks.resume_entries(&pending);
+        });
+        tokio::spawn(sweep_notes(Arc::downgrade(&self.spool)));
+        if let Some(lease) = self.lease {
+            tokio::spawn(adopt_orphans(Arc::downgrade(self), lease));
+        }
+    }
+
+    fn resume_entries(self: &Arc<Self>, pending: &[SpoolEntry]) {
         if !pending.is_empty() {
             info!(
                 count = pending.len(),
@@ -208,13 +233,51 @@ impl Callbacks {
                 active.due_now();
             }
         }
-        tokio::spawn(sweep_notes(Arc::downgrade(&self.spool)));
     }
+}
+
+/// With a spool shared by replicas: keeps this replica's leases alive and delivers the
+/// pending completions of replicas whose leases ran out (they died), every third of a lease.
+async fn adopt_orphans(callbacks: std::sync::Weak<Callbacks>, lease: Duration) {
+    let mut tick = tokio::time::interval(lease / 3);
+    loop {
+        tick.tick().await;
+        let Some(callbacks) = callbacks.upgrade() else {
+            return;
+        };
+        if callbacks.shutdown.is_cancelled() {
+            return;
+        }
+        let spool = callbacks.spool.clone();
+        let orphans = on_spool_logged("cannot renew completion leases", move || {
+            spool.renew(now_ms())?;
+            spool.orphaned(now_ms())
+        })
+        .await
+        .unwrap_or_default();
+        for id in orphans {
+            if !callbacks.active.contains_key(&id) {
+                info!(
+                    id,
+                    "taking over a completion whose replica stopped renewing it"
+                );
+                callbacks.pending.fetch_add(1, Ordering::Relaxed);
+                callbacks.spawn_delivery(id);
+            }
+        }
+    }
+}
+
+/// What replicas share for completions: the sealing key's text and the spool.
+pub struct SharedStore {
+    pub keys: String,
+    pub spool: Arc<dyn DurableSpool>,
+    pub lease: Duration,
 }
 
 /// Deletes callback notes past their expiry (operations that never completed), for as long as
 /// the spool is open (a weak handle, so a stopped gateway's database closes).
-async fn sweep_notes(spool: std::sync::Weak<Spool>) {
+async fn sweep_notes(spool: std::sync::Weak<dyn DurableSpool>) {
     let mut tick = tokio::time::interval(NOTE_SWEEP_EVERY);
     loop {
         tick.tick().await;
@@ -435,6 +498,24 @@ async fn deliver(callbacks: &Arc<Callbacks>, id: u64, active: &Active) {
                 () = callbacks.shutdown.cancelled() => return,
             }
             continue;
+        }
+        // With replicas, only the holder of the entry's lease delivers it.
+        let spool = callbacks.spool.clone();
+        match on_spool(move || spool.claim(id, now_ms())).await {
+            Ok(true) => {}
+            Ok(false) => {
+                debug!(id, "another replica delivers this completion");
+                callbacks.pending.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            Err(error) => {
+                warn!(%error, id, "cannot claim a completion; trying again shortly");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = callbacks.shutdown.cancelled() => return,
+                }
+                continue;
+            }
         }
         callbacks.attempts.fetch_add(1, Ordering::Relaxed);
         match attempt(callbacks, &delivery, body).await {

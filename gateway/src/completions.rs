@@ -165,7 +165,11 @@ async fn accept(
     })
     .await
     .map_err(|e| GatewayError::internal(e.to_string()))?
-    .map_err(|e| GatewayError::internal(format!("cannot store the completion: {e}")))?;
+    .map_err(|e| {
+        // Retryable: the handler sends it again rather than it being lost.
+        GatewayError::unavailable(format!("cannot store the completion now: {e}"))
+            .with_retry_after(std::time::Duration::from_secs(1))
+    })?;
     let Some(entry) = pushed else {
         return Ok(Accepted::Duplicate);
     };

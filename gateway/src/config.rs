@@ -64,6 +64,9 @@ pub struct StoreSettings {
     /// How often a replica checks the shared store for changes it was not notified of
     /// (default 5 s; notifications bring them within milliseconds).
     pub resync_interval: Duration,
+    /// How long a replica's claim on a pending completion lasts unrenewed: a survivor
+    /// delivers a dead replica's completions after at most this long (default 15 s).
+    pub lease: Duration,
 }
 
 impl Default for StoreSettings {
@@ -72,6 +75,7 @@ impl Default for StoreSettings {
             url: None,
             ca: None,
             resync_interval: Duration::from_secs(5),
+            lease: Duration::from_secs(15),
         }
     }
 }

@@ -401,7 +401,14 @@ fn server(r: &mut Reader, root: &toml::Table, config: &mut Config) {
 
 /// `[store]`: the shared PostgreSQL store of replicas; empty `url` is the embedded store.
 fn store(r: &mut Reader, root: &toml::Table, config: &mut Config) {
-    let t = r.section(root, "store", &["url", "ca", "resync_interval"]);
+    let t = r.section(root, "store", &["url", "ca", "resync_interval", "lease"]);
+    r.parse(
+        t,
+        "store",
+        "lease",
+        &mut config.store.lease,
+        nonzero_duration,
+    );
     r.parse(t, "store", "url", &mut config.store.url, |v| {
         let url = string(v)?;
         if url.is_empty() {

@@ -217,6 +217,22 @@ impl App {
             source,
         })?;
         let (registry, shared_keys, side_store) = open_store(&config).await?;
+        let replica = match config.store.url {
+            Some(_) => Some(replica_id(&config.data_dir)?),
+            None => None,
+        };
+        let shared = match (shared_keys, &replica, config.store.postgres()) {
+            (Some(keys), Some(owner), Some(pg)) => Some(crate::callbacks::SharedStore {
+                keys,
+                spool: Arc::new(nexus_outbound_queue::PgSpool::new(
+                    Box::new(move || pg.connect().map_err(|e| e.to_string())),
+                    owner.clone(),
+                    config.store.lease,
+                )),
+                lease: config.store.lease,
+            }),
+            _ => None,
+        };
         let data_addr = data.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -236,19 +252,31 @@ impl App {
             config.outbound.clone(),
         ));
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let callbacks = crate::callbacks::Callbacks::open(
-            &config.data_dir,
-            shared_keys.as_deref(),
-            public_url,
-            config.callbacks.clone(),
-            &upstream_tls,
-            own_addresses(&config),
-            outbound.clone(),
-            shutdown.clone(),
-        )?;
-        let replica = match config.store.url {
-            Some(_) => Some(replica_id(&config.data_dir)?),
-            None => None,
+        // Opening reads the spool, which may be the shared store's blocking client.
+        let callbacks = {
+            let (data_dir, settings, own) = (
+                config.data_dir.clone(),
+                config.callbacks.clone(),
+                own_addresses(&config),
+            );
+            let (upstream_tls, outbound, shutdown) =
+                (upstream_tls.clone(), outbound.clone(), shutdown.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::callbacks::Callbacks::open(
+                    &data_dir,
+                    shared,
+                    public_url,
+                    settings,
+                    &upstream_tls,
+                    own,
+                    outbound,
+                    shutdown,
+                )
+            })
+            .await
+            .map_err(|e| {
+                StartError::Registry(nexus_registry::RegistryError::Storage(e.to_string()))
+            })??
         };
         let attribution = if config.attribution_enabled {
             let mut settings = config.attribution.clone();

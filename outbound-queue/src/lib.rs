@@ -22,7 +22,9 @@
 
 mod backoff;
 mod breaker;
+mod durable;
 mod lane;
+mod pg_spool;
 mod rate;
 mod spool;
 #[cfg(test)]
@@ -36,7 +38,9 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 pub use backoff::Backoff;
+pub use durable::DurableSpool;
 pub use lane::Permit;
+pub use pg_spool::{Connect, PgSpool};
 pub use spool::{EntryState, Spool, SpoolEntry, SpoolError};
 
 use lane::{Admission, Lane};

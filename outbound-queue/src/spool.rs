@@ -46,6 +46,12 @@ pub struct SpoolEntry {
 #[error("spool: {0}")]
 pub struct SpoolError(String);
 
+impl SpoolError {
+    pub fn new(message: impl Into<String>) -> Self {
+        SpoolError(message.into())
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> SpoolError {
     SpoolError(e.to_string())
 }

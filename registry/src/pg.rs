@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "replicas",
         include_str!("../migrations/0003_replicas.sql"),
     ),
+    (
+        4,
+        "completions",
+        include_str!("../migrations/0004_completions.sql"),
+    ),
 ];
 
 /// Deletion records older than this many table versions are pruned; a replica further behind
@@ -175,6 +180,23 @@ pub fn migrate(settings: &PgSettings) -> Result<Vec<String>, RegistryError> {
 pub struct PgStore {
     settings: PgSettings,
     client: Mutex<Option<Client>>,
+}
+
+/// The blocking client closes its connection on a runtime of its own, which may not run on
+/// an async worker: it is dropped on a thread of its own.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(client) = client {
+            let _ = std::thread::Builder::new()
+                .name("store-close".into())
+                .spawn(move || drop(client));
+        }
+    }
 }
 
 impl fmt::Debug for PgStore {

@@ -95,7 +95,12 @@ fn migrations_apply_once_even_when_replicas_start_together() {
     let applied: Vec<&String> = runs.iter().flatten().collect();
     assert_eq!(
         applied,
-        vec!["0001_registry", "0002_changes", "0003_replicas"],
+        vec![
+            "0001_registry",
+            "0002_changes",
+            "0003_replicas",
+            "0004_completions"
+        ],
         "{runs:?}"
     );
     assert!(migrate(&settings).unwrap().is_empty());

@@ -280,3 +280,81 @@ async fn usage_over_all_replicas_counts_a_retry_on_another_replica_once() {
         "r-1 on A and its retry on B count once: {rows}"
     );
 }
+
+/// A completion accepted by a replica that then stops is delivered by a survivor once the
+/// stopped replica's lease on it runs out.
+#[tokio::test]
+async fn a_survivor_delivers_what_a_stopped_replica_accepted() {
+    let db = TestDb::new();
+    let pki = Arc::new(Pki::new());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fast = |db: &TestDb| {
+        let url = db.url.clone();
+        move |c: &mut nexus_gateway::Config| {
+            c.store.url = Some(url);
+            c.store.resync_interval = Duration::from_millis(200);
+            c.store.lease = Duration::from_millis(900);
+        }
+    };
+    let mut a = TestGateway::start_in(pki.clone(), dir_a.path(), fast(&db)).await;
+    let b = TestGateway::start_in(pki.clone(), dir_b.path(), fast(&db)).await;
+    let (handler, _stop) = serve_reference_handler().await;
+    let spec = serde_json::json!({"spec": {
+        "name": "payments",
+        "target": {"external": {"url": format!("http://{handler}")}},
+        "allowedCallerNamespaces": ["orders"],
+    }});
+    let reply = send(
+        &a.client(&admin()),
+        json_request(Method::POST, a.uri("/api/v1/nexus/endpoints"), spec),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+
+    // The caller's receiver is down (503) while A holds the completion.
+    let mut receiver = Receiver::start(503).await;
+    let callback = format!("http://127.0.0.1:{}/cb", receiver.addr.port());
+    let start = post(
+        a.uri(&format!(
+            "/nexus/endpoints/payments/services/svc/headers?callback={}",
+            percent_encoding::utf8_percent_encode(&callback, percent_encoding::NON_ALPHANUMERIC)
+        )),
+        &[],
+        "",
+    );
+    let reply = send(&a.client(&ns("orders")), start).await;
+    let sealed = sealed_callback_seen_by(&reply);
+    let completion = post(
+        sealed.parse().unwrap(),
+        &[("nexus-operation-state", "succeeded")],
+        "done",
+    );
+    assert_eq!(send(&anonymous_client(&a), completion).await.status, 200);
+    receiver.next(BOUND).await.expect("A tried once");
+    a.stop().await;
+
+    // B has never seen it, yet delivers it once A's lease has run out.
+    receiver.set_status(200);
+    let delivered = loop {
+        let got = receiver
+            .next(BOUND)
+            .await
+            .expect("B delivers within the bound");
+        if got.body == Bytes::from_static(b"done") {
+            break got;
+        }
+    };
+    assert_eq!(delivered.path, "/cb");
+    eventually("B's spool is empty", BOUND, async || {
+        let list = json_request(
+            Method::GET,
+            b.uri("/api/v1/callbacks"),
+            serde_json::json!({}),
+        );
+        let reply = send(&b.client(&admin()), list).await;
+        reply.json()["completions"]
+            .as_array()
+            .is_some_and(|c| c.is_empty())
+    })
+    .await;
+}
