@@ -30,6 +30,21 @@ async fn replica(pki: &Arc<Pki>, dir: &tempfile::TempDir, db: &TestDb) -> TestGa
     .await
 }
 
+/// Creates endpoint `payments` (external target `handler`, caller `orders`) through `gw`.
+async fn create_payments(gw: &TestGateway, handler: std::net::SocketAddr) {
+    let spec = serde_json::json!({"spec": {
+        "name": "payments",
+        "target": {"external": {"url": format!("http://{handler}")}},
+        "allowedCallerNamespaces": ["orders"],
+    }});
+    let reply = send(
+        &gw.client(&admin()),
+        json_request(Method::POST, gw.uri("/api/v1/nexus/endpoints"), spec),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.message());
+}
+
 fn echo(gw: &TestGateway) -> Request<Full<Bytes>> {
     post(
         gw.uri("/nexus/endpoints/payments/services/svc/echo"),
@@ -48,17 +63,7 @@ async fn replicas_share_endpoints_clusters_and_callback_keys() {
     let (handler, _stop) = serve_reference_handler().await;
 
     // An endpoint written through A: routed by A on the next request, by B soon after.
-    let spec = serde_json::json!({"spec": {
-        "name": "payments",
-        "target": {"external": {"url": format!("http://{handler}")}},
-        "allowedCallerNamespaces": ["orders"],
-    }});
-    let reply = send(
-        &a.client(&admin()),
-        json_request(Method::POST, a.uri("/api/v1/nexus/endpoints"), spec),
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.message());
+    create_payments(&a, handler).await;
     let orders_a = a.client(&ns("orders"));
     let orders_b = b.client(&ns("orders"));
     assert_eq!(send(&orders_a, echo(&a)).await.status, 200);
@@ -220,17 +225,7 @@ async fn usage_over_all_replicas_counts_a_retry_on_another_replica_once() {
     let mut a = replica(&pki, &dir_a, &db).await;
     let mut b = replica(&pki, &dir_b, &db).await;
     let (handler, _stop) = serve_reference_handler().await;
-    let spec = serde_json::json!({"spec": {
-        "name": "payments",
-        "target": {"external": {"url": format!("http://{handler}")}},
-        "allowedCallerNamespaces": ["orders"],
-    }});
-    let reply = send(
-        &a.client(&admin()),
-        json_request(Method::POST, a.uri("/api/v1/nexus/endpoints"), spec),
-    )
-    .await;
-    assert_eq!(reply.status, 200);
+    create_payments(&a, handler).await;
     let start = |gw: &TestGateway, id: &str| {
         post(
             gw.uri("/nexus/endpoints/payments/services/svc/async"),
@@ -299,17 +294,7 @@ async fn a_survivor_delivers_what_a_stopped_replica_accepted() {
     let mut a = TestGateway::start_in(pki.clone(), dir_a.path(), fast(&db)).await;
     let b = TestGateway::start_in(pki.clone(), dir_b.path(), fast(&db)).await;
     let (handler, _stop) = serve_reference_handler().await;
-    let spec = serde_json::json!({"spec": {
-        "name": "payments",
-        "target": {"external": {"url": format!("http://{handler}")}},
-        "allowedCallerNamespaces": ["orders"],
-    }});
-    let reply = send(
-        &a.client(&admin()),
-        json_request(Method::POST, a.uri("/api/v1/nexus/endpoints"), spec),
-    )
-    .await;
-    assert_eq!(reply.status, 200);
+    create_payments(&a, handler).await;
 
     // The caller's receiver is down (503) while A holds the completion.
     let mut receiver = Receiver::start(503).await;
