@@ -9,6 +9,7 @@
 //! | poll a task queue, answer a task | the queue's, the task's own namespace |
 //! | manage endpoints, clusters, completions | an admin |
 //! | read attribution | metering |
+//! | hand a forwarded task to this replica's workers | another replica: its signature verifies |
 //!
 //! Without a certificate (the handshake lets such connections in for Temporal servers), only
 //! cluster-secret calls and completions pass: everything else is 401. A known identity doing
@@ -40,6 +41,11 @@ pub enum Action<'a> {
         owner: &'a str,
     },
     ManageEndpoints,
+    /// Take a task another replica forwarded; `signed` says whether its signature (made with
+    /// the key only replicas share) verified.
+    AcceptForwardedTask {
+        signed: bool,
+    },
     ManageClusters,
     ManageCompletions,
     ReadAttribution,
@@ -128,6 +134,16 @@ pub fn authorize<'p>(peer: &'p Peer, action: Action<'_>) -> Result<&'p str, Gate
     {
         return Ok("");
     }
+    // Replicas authenticate to each other by the signature, not a certificate.
+    if let Action::AcceptForwardedTask { signed } = action {
+        return if signed {
+            Ok("")
+        } else {
+            Err(GatewayError::unauthenticated(
+                "a forwarded task must carry a valid replica signature",
+            ))
+        };
+    }
     let identity = identity(peer)?;
     let namespace = |verb: &str| match identity {
         Identity::Namespace(ns) => Ok(ns.as_str()),
@@ -183,6 +199,7 @@ pub fn authorize<'p>(peer: &'p Peer, action: Action<'_>) -> Result<&'p str, Gate
             "manage endpoints",
             "an admin",
         ),
+        Action::AcceptForwardedTask { .. } => unreachable!("decided above"),
         Action::ManageClusters => role(
             matches!(identity, Identity::Admin(_)),
             "manage clusters",

@@ -84,6 +84,8 @@ pub struct CallbackKeys {
     keys: Vec<(u32, LessSafeKey)>,
     /// Derived from the first key: signs operation tokens of cluster callers.
     token_key: ring::hmac::Key,
+    /// Derived from the first key: signs tasks one replica forwards to another.
+    forward_key: ring::hmac::Key,
     rng: SystemRandom,
 }
 
@@ -123,6 +125,7 @@ impl CallbackKeys {
     pub fn parse(text: &str) -> Result<CallbackKeys, String> {
         let mut keys = Vec::new();
         let mut token_key = None;
+        let mut forward_key = None;
         for (n, line) in text
             .lines()
             .enumerate()
@@ -137,18 +140,21 @@ impl CallbackKeys {
             let key = UnboundKey::new(&CHACHA20_POLY1305, &secret).map_err(|_| bad())?;
             keys.push((id, LessSafeKey::new(key)));
             // The first key stays when keys are added, so wrapped tokens stay valid.
-            token_key.get_or_insert_with(|| {
+            let derive = |label: &[u8]| {
                 let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
-                let derived = ring::hmac::sign(&root, b"nexus-gateway cluster operation tokens v1");
+                let derived = ring::hmac::sign(&root, label);
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref())
-            });
+            };
+            token_key.get_or_insert_with(|| derive(b"nexus-gateway cluster operation tokens v1"));
+            forward_key.get_or_insert_with(|| derive(b"nexus-gateway forwarded tasks v1"));
         }
-        let Some(token_key) = token_key else {
+        let (Some(token_key), Some(forward_key)) = (token_key, forward_key) else {
             return Err("no keys".into());
         };
         Ok(CallbackKeys {
             keys,
             token_key,
+            forward_key,
             rng: SystemRandom::new(),
         })
     }
@@ -156,6 +162,11 @@ impl CallbackKeys {
     /// The key that signs operation tokens handed to cluster callers.
     pub fn token_key(&self) -> &ring::hmac::Key {
         &self.token_key
+    }
+
+    /// The key that signs tasks replicas forward to each other (shared with the store).
+    pub fn forward_key(&self) -> &ring::hmac::Key {
+        &self.forward_key
     }
 
     /// Seals [`CallbackClaims`] or a [`NoteRef`].

@@ -409,6 +409,16 @@ impl Callbacks {
         self.keys.token_key()
     }
 
+    /// The gateway's URL as handlers and other replicas reach it.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// The key that signs tasks replicas forward to each other.
+    pub fn forward_key(&self) -> &ring::hmac::Key {
+        self.keys.forward_key()
+    }
+
     pub fn counts(&self) -> crate::metrics::CompletionCounts {
         crate::metrics::CompletionCounts {
             pending: self.pending.load(Ordering::Relaxed).max(0) as u64,

@@ -58,6 +58,7 @@ pub(crate) mod operations;
 pub(crate) mod ops_port;
 pub(crate) mod outcome;
 pub mod reload;
+pub(crate) mod replica_forward;
 pub(crate) mod request;
 pub(crate) mod routes;
 pub mod server;

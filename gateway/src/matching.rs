@@ -85,6 +85,8 @@ struct QueueState {
 #[derive(Default)]
 struct Queue {
     state: Mutex<QueueState>,
+    /// When a worker last polled (ms since the epoch): replicas announce queues polled lately.
+    last_poll_ms: AtomicU64,
 }
 
 impl Queue {
@@ -205,6 +207,7 @@ impl Matching {
     /// Long-polls `key` for a task for at most `wait`. `None` when nothing came.
     pub async fn poll(&self, key: &QueueKey, wait: Duration) -> Option<Task> {
         let queue = self.queue(key);
+        queue.last_poll_ms.store(now_ms(), Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let id = self.next_poller.fetch_add(1, Ordering::Relaxed);
         {
@@ -273,6 +276,25 @@ impl Matching {
             .collect()
     }
 
+    /// Whether a worker polls `key` here: one waits now, or one polled within `within`.
+    pub fn has_poller(&self, key: &QueueKey, within: Duration) -> bool {
+        let Some(queue) = self.queues.get(key).map(|q| q.clone()) else {
+            return false;
+        };
+        let recent = now_ms().saturating_sub(queue.last_poll_ms.load(Ordering::Relaxed))
+            <= within.as_millis() as u64;
+        recent || !queue.state.lock().expect("queue lock").pollers.is_empty()
+    }
+
+    /// The queues workers polled here within `within`.
+    pub fn polled_queues(&self, within: Duration) -> Vec<QueueKey> {
+        self.queues
+            .iter()
+            .filter(|q| self.has_poller(q.key(), within))
+            .map(|q| q.key().clone())
+            .collect()
+    }
+
     /// Tasks handed out or queued whose callers still wait.
     pub fn pending_tasks(&self) -> usize {
         self.pending.len()
@@ -310,6 +332,12 @@ impl Drop for PollGuard {
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -243,7 +243,13 @@ async fn serve(
                 body,
                 deadline: received + wait,
             };
-            let answer = state.matching.dispatch(&key, task).await?;
+            let answer = match remote_replica(state, &key) {
+                Some(url) => {
+                    let signing = state.callbacks.forward_key();
+                    crate::replica_forward::forward(&state.proxy, signing, &url, &key, task).await?
+                }
+                None => state.matching.dispatch(&key, task).await?,
+            };
             let mut response = Response::new(full(answer.body));
             *response.status_mut() = answer.status;
             nexus::copy_relayed(&answer.headers, response.headers_mut());
@@ -378,6 +384,19 @@ async fn wrap_started(
     parts.headers.remove(http::header::CONTENT_LENGTH);
     let body = serde_json::to_vec(&started).map_err(|e| GatewayError::internal(e.to_string()))?;
     Ok(Response::from_parts(parts, full(body)))
+}
+
+/// With replicas: the replica to forward a task to, when no worker polls `key` here but one
+/// polls it there (the first announced; they are in replica order).
+fn remote_replica(state: &State, key: &QueueKey) -> Option<String> {
+    state.shared_store.as_ref()?;
+    if state
+        .matching
+        .has_poller(key, std::time::Duration::from_secs(2))
+    {
+        return None;
+    }
+    state.remote_pollers.load().get(key)?.first().cloned()
 }
 
 /// Replaces the caller's `callback` URL with a sealed gateway URL and removes the caller's

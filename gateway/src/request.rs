@@ -10,6 +10,7 @@
 //! | [`Route::Respond`] | `/api/v1/nexus-tasks/{token}/response` |
 //! | [`Route::Endpoints`] | `/api/v1/nexus/endpoints[/{id}]` |
 //! | [`Route::Clusters`] | `/api/v1/clusters[/{name}[/secrets]]` |
+//! | [`Route::ForwardedTask`] | `/api/v1/internal/forwarded-tasks/{ns}/{tq}` |
 //! | [`Route::AttributionEvents`] | `/api/v1/attribution/events` |
 
 use bytes::Bytes;
@@ -26,6 +27,8 @@ pub const OPERATIONS_PREFIX: &str = nexus::ENDPOINTS_PREFIX;
 /// without its leading `/nexus`.
 pub const CLUSTER_OPERATIONS_PREFIX: &str = "/nexus/clusters/";
 pub const CLUSTERS_PATH: &str = "/api/v1/clusters";
+/// Where a replica takes tasks other replicas forward: `{prefix}{namespace}/{task queue}`.
+pub const FORWARDED_TASKS_PREFIX: &str = "/api/v1/internal/forwarded-tasks/";
 pub const COMPLETION_PREFIX: &str = "/nexus/callbacks/";
 pub const COMPLETIONS_PATH: &str = "/api/v1/callbacks";
 pub const POLL_PREFIX: &str = "/api/v1/namespaces/";
@@ -74,6 +77,11 @@ pub enum Route {
         secrets: bool,
     },
     AttributionEvents,
+    /// A task another replica forwards to this one's workers.
+    ForwardedTask {
+        namespace: Namespace,
+        task_queue: TaskQueue,
+    },
 }
 
 /// The admin API of the completion spool.
@@ -134,6 +142,15 @@ impl Route {
         {
             return Ok(Route::Completions(completions_route(method, path)?));
         }
+        if let Some(rest) = path.strip_prefix(FORWARDED_TASKS_PREFIX) {
+            return match rest.split('/').collect::<Vec<_>>().as_slice() {
+                [ns, tq] => Ok(Route::ForwardedTask {
+                    namespace: decode_segment(ns, "namespace")?.into(),
+                    task_queue: decode_segment(tq, "task queue")?.into(),
+                }),
+                _ => Err(GatewayError::not_found(format!("no route for {path}"))),
+            };
+        }
         if path == ATTRIBUTION_EVENTS_PATH {
             return Ok(Route::AttributionEvents);
         }
@@ -182,6 +199,7 @@ impl Route {
             Route::Respond { .. } => "respond",
             Route::Endpoints { .. } | Route::Clusters { .. } => "admin",
             Route::AttributionEvents => "attribution",
+            Route::ForwardedTask { .. } => "forwarded-task",
         }
     }
 }

@@ -68,6 +68,14 @@ pub async fn handle(
                 };
                 cluster_admin::handle(&api, &peer, name, secrets, request).await
             }
+            Route::ForwardedTask {
+                namespace,
+                task_queue,
+            } => {
+                let signing = state.callbacks.forward_key();
+                let api = workers(&state);
+                worker_api::forwarded(&api, signing, &peer, namespace, task_queue, request).await
+            }
             Route::AttributionEvents => {
                 let log = state.attribution.as_ref();
                 metering::events(log, &state.shutdown, &peer, request).await

@@ -139,31 +139,76 @@ fn follow_shared_store(
             )
         })
         .expect("spawn the store listener");
+    let presence = tokio::spawn(announce_pollers(state.clone()));
     let state = state.clone();
     let interval = settings.resync_interval;
-    vec![tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            let checking = state.clone();
-            let started = std::time::Instant::now();
-            let result =
-                tokio::task::spawn_blocking(move || check_store(&checking, interval)).await;
-            let stats = &state.store_stats;
-            stats
-                .last_check_micros
-                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            let healthy = matches!(result, Ok(Ok(())));
-            if !healthy {
-                stats.refresh_failures.fetch_add(1, Ordering::Relaxed);
+    vec![
+        presence,
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let checking = state.clone();
+                let started = std::time::Instant::now();
+                let result =
+                    tokio::task::spawn_blocking(move || check_store(&checking, interval)).await;
+                let stats = &state.store_stats;
+                stats
+                    .last_check_micros
+                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let healthy = matches!(result, Ok(Ok(())));
+                if !healthy {
+                    stats.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                if !healthy && state.store_healthy.swap(false, Ordering::SeqCst) {
+                    warn!("the shared store does not answer: routing goes on from memory");
+                } else if healthy && !state.store_healthy.swap(true, Ordering::SeqCst) {
+                    info!("the shared store answers again");
+                }
             }
-            if !healthy && state.store_healthy.swap(false, Ordering::SeqCst) {
-                warn!("the shared store does not answer: routing goes on from memory");
-            } else if healthy && !state.store_healthy.swap(true, Ordering::SeqCst) {
-                info!("the shared store answers again");
-            }
+        }),
+    ]
+}
+
+/// How often a replica announces the queues it has workers for, and learns the others'.
+const PRESENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keeps this replica's task queues announced in the shared store and the other replicas'
+/// in memory, so a task for a queue without a local worker can be forwarded (see
+/// [`crate::replica_forward`]) without a database read on the request path.
+async fn announce_pollers(state: Arc<State>) {
+    let Some((store, replica)) = state.shared_store.clone() else {
+        return;
+    };
+    let url = state.callbacks.public_url().to_owned();
+    let mut tick = tokio::time::interval(PRESENCE_EVERY);
+    loop {
+        tick.tick().await;
+        let queues: Vec<(String, String)> = state
+            .matching
+            .polled_queues(PRESENCE_EVERY * 4)
+            .into_iter()
+            .map(|k| (k.namespace.to_string(), k.task_queue.to_string()))
+            .collect();
+        let (store, replica, url) = (store.clone(), replica.clone(), url.clone());
+        let announced = tokio::task::spawn_blocking(move || {
+            store.announce_pollers(&replica, &url, &queues, PRESENCE_EVERY * 4)
+        })
+        .await;
+        let Ok(Ok(remote)) = announced else {
+            continue;
+        };
+        let mut by_queue: std::collections::HashMap<crate::matching::QueueKey, Vec<String>> =
+            Default::default();
+        for (namespace, task_queue, url) in remote {
+            let key = crate::matching::QueueKey {
+                namespace: namespace.into(),
+                task_queue: task_queue.into(),
+            };
+            by_queue.entry(key).or_default().push(url);
         }
-    })]
+        state.remote_pollers.store(Arc::new(by_queue));
+    }
 }
 
 /// One periodic check: refresh what a lost notification would have brought, and announce
@@ -305,6 +350,7 @@ impl App {
             store_healthy: std::sync::atomic::AtomicBool::new(true),
             store_stats: crate::metrics::StoreStats::default(),
             shared_store: side_store.zip(replica),
+            remote_pollers: Default::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             in_flight: tokio::sync::watch::channel(0).0,
         });

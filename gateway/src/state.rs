@@ -40,6 +40,9 @@ pub struct State {
     pub store_stats: crate::metrics::StoreStats,
     /// This replica's own handle on a shared store (heartbeats), apart from the registry's.
     pub shared_store: Option<(Arc<nexus_registry::pg::PgStore>, String)>,
+    /// Task queues other replicas have workers for, and those replicas' URLs (shared store).
+    pub remote_pollers:
+        arc_swap::ArcSwap<std::collections::HashMap<crate::matching::QueueKey, Vec<String>>>,
     /// Set when shutdown begins: new operations are refused while in-flight ones finish.
     pub draining: AtomicBool,
     /// Nexus operations in flight; shutdown waits for it to reach zero.

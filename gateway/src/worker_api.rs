@@ -138,3 +138,49 @@ fn task_status(h: &HeaderMap) -> Result<StatusCode, GatewayError> {
             ))
         })
 }
+
+/// `POST /api/v1/internal/forwarded-tasks/{ns}/{tq}`: a task another replica forwarded, for
+/// lack of a worker of its own. Dispatched to this replica's workers under the caller's
+/// deadline; the answer is the worker's, relayed back as is.
+pub async fn forwarded(
+    api: &WorkerApi<'_>,
+    signing: &ring::hmac::Key,
+    peer: &Peer,
+    namespace: Namespace,
+    task_queue: TaskQueue,
+    request: Request<RequestBody>,
+) -> Result<Response<Body>, GatewayError> {
+    request::require_method(&request, &[Method::POST])?;
+    let key = QueueKey {
+        namespace,
+        task_queue,
+    };
+    let (parts, body) = request.into_parts();
+    let body = request::read_body(body, api.limits).await?;
+    let deadline = crate::replica_forward::verify(signing, &key, &parts.headers, &body);
+    authz::authorize(
+        peer,
+        Action::AcceptForwardedTask {
+            signed: deadline.is_ok(),
+        },
+    )?;
+    let deadline = deadline.map_err(GatewayError::unauthenticated)?;
+    let mut headers = parts.headers;
+    headers.remove(crate::replica_forward::SIGNATURE);
+    let token = headers
+        .get(crate::headers::TASK_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| GatewayError::bad_request("a forwarded task needs its task token"))?;
+    let task = crate::matching::Task {
+        token,
+        headers,
+        body,
+        deadline,
+    };
+    let answer = api.matching.dispatch(&key, task).await?;
+    let mut response = Response::new(crate::body::full(answer.body));
+    *response.status_mut() = answer.status;
+    nexus::copy_relayed(&answer.headers, response.headers_mut());
+    Ok(response)
+}

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "completions",
         include_str!("../migrations/0004_completions.sql"),
     ),
+    (5, "pollers", include_str!("../migrations/0005_pollers.sql")),
 ];
 
 /// Deletion records older than this many table versions are pruned; a replica further behind
@@ -277,6 +278,53 @@ impl PgStore {
                 .map_err(db)?
                 .get(0);
             Ok(seen as u64)
+        })
+    }
+
+    /// Announces the task queues this replica (`id`, reachable at `url`) has workers for, and
+    /// returns the queues other replicas announced within `window`: (namespace, task queue,
+    /// url of that replica).
+    pub fn announce_pollers(
+        &self,
+        id: &str,
+        url: &str,
+        queues: &[(String, String)],
+        window: Duration,
+    ) -> Result<Vec<(String, String, String)>, RegistryError> {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let mut txn = c.transaction().map_err(db)?;
+            txn.execute(
+                "INSERT INTO nexus_replicas (id, last_seen, url) VALUES ($1, now(), $2)
+                 ON CONFLICT (id) DO UPDATE SET last_seen = now(), url = $2",
+                &[&id, &url],
+            )
+            .map_err(db)?;
+            txn.execute("DELETE FROM nexus_pollers WHERE replica = $1", &[&id])
+                .map_err(db)?;
+            for (namespace, task_queue) in queues {
+                txn.execute(
+                    "INSERT INTO nexus_pollers (replica, namespace, task_queue, last_seen)
+                     VALUES ($1, $2, $3, now())",
+                    &[&id, namespace, task_queue],
+                )
+                .map_err(db)?;
+            }
+            let rows = txn
+                .query(
+                    "SELECT p.namespace, p.task_queue, r.url FROM nexus_pollers p
+                     JOIN nexus_replicas r ON r.id = p.replica
+                     WHERE p.replica <> $1 AND r.url IS NOT NULL
+                       AND p.last_seen > now() - $2::bigint * interval '1 millisecond'
+                     ORDER BY p.replica",
+                    &[&id, &window_ms],
+                )
+                .map_err(db)?;
+            txn.commit().map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
         })
     }
 

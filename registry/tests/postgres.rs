@@ -99,7 +99,8 @@ fn migrations_apply_once_even_when_replicas_start_together() {
             "0001_registry",
             "0002_changes",
             "0003_replicas",
-            "0004_completions"
+            "0004_completions",
+            "0005_pollers"
         ],
         "{runs:?}"
     );

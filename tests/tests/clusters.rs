@@ -387,6 +387,10 @@ async fn without_a_certificate_every_other_route_answers_401() {
         (Method::GET, "/api/v1/attribution/events"),
         (
             Method::POST,
+            "/api/v1/internal/forwarded-tasks/billing/charges",
+        ),
+        (
+            Method::POST,
             "/nexus/clusters/ngs_wrong/endpoints/payments/services/svc/echo",
         ),
     ];

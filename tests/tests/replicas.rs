@@ -343,3 +343,56 @@ async fn a_survivor_delivers_what_a_stopped_replica_accepted() {
     })
     .await;
 }
+
+/// A worker polling replica A only serves a caller connected to replica B only: B forwards
+/// the task, signed, to A. An unsigned or tampered forward is refused.
+#[tokio::test]
+async fn a_worker_on_one_replica_serves_callers_of_another() {
+    let db = TestDb::new();
+    let pki = Arc::new(Pki::new());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = replica(&pki, &dir_a, &db).await;
+    let b = replica(&pki, &dir_b, &db).await;
+    let worker_spec = serde_json::json!({"spec": {
+        "name": "payments",
+        "target": {"worker": {"namespace": "billing", "taskQueue": "charges"}},
+        "allowedCallerNamespaces": ["orders"],
+    }});
+    let reply = send(
+        &a.client(&admin()),
+        json_request(Method::POST, a.uri("/api/v1/nexus/endpoints"), worker_spec),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let _worker = a.start_worker("billing", "charges");
+    let orders_b = b.client(&ns("orders"));
+    let call = || {
+        post(
+            b.uri("/nexus/endpoints/payments/services/svc/echo"),
+            &[("content-type", "text/plain"), ("request-timeout", "3s")],
+            "through B",
+        )
+    };
+    eventually("B forwards to A's worker", BOUND, async || {
+        let reply = send(&orders_b, call()).await;
+        reply.status == 200 && reply.body == Bytes::from_static(b"through B")
+    })
+    .await;
+
+    // Nobody but a replica can hand A a task.
+    let forged = post(
+        a.uri("/api/v1/internal/forwarded-tasks/billing/charges"),
+        &[
+            ("nexus-task-token", "0123"),
+            ("nexus-gateway-forwarded", "99999999999999.AAAA"),
+        ],
+        "x",
+    );
+    let reply = send(&anonymous_client(&a), forged).await;
+    assert_eq!(reply.status, 401, "{}", reply.message());
+    assert!(
+        reply.message().contains("replica signature"),
+        "{}",
+        reply.message()
+    );
+}
