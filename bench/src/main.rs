@@ -12,6 +12,7 @@
 
 mod ext;
 mod flood;
+mod h2;
 mod h3;
 mod load;
 mod pki;
@@ -62,6 +63,8 @@ enum Command {
     /// with `--e2e`, the gateway serving a caller with and without 100 admin updates/s; with
     /// `--e2e-throughput`, the gateway's closed-loop throughput at 10,000 vs 10 endpoints.
     S6(registry::S6Args),
+    /// H2: a task forwarded between two replicas vs matched locally (shared PostgreSQL store).
+    H2(h2::H2Args),
     /// H3: registry propagation between two replicas over a shared PostgreSQL store.
     H3(h3::H3Args),
     /// (child) B: the fixed handler over plain HTTP.
@@ -140,6 +143,9 @@ fn run(command: Command) -> Result<()> {
     if let Command::H3(args) = command {
         return h3::h3(args);
     }
+    if let Command::H2(args) = command {
+        return h2::h2(args);
+    }
     if let Command::S6(args) = command {
         let gateway_bin = args.gateway_bin.display().to_string();
         let tables = registry::s6(args)?;
@@ -191,7 +197,7 @@ fn run(command: Command) -> Result<()> {
             } => {
                 serve::worker(&pki, gateway, concurrency, Duration::from_secs(max_secs)).await?;
             }
-            Command::Handshakes { .. } | Command::S6(_) | Command::H3(_) => {
+            Command::Handshakes { .. } | Command::S6(_) | Command::H3(_) | Command::H2(_) => {
                 unreachable!("handled above")
             }
         }
