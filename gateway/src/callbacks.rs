@@ -158,7 +158,7 @@ impl Callbacks {
         let id = tokio::task::spawn_blocking(move || spool.put_note(&payload, expires_ms))
             .await
             .map_err(|e| GatewayError::internal(e.to_string()))?
-            .map_err(|e| GatewayError::internal(format!("cannot store the callback: {e}")))?;
+            .map_err(|e| spool_unavailable("cannot store the callback", e))?;
         self.url_for(&NoteRef { id, expires_ms })
     }
 
@@ -180,7 +180,7 @@ impl Callbacks {
         let payload = tokio::task::spawn_blocking(move || spool.get_note(note.id, now_ms()))
             .await
             .map_err(|e| GatewayError::internal(e.to_string()))?
-            .map_err(|e| GatewayError::internal(format!("cannot read the callback: {e}")))?
+            .map_err(|e| spool_unavailable("cannot read the callback", e))?
             .ok_or_else(|| {
                 GatewayError::not_found(
                     "callback token refers to an operation this gateway no longer tracks: \
@@ -450,6 +450,13 @@ enum Attempt {
     Delivered,
     Retry { reason: String, at_least: Duration },
     GiveUp(String),
+}
+
+/// A spool that cannot be read or written now (a store that does not answer): 503, so the
+/// sender retries rather than lose anything.
+pub(crate) fn spool_unavailable(what: &str, error: impl std::fmt::Display) -> GatewayError {
+    GatewayError::unavailable(format!("{what} now: {error}"))
+        .with_retry_after(Duration::from_secs(1))
 }
 
 /// Runs a spool operation off the async workers. A panicked task is an error, never "empty".

@@ -99,7 +99,7 @@ async fn accept(
     let seen = tokio::task::spawn_blocking(move || spool.was_pushed(&key, now_ms()))
         .await
         .map_err(|e| GatewayError::internal(e.to_string()))?
-        .map_err(|e| GatewayError::internal(format!("cannot read the completion spool: {e}")))?;
+        .map_err(|e| crate::callbacks::spool_unavailable("cannot read the completion spool", e))?;
     if seen {
         return Ok(Accepted::Duplicate);
     }
@@ -165,11 +165,8 @@ async fn accept(
     })
     .await
     .map_err(|e| GatewayError::internal(e.to_string()))?
-    .map_err(|e| {
-        // Retryable: the handler sends it again rather than it being lost.
-        GatewayError::unavailable(format!("cannot store the completion now: {e}"))
-            .with_retry_after(std::time::Duration::from_secs(1))
-    })?;
+    // Retryable: the handler sends it again rather than it being lost.
+    .map_err(|e| crate::callbacks::spool_unavailable("cannot store the completion", e))?;
     let Some(entry) = pushed else {
         return Ok(Accepted::Duplicate);
     };

@@ -396,3 +396,161 @@ async fn a_worker_on_one_replica_serves_callers_of_another() {
         reply.message()
     );
 }
+
+/// A TCP relay to PostgreSQL that the test can cut: while cut, it drops every connection and
+/// refuses new ones, as an unreachable database does.
+struct Relay {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (cut2, generation2) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if cut2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cuts = generation2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            port,
+            cut,
+            generation,
+        }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+/// The database unreachable for 5 s while callers keep calling: every call is routed from
+/// memory, admin writes and completions get 503 meanwhile, and both work again by themselves.
+#[tokio::test]
+async fn a_five_second_database_outage_under_load_is_ridden_out() {
+    let db = TestDb::new();
+    let (host_port, _) = db
+        .url
+        .trim_start_matches("postgres://nexus:nexus@")
+        .split_once('/')
+        .unwrap();
+    let relay = Relay::start(host_port.parse().unwrap()).await;
+    let via_relay = db
+        .url
+        .replace(host_port, &format!("127.0.0.1:{}", relay.port));
+    let pki = Arc::new(Pki::new());
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_in(pki.clone(), dir.path(), move |c| {
+        c.store.url = Some(via_relay);
+        c.store.resync_interval = Duration::from_millis(200);
+        c.store.lease = Duration::from_secs(3);
+    })
+    .await;
+    let (handler, _stop) = serve_reference_handler().await;
+    create_payments(&gw, handler).await;
+    let admin_client = gw.client(&admin());
+    let create = |name: &str| {
+        json_request(
+            Method::POST,
+            gw.uri("/api/v1/nexus/endpoints"),
+            serde_json::json!({"spec": {
+                "name": name,
+                "target": {"worker": {"namespace": "billing", "taskQueue": "charges"}},
+                "allowedCallerNamespaces": ["orders"],
+            }}),
+        )
+    };
+
+    // Load: callers keep calling for the whole outage.
+    let orders = gw.client(&ns("orders"));
+    let stop_load = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (orders, stop_load) = (orders.clone(), stop_load.clone());
+        let uri = gw.uri("/nexus/endpoints/payments/services/svc/echo");
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop_load.is_cancelled() {
+                let request = post(uri.clone(), &[("content-type", "text/plain")], "x");
+                match send(&orders, request).await.status.as_u16() {
+                    200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    relay.set_cut(true);
+    eventually("readyz says degraded", BOUND, async || {
+        gw.ops_get("/readyz").await.1.starts_with("degraded")
+    })
+    .await;
+    let reply = send(&admin_client, create("during")).await;
+    assert_eq!(reply.status, 503, "{}", reply.message());
+    assert!(reply.header("retry-after").is_some());
+    // A completion cannot be stored now: 503, so the handler sends it again later.
+    let mut receiver = Receiver::start(200).await;
+    let callback = format!("http://127.0.0.1:{}/cb", receiver.addr.port());
+    let start = post(
+        gw.uri(&format!(
+            "/nexus/endpoints/payments/services/svc/headers?callback={}",
+            percent_encoding::utf8_percent_encode(&callback, percent_encoding::NON_ALPHANUMERIC)
+        )),
+        &[],
+        "",
+    );
+    let sealed = sealed_callback_seen_by(&send(&orders, start).await);
+    let completion = || {
+        post(
+            sealed.parse().unwrap(),
+            &[("nexus-operation-state", "succeeded")],
+            "late",
+        )
+    };
+    let reply = send(&anonymous_client(&gw), completion()).await;
+    assert_eq!(reply.status, 503, "{}", reply.message());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    relay.set_cut(false);
+
+    eventually("writes work again", BOUND, async || {
+        send(&admin_client, create("after")).await.status == 200
+    })
+    .await;
+    eventually("readyz is ready again", BOUND, async || {
+        gw.ops_get("/readyz").await.1 == "ready\n"
+    })
+    .await;
+    assert_eq!(send(&anonymous_client(&gw), completion()).await.status, 200);
+    let delivered = receiver
+        .next(BOUND)
+        .await
+        .expect("delivered after the outage");
+    assert_eq!(delivered.body, Bytes::from_static(b"late"));
+    stop_load.cancel();
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 0, "calls were served during the outage");
+    assert_eq!(failed, 0, "routing never needed the database");
+}
