@@ -14,6 +14,7 @@ mod ext;
 mod flood;
 mod h2;
 mod h3;
+mod h4;
 mod load;
 mod pki;
 mod procs;
@@ -65,6 +66,8 @@ enum Command {
     S6(registry::S6Args),
     /// H2: a task forwarded between two replicas vs matched locally (shared PostgreSQL store).
     H2(h2::H2Args),
+    /// H4: a completion's durable accept, embedded store vs PostgreSQL.
+    H4(h4::H4Args),
     /// H3: registry propagation between two replicas over a shared PostgreSQL store.
     H3(h3::H3Args),
     /// (child) B: the fixed handler over plain HTTP.
@@ -146,6 +149,9 @@ fn run(command: Command) -> Result<()> {
     if let Command::H2(args) = command {
         return h2::h2(args);
     }
+    if let Command::H4(args) = command {
+        return h4::h4(args);
+    }
     if let Command::S6(args) = command {
         let gateway_bin = args.gateway_bin.display().to_string();
         let tables = registry::s6(args)?;
@@ -197,7 +203,11 @@ fn run(command: Command) -> Result<()> {
             } => {
                 serve::worker(&pki, gateway, concurrency, Duration::from_secs(max_secs)).await?;
             }
-            Command::Handshakes { .. } | Command::S6(_) | Command::H3(_) | Command::H2(_) => {
+            Command::Handshakes { .. }
+            | Command::S6(_)
+            | Command::H3(_)
+            | Command::H2(_)
+            | Command::H4(_) => {
                 unreachable!("handled above")
             }
         }

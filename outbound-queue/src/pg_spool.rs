@@ -169,49 +169,39 @@ impl DurableSpool for PgSpool {
         expires_ms: u64,
         note: Option<u64>,
     ) -> Result<Option<SpoolEntry>, SpoolError> {
+        // One statement, so one round trip and one commit: the key goes in (or replaces an
+        // expired one) and only then the entry; a key still valid inserts nothing.
+        let sql = format!(
+            "WITH key AS (
+                 INSERT INTO nexus_completion_keys (key, expires_ms) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET expires_ms = EXCLUDED.expires_ms
+                 WHERE nexus_completion_keys.expires_ms < $3
+                 RETURNING 1
+             ), note AS (
+                 DELETE FROM nexus_callback_notes WHERE id = $7 AND EXISTS (SELECT 1 FROM key)
+             )
+             INSERT INTO nexus_completions
+                 (state, attempts, next_attempt_ms, created_ms, expires_ms, payload, owner, lease_until_ms)
+             SELECT 0, 0, $3, $3, $2, $4, $5, $6 FROM key
+             RETURNING {COLUMNS}"
+        );
+        let note = note.map_or(-1, ms);
         self.with(|c| {
-            let mut txn = c.transaction().map_err(db)?;
-            // The key's row is the lock: two replicas accepting the same token race here.
-            txn.execute(
-                "DELETE FROM nexus_completion_keys WHERE key = $1 AND expires_ms < $2",
-                &[&key, &ms(now_ms)],
-            )
-            .map_err(db)?;
-            let inserted = txn
-                .execute(
-                    "INSERT INTO nexus_completion_keys (key, expires_ms) VALUES ($1, $2)
-                     ON CONFLICT (key) DO NOTHING",
-                    &[&key, &ms(expires_ms)],
-                )
-                .map_err(db)?;
-            if inserted == 0 {
-                return Ok(None);
-            }
-            if let Some(note) = note {
-                txn.execute(
-                    "DELETE FROM nexus_callback_notes WHERE id = $1",
-                    &[&ms(note)],
-                )
-                .map_err(db)?;
-            }
-            let row = txn
-                .query_one(
-                    &format!(
-                        "INSERT INTO nexus_completions
-                           (state, attempts, next_attempt_ms, created_ms, expires_ms, payload, owner, lease_until_ms)
-                         VALUES (0, 0, $1, $1, $2, $3, $4, $5) RETURNING {COLUMNS}"
-                    ),
+            let row = c
+                .query_opt(
+                    &sql,
                     &[
-                        &ms(now_ms),
+                        &key,
                         &ms(expires_ms),
+                        &ms(now_ms),
                         &payload,
                         &self.owner,
                         &self.lease_until(now_ms),
+                        &note,
                     ],
                 )
                 .map_err(db)?;
-            txn.commit().map_err(db)?;
-            Ok(Some(entry(&row)))
+            Ok(row.as_ref().map(entry))
         })
     }
 
