@@ -379,6 +379,19 @@ async fn a_worker_on_one_replica_serves_callers_of_another() {
     })
     .await;
 
+    // The caller's deadline holds across the forward: a worker slower than it gets the
+    // caller a retryable 520, not a hang.
+    let slow = post(
+        b.uri("/nexus/endpoints/payments/services/svc/slow"),
+        &[("x-delay-ms", "8000"), ("request-timeout", "3s")],
+        "",
+    );
+    let reply = tokio::time::timeout(BOUND, send(&orders_b, slow))
+        .await
+        .expect("answered before the test's bound");
+    assert_eq!(reply.status.as_u16(), 520, "{}", reply.message());
+    assert_eq!(reply.error_type(), "UPSTREAM_TIMEOUT");
+
     // Nobody but a replica can hand A a task.
     let forged = post(
         a.uri("/api/v1/internal/forwarded-tasks/billing/charges"),
