@@ -278,3 +278,42 @@ fn an_unreachable_store_is_a_clear_error() {
     .to_string();
     assert!(e.contains("set [store] ca"), "{e}");
 }
+
+/// `sslmode=require` connects over TLS, verifying the server against the configured CA (the
+/// one `.ci/postgres` made; NEXUS_TEST_POSTGRES_CA names another), and refuses another CA.
+#[test]
+fn the_store_speaks_tls_when_the_url_asks_for_it() {
+    let db = TestDb::new();
+    let ca = std::env::var("NEXUS_TEST_POSTGRES_CA")
+        .unwrap_or_else(|_| "/etc/postgresql/nexus-test-ca.pem".into());
+    assert!(
+        std::path::Path::new(&ca).exists(),
+        "no CA for the database's TLS at {ca}: run `bash .ci/postgres`, which makes one"
+    );
+    let mut settings = PgSettings::new(format!("{}?sslmode=require", db.url));
+    settings.ca = Some(ca.into());
+    PgStore::open(settings.clone()).unwrap();
+    let mut client = settings.connect().unwrap();
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the connection is encrypted");
+
+    // A CA the server's certificate does not chain to: refused, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, unrelated_ca()).unwrap();
+    settings.ca = Some(other);
+    let e = PgStore::open(settings).unwrap_err().to_string();
+    assert!(e.contains("cannot connect to the store"), "{e}");
+}
+
+/// A CA bundle that the database's certificate does not chain to: Debian's self-signed
+/// snakeoil certificate (installed with postgresql), or none at all.
+fn unrelated_ca() -> String {
+    std::fs::read_to_string("/etc/ssl/certs/ssl-cert-snakeoil.pem").unwrap_or_default()
+}
