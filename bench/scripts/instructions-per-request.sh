@@ -6,10 +6,11 @@
 # Only the gateway runs under valgrind; the caller, the worker and the handler are small
 # Python programs over keep-alive connections (mTLS HTTP/1.1 to the gateway).
 # Usage: bench/scripts/instructions-per-request.sh GATEWAY_BIN [GATEWAY_BIN ...] [-n N]
-# Needs: valgrind, python3, curl. A few minutes per binary.
+#        [--store POSTGRES_ADMIN_URL]   (each run on a fresh database of that server: H1)
+# Needs: valgrind, python3, curl (and psql with --store). A few minutes per binary.
 set -euo pipefail
-N=1000; BINS=()
-while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; *) BINS+=("$(realpath "$1")"); shift;; esac; done
+N=1000; BINS=(); STORE=""
+while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; --store) STORE=$2; shift 2;; *) BINS+=("$(realpath "$1")"); shift;; esac; done
 [ ${#BINS[@]} -gt 0 ] || { echo "usage: $0 GATEWAY_BIN [GATEWAY_BIN ...] [-n N]" >&2; exit 64; }
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
 free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -66,8 +67,12 @@ T
 total() { grep -h '^totals:' "$1" | awk '{print $2}'; }
 stop() { for _ in $(seq 1 30); do kill -TERM "$1" 2>/dev/null || break; sleep 2; done; wait "$1" 2>/dev/null || true; }
 run() { # bin n path -> instructions
-  local bin=$1 n=$2 path=$3 gwp ops; gwp=$(free); ops=$(free); rm -rf "$W/data"
-  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.$n" "$bin" serve --config "$W/gw.toml" \
+  local bin=$1 n=$2 path=$3 gwp ops config="$W/gw.toml"; gwp=$(free); ops=$(free); rm -rf "$W/data"
+  if [ -n "$STORE" ]; then # a fresh database per run, on the shared store's code path
+    local db="nexus_ipr_$$_$n"; psql "$STORE" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+    config="$W/gw-store.toml"; { cat "$W/gw.toml"; printf '[store]\nurl = "%s/%s"\n' "${STORE%/*}" "$db"; } > "$config"
+  fi
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.$n" "$bin" serve --config "$config" \
     --data-dir "$W/data" --listen "127.0.0.1:$gwp" --ops-listen "127.0.0.1:$ops" --shutdown-grace 1 \
     --tls-ca "$W/pki/ca.pem" --tls-cert "$W/pki/server.pem" --tls-key "$W/pki/server-key.pem" >"$W/gw.log" 2>&1 &
   local p=$!
@@ -78,6 +83,7 @@ run() { # bin n path -> instructions
   python3 "$W/worker.py" "$gwp" "$W/pki" & local wp=$!
   python3 "$W/client.py" "$gwp" "$n" "$W/pki" "$path"
   kill "$wp" 2>/dev/null || true; stop $p
+  [ -z "$STORE" ] || psql "$STORE" -qc "DROP DATABASE IF EXISTS nexus_ipr_$$_$n WITH (FORCE)" >/dev/null
   total "$W/cg.$n"
 }
 for path in external worker; do
