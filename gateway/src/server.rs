@@ -170,34 +170,50 @@ fn follow_shared_store(
     ]
 }
 
-/// How often a replica announces the queues it has workers for, and learns the others'.
-const PRESENCE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often a replica looks at which queues its workers poll, and learns the others'.
+const PRESENCE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often it rewrites its announcement when nothing changed (a heartbeat); others trust an
+/// announcement for three of these.
+const ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps this replica's task queues announced in the shared store and the other replicas'
 /// in memory, so a task for a queue without a local worker can be forwarded (see
-/// [`crate::replica_forward`]) without a database read on the request path.
+/// [`crate::replica_forward`]) without a database read on the request path. The
+/// announcement is written when the set of queues changes, else once per [`ANNOUNCE_EVERY`].
 async fn announce_pollers(state: Arc<State>) {
     let Some((store, replica)) = state.shared_store.clone() else {
         return;
     };
     let url = state.callbacks.public_url().to_owned();
     let mut tick = tokio::time::interval(PRESENCE_EVERY);
+    let mut announced: Option<(Vec<(String, String)>, std::time::Instant)> = None;
     loop {
         tick.tick().await;
-        let queues: Vec<(String, String)> = state
+        let mut queues: Vec<(String, String)> = state
             .matching
             .polled_queues(PRESENCE_EVERY * 4)
             .into_iter()
             .map(|k| (k.namespace.to_string(), k.task_queue.to_string()))
             .collect();
+        queues.sort();
+        let stale = announced
+            .as_ref()
+            .is_none_or(|(last, at)| *last != queues || at.elapsed() >= ANNOUNCE_EVERY);
         let (store, replica, url) = (store.clone(), replica.clone(), url.clone());
-        let announced = tokio::task::spawn_blocking(move || {
-            store.announce_pollers(&replica, &url, &queues, PRESENCE_EVERY * 4)
+        let write = stale.then(|| queues.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            if let Some(queues) = &write {
+                store.announce_pollers(&replica, &url, queues)?;
+            }
+            store.remote_pollers(&replica, ANNOUNCE_EVERY * 3)
         })
         .await;
-        let Ok(Ok(remote)) = announced else {
+        let Ok(Ok(remote)) = result else {
             continue;
         };
+        if stale {
+            announced = Some((queues, std::time::Instant::now()));
+        }
         let mut by_queue: std::collections::HashMap<crate::matching::QueueKey, Vec<String>> =
             Default::default();
         for (namespace, task_queue, url) in remote {

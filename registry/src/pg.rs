@@ -281,17 +281,14 @@ impl PgStore {
         })
     }
 
-    /// Announces the task queues this replica (`id`, reachable at `url`) has workers for, and
-    /// returns the queues other replicas announced within `window`: (namespace, task queue,
-    /// url of that replica).
+    /// Announces the task queues this replica (`id`, reachable at `url`) has workers for,
+    /// replacing what it announced before.
     pub fn announce_pollers(
         &self,
         id: &str,
         url: &str,
         queues: &[(String, String)],
-        window: Duration,
-    ) -> Result<Vec<(String, String, String)>, RegistryError> {
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    ) -> Result<(), RegistryError> {
         self.with(|c| {
             let mut txn = c.transaction().map_err(db)?;
             txn.execute(
@@ -310,7 +307,20 @@ impl PgStore {
                 )
                 .map_err(db)?;
             }
-            let rows = txn
+            txn.commit().map_err(db)
+        })
+    }
+
+    /// The queues other replicas than `id` announced within `window`: (namespace, task
+    /// queue, url of that replica), in replica order.
+    pub fn remote_pollers(
+        &self,
+        id: &str,
+        window: Duration,
+    ) -> Result<Vec<(String, String, String)>, RegistryError> {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let rows = c
                 .query(
                     "SELECT p.namespace, p.task_queue, r.url FROM nexus_pollers p
                      JOIN nexus_replicas r ON r.id = p.replica
@@ -320,7 +330,6 @@ impl PgStore {
                     &[&id, &window_ms],
                 )
                 .map_err(db)?;
-            txn.commit().map_err(db)?;
             Ok(rows
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
