@@ -7,6 +7,8 @@
 # Python programs over keep-alive connections (mTLS HTTP/1.1 to the gateway).
 # Usage: bench/scripts/instructions-per-request.sh GATEWAY_BIN [GATEWAY_BIN ...] [-n N]
 #        [--store POSTGRES_ADMIN_URL]   (each run on a fresh database of that server: H1)
+# IDLE_BASELINE=1 subtracts a gateway left idle as long as the measured run took, instead of
+# one started and stopped: per-second background work is then not counted per request.
 # Needs: valgrind, python3, curl (and psql with --store). A few minutes per binary.
 set -euo pipefail
 N=1000; BINS=(); STORE=""
@@ -66,8 +68,8 @@ per_caller_endpoint_rate = 0
 T
 total() { grep -h '^totals:' "$1" | awk '{print $2}'; }
 stop() { for _ in $(seq 1 30); do kill -TERM "$1" 2>/dev/null || break; sleep 2; done; wait "$1" 2>/dev/null || true; }
-run() { # bin n path -> instructions
-  local bin=$1 n=$2 path=$3 gwp ops config="$W/gw.toml"; gwp=$(free); ops=$(free); rm -rf "$W/data"
+run() { # bin n path [idle seconds] -> instructions; the N run's duration goes to $W/took
+  local bin=$1 n=$2 path=$3 idle=${4:-0} gwp ops config="$W/gw.toml"; gwp=$(free); ops=$(free); rm -rf "$W/data"
   if [ -n "$STORE" ]; then # a fresh database per run, on the shared store's code path
     local db="nexus_ipr_$$_$n"; psql "$STORE" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
     config="$W/gw-store.toml"; { cat "$W/gw.toml"; printf '[store]\nurl = "%s/%s"\n' "${STORE%/*}" "$db"; } > "$config"
@@ -81,14 +83,24 @@ run() { # bin n path -> instructions
   "$bin" endpoint create "${admin[@]}" --name worker --target-namespace handler --target-task-queue q --allow-caller caller >/dev/null
   "$bin" endpoint create "${admin[@]}" --name external --target-url "http://127.0.0.1:$UP" --allow-caller caller >/dev/null
   python3 "$W/worker.py" "$gwp" "$W/pki" & local wp=$!
+  local t0; t0=$(date +%s.%N)
   python3 "$W/client.py" "$gwp" "$n" "$W/pki" "$path"
+  [ "$n" = 0 ] || python3 -c "import sys;print(float(sys.argv[2])-float(sys.argv[1]))" "$t0" "$(date +%s.%N)" > "$W/took"
+  # An idle baseline as long as the measured run: per-second work (timers, the store's
+  # background) is then left out of "per request".
+  [ "$idle" = 0 ] || sleep "$idle"
   kill "$wp" 2>/dev/null || true; stop $p
   [ -z "$STORE" ] || psql "$STORE" -qc "DROP DATABASE IF EXISTS nexus_ipr_$$_$n WITH (FORCE)" >/dev/null
   total "$W/cg.$n"
 }
 for path in external worker; do
   for bin in "${BINS[@]}"; do
-    per=$(( ($(run "$bin" "$N" "$path") - $(run "$bin" 0 "$path")) / N ))
-    echo "$path path, instructions per request: $per  ($bin)"
+    measured=$(run "$bin" "$N" "$path")
+    if [ -n "${IDLE_BASELINE:-}" ]; then
+      base=$(run "$bin" 0 "$path" "$(cat "$W/took")"); how="idle baseline of $(cut -c1-5 "$W/took") s"
+    else
+      base=$(run "$bin" 0 "$path"); how="baseline: start and stop"
+    fi
+    echo "$path path, instructions per request: $(( (measured - base) / N ))  ($bin; $how)"
   done
 done
