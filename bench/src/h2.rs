@@ -17,40 +17,21 @@ use crate::{Result, pki};
 
 #[derive(clap::Args)]
 pub struct H2Args {
-    /// An admin URL of a PostgreSQL server whose role may create databases.
-    #[arg(
-        long,
-        env = "NEXUS_TEST_POSTGRES",
-        default_value = "postgres://nexus:nexus@127.0.0.1:5432/postgres"
-    )]
-    postgres: String,
+    #[command(flatten)]
+    server: crate::scratch_db::Server,
     /// Calls per path (local, forwarded).
     #[arg(long, default_value_t = 4000)]
     calls: usize,
 }
 
 pub fn h2(args: H2Args) -> Result<()> {
-    let name = format!("nexus_bench_h2_{}", std::process::id());
-    let mut admin = postgres::Client::connect(&args.postgres, postgres::NoTls).map_err(|e| {
-        format!(
-            "PostgreSQL at {}: {e} (bash .ci/postgres starts one)",
-            args.postgres
-        )
-    })?;
-    admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-    let (base, _) = args
-        .postgres
-        .rsplit_once('/')
-        .ok_or("the URL names no database")?;
-    let url = format!("{base}/{name}");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(run(url, args.calls));
-    drop(runtime);
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
-    result
+    crate::scratch_db::with_scratch_db(&args.server, "h2", |url| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        runtime.block_on(run(url.to_owned(), args.calls))
+    })
 }
 
 async fn replica(pki_dir: &std::path::Path, data: &std::path::Path, url: &str) -> Result<App> {

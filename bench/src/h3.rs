@@ -16,13 +16,8 @@ use crate::Result;
 
 #[derive(clap::Args)]
 pub struct H3Args {
-    /// An admin URL of a PostgreSQL server whose role may create databases.
-    #[arg(
-        long,
-        env = "NEXUS_TEST_POSTGRES",
-        default_value = "postgres://nexus:nexus@127.0.0.1:5432/postgres"
-    )]
-    postgres: String,
+    #[command(flatten)]
+    server: crate::scratch_db::Server,
     /// Admin writes per second through replica A.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -32,22 +27,7 @@ pub struct H3Args {
 }
 
 pub fn h3(args: H3Args) -> Result<()> {
-    let name = format!("nexus_bench_{}", std::process::id());
-    let mut admin = postgres::Client::connect(&args.postgres, postgres::NoTls).map_err(|e| {
-        format!(
-            "PostgreSQL at {}: {e} (bash .ci/postgres starts one)",
-            args.postgres
-        )
-    })?;
-    admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-    let (base, _) = args
-        .postgres
-        .rsplit_once('/')
-        .ok_or("the URL names no database")?;
-    let url = format!("{base}/{name}");
-    let result = run(&url, &args);
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
-    result
+    crate::scratch_db::with_scratch_db(&args.server, "h3", |url| run(url, &args))
 }
 
 fn run(url: &str, args: &H3Args) -> Result<()> {

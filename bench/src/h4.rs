@@ -11,13 +11,8 @@ use crate::Result;
 
 #[derive(clap::Args)]
 pub struct H4Args {
-    /// An admin URL of a PostgreSQL server whose role may create databases.
-    #[arg(
-        long,
-        env = "NEXUS_TEST_POSTGRES",
-        default_value = "postgres://nexus:nexus@127.0.0.1:5432/postgres"
-    )]
-    postgres: String,
+    #[command(flatten)]
+    server: crate::scratch_db::Server,
     /// Completions per store.
     #[arg(long, default_value_t = 2000)]
     completions: usize,
@@ -27,22 +22,9 @@ pub struct H4Args {
 }
 
 pub fn h4(args: H4Args) -> Result<()> {
-    let name = format!("nexus_bench_h4_{}", std::process::id());
-    let mut admin = postgres::Client::connect(&args.postgres, postgres::NoTls).map_err(|e| {
-        format!(
-            "PostgreSQL at {}: {e} (bash .ci/postgres starts one)",
-            args.postgres
-        )
-    })?;
-    admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-    let (base, _) = args
-        .postgres
-        .rsplit_once('/')
-        .ok_or("the URL names no database")?;
-    let url = format!("{base}/{name}");
-    let result = run(&url, args.completions, args.payload_bytes);
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
-    result
+    crate::scratch_db::with_scratch_db(&args.server, "h4", |url| {
+        run(url, args.completions, args.payload_bytes)
+    })
 }
 
 fn run(url: &str, n: usize, payload_bytes: usize) -> Result<()> {

@@ -24,6 +24,7 @@ mod registry_throughput;
 mod report;
 mod s4;
 mod scenarios;
+mod scratch_db;
 mod serve;
 
 use std::path::PathBuf;
