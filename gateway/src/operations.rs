@@ -178,8 +178,9 @@ async fn serve(
             request.uri().query(),
         )?),
     };
-    let (caller, cancel_token) = acting_namespace(state, &who, &path, cancel_token)?;
-    facts.caller = Some((caller.to_string(), credential(&who, peer)));
+    let credential = credential(&who, peer);
+    let (caller, cluster, cancel_token) = acting_namespace(state, who, &path, cancel_token)?;
+    facts.caller = Some((caller.to_string(), credential));
     let Some(endpoint) = state.registry.resolve(&path.endpoint) else {
         state.inbound.charge_caller(&caller)?;
         return Err(GatewayError::not_found(format!(
@@ -280,8 +281,8 @@ async fn serve(
             forwarded?
         }
     };
-    match &who {
-        Caller::Cluster { cluster, .. } if response.status() == StatusCode::CREATED => {
+    match &cluster {
+        Some(cluster) if response.status() == StatusCode::CREATED => {
             let key = state.callbacks.token_key();
             wrap_started(response, key, &cluster.name, &caller).await
         }
@@ -292,14 +293,15 @@ async fn serve(
 /// The namespace a call is made for, and the handler's token of a cancel. A certificate
 /// namespace acts for itself; a cluster for the namespace its callback URL names (start) or
 /// its wrapped token carries (cancel), qualified as `ns@cluster`.
+/// Returns the cluster too, for a cluster caller: its started operations' tokens get wrapped.
 fn acting_namespace(
     state: &State,
-    who: &Caller,
+    who: Caller,
     path: &OperationPath,
     cancel_token: Option<String>,
-) -> Result<(Namespace, Option<String>), GatewayError> {
+) -> Result<ActingFor, GatewayError> {
     let cluster = match who {
-        Caller::Namespace(ns) => return Ok((ns.clone(), cancel_token)),
+        Caller::Namespace(ns) => return Ok((ns, None, cancel_token)),
         Caller::Cluster { cluster, .. } => cluster,
     };
     let (namespace, token) = match cancel_token {
@@ -326,11 +328,17 @@ fn acting_namespace(
             (namespace, None)
         }
     };
-    Ok((
-        Namespace::new(format!("{namespace}@{}", cluster.name)),
-        token,
-    ))
+    let qualified = Namespace::new(format!("{namespace}@{}", cluster.name));
+    Ok((qualified, Some(cluster), token))
 }
+
+/// The namespace a call is made for, the cluster vouching for it (if any), and the handler's
+/// token of a cancel.
+type ActingFor = (
+    Namespace,
+    Option<std::sync::Arc<nexus_registry::Cluster>>,
+    Option<String>,
+);
 
 /// How the caller proved itself, for attribution. Never a secret: a secret is named by id.
 fn credential(who: &Caller, peer: &Peer) -> String {
