@@ -366,83 +366,67 @@ fn version(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// In one snapshot (a concurrent write is either wholly in or wholly out): the table version,
+/// the endpoints changed after `since` (all of them for `None`) and the ids deleted after it.
+/// `None` when `since` is so far back that pruned deletions make only a full load exact.
+fn read_snapshot(c: &mut Client, since: Option<i64>) -> Result<Option<Changes>, RegistryError> {
+    let mut txn = c
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(db)?;
+    let table_version: i64 = txn
+        .query_one("SELECT table_version FROM nexus_registry_meta", &[])
+        .map_err(db)?
+        .get(0);
+    if since.is_some_and(|since| table_version - since > KEPT_DELETIONS) {
+        return Ok(None);
+    }
+    let after = since.unwrap_or(-1);
+    let mut endpoints = Vec::new();
+    for row in txn
+        .query(
+            "SELECT id, body::text FROM nexus_endpoints WHERE changed_version > $1",
+            &[&after],
+        )
+        .map_err(db)?
+    {
+        let id: String = row.get(0);
+        let body: String = row.get(1);
+        endpoints.push(serde_json::from_str(&body).map_err(|e| {
+            RegistryError::Storage(format!("decoding stored endpoint {id:?}: {e}"))
+        })?);
+    }
+    let deleted = match since {
+        None => Vec::new(),
+        Some(since) => txn
+            .query(
+                "SELECT id FROM nexus_endpoint_deletions WHERE changed_version > $1",
+                &[&since],
+            )
+            .map_err(db)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect(),
+    };
+    txn.commit().map_err(db)?;
+    Ok(Some(Changes {
+        table_version: table_version as u64,
+        upserted: endpoints,
+        deleted,
+    }))
+}
+
 impl Store for PgStore {
     fn load(&self) -> Result<(u64, Vec<Endpoint>), RegistryError> {
-        self.with(|c| {
-            // One snapshot: a concurrent write is either wholly in or wholly out.
-            let mut txn = c
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(db)?;
-            let table_version: i64 = txn
-                .query_one("SELECT table_version FROM nexus_registry_meta", &[])
-                .map_err(db)?
-                .get(0);
-            let mut endpoints = Vec::new();
-            for row in txn
-                .query("SELECT id, body::text FROM nexus_endpoints", &[])
-                .map_err(db)?
-            {
-                let id: String = row.get(0);
-                let body: String = row.get(1);
-                endpoints.push(serde_json::from_str(&body).map_err(|e| {
-                    RegistryError::Storage(format!("decoding stored endpoint {id:?}: {e}"))
-                })?);
-            }
-            txn.commit().map_err(db)?;
-            Ok((table_version as u64, endpoints))
-        })
+        let all = self.with(|c| read_snapshot(c, None))?;
+        let all = all.expect("a full read is always exact");
+        Ok((all.table_version, all.upserted))
     }
 
     fn changes_since(&self, since: u64) -> Result<Option<Changes>, RegistryError> {
-        self.with(|c| {
-            let mut txn = c
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(db)?;
-            let table_version: i64 = txn
-                .query_one("SELECT table_version FROM nexus_registry_meta", &[])
-                .map_err(db)?
-                .get(0);
-            let since = version(since);
-            // Deletions this far back may be pruned: only a full load is exact then.
-            if table_version - since > KEPT_DELETIONS {
-                return Ok(None);
-            }
-            let mut upserted = Vec::new();
-            for row in txn
-                .query(
-                    "SELECT id, body::text FROM nexus_endpoints WHERE changed_version > $1",
-                    &[&since],
-                )
-                .map_err(db)?
-            {
-                let id: String = row.get(0);
-                let body: String = row.get(1);
-                upserted.push(serde_json::from_str(&body).map_err(|e| {
-                    RegistryError::Storage(format!("decoding stored endpoint {id:?}: {e}"))
-                })?);
-            }
-            let deleted = txn
-                .query(
-                    "SELECT id FROM nexus_endpoint_deletions WHERE changed_version > $1",
-                    &[&since],
-                )
-                .map_err(db)?
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            txn.commit().map_err(db)?;
-            Ok(Some(Changes {
-                table_version: table_version as u64,
-                upserted,
-                deleted,
-            }))
-        })
+        self.with(|c| read_snapshot(c, Some(version(since))))
     }
 
     fn table_version(&self) -> Result<u64, RegistryError> {
