@@ -7,12 +7,17 @@
 # Python programs over keep-alive connections (mTLS HTTP/1.1 to the gateway).
 # Usage: bench/scripts/instructions-per-request.sh GATEWAY_BIN [GATEWAY_BIN ...] [-n N]
 #        [--store POSTGRES_ADMIN_URL]   (each run on a fresh database of that server: H1)
+# --nginx also measures Debian's nginx (one worker, mTLS front, keep-alive upstream) on the same
+# requests to the same handler, with its access log off and buffered (S1's peer).
+# PATHS="external" limits the run to one path.
+# KEEP=DIR keeps the callgrind profiles there; bench/scripts/callgrind-per-request.py turns a
+# pair of them into a per-request profile.
 # IDLE_BASELINE=1 subtracts a gateway left idle as long as the measured run took, instead of
 # one started and stopped: per-second background work is then not counted per request.
 # Needs: valgrind, python3, curl (and psql with --store). A few minutes per binary.
 set -euo pipefail
-N=1000; BINS=(); STORE=""
-while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; --store) STORE=$2; shift 2;; *) BINS+=("$(realpath "$1")"); shift;; esac; done
+N=1000; BINS=(); STORE=""; NGINX=""
+while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; --store) STORE=$2; shift 2;; --nginx) NGINX=1; shift;; *) BINS+=("$(realpath "$1")"); shift;; esac; done
 [ ${#BINS[@]} -gt 0 ] || { echo "usage: $0 GATEWAY_BIN [GATEWAY_BIN ...] [-n N]" >&2; exit 64; }
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
 free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -43,6 +48,7 @@ port, n, d = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 ctx = ssl.create_default_context(cafile=d + "/ca.pem"); ctx.check_hostname = False
 ctx.load_cert_chain(d + "/ns-caller.pem", d + "/ns-caller-key.pem")
 c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx); ok = 0
+n += 20  # every run opens the connection and warms up alike: the baseline holds the handshake
 for _ in range(n):
     c.request("POST", "/nexus/endpoints/" + sys.argv[4] + "/services/s/o", body=b'{"hello":"nexus"}', headers={"Content-Type": "application/json"})
     r = c.getresponse(); r.read(); ok += r.status == 200
@@ -91,9 +97,11 @@ run() { # bin n path [idle seconds] -> instructions; the N run's duration goes t
   [ "$idle" = 0 ] || sleep "$idle"
   kill "$wp" 2>/dev/null || true; stop $p
   [ -z "$STORE" ] || psql "$STORE" -qc "DROP DATABASE IF EXISTS nexus_ipr_$$_$n WITH (FORCE)" >/dev/null
+  keep "$W/cg.$n" "$(basename "$bin").$path.$n"
   total "$W/cg.$n"
 }
-for path in external worker; do
+keep() { [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$1" "$KEEP/cg.$2"; }; }
+for path in ${PATHS:-external worker}; do
   for bin in "${BINS[@]}"; do
     measured=$(run "$bin" "$N" "$path")
     if [ -n "${IDLE_BASELINE:-}" ]; then
@@ -103,4 +111,28 @@ for path in external worker; do
     fi
     echo "$path path, instructions per request: $(( (measured - base) / N ))  ($bin; $how)"
   done
+done
+[ -n "$NGINX" ] || exit 0
+ng() { # n log|off -> instructions
+  local ngp al='access_log off;'; ngp=$(free)
+  [ "$2" = log ] && al="access_log $W/access.log combined buffer=64k flush=100ms;"
+  cat > "$W/nginx.conf" <<C
+daemon off; master_process off; worker_processes 1; pid $W/nginx.pid; error_log $W/error.log warn;
+events { worker_connections 1024; }
+http { $al client_body_temp_path $W/b; proxy_temp_path $W/p; fastcgi_temp_path $W/f; uwsgi_temp_path $W/u; scgi_temp_path $W/s;
+ upstream b { server 127.0.0.1:$UP; keepalive 64; }
+ server { listen $ngp ssl; ssl_protocols TLSv1.3; ssl_certificate $W/pki/server.pem; ssl_certificate_key $W/pki/server-key.pem;
+  ssl_client_certificate $W/pki/ca.pem; ssl_verify_client on; keepalive_requests 1000000;
+  location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+C
+  valgrind --tool=callgrind --callgrind-out-file="$W/cg.ng.$2.$1" "$(command -v nginx || echo /usr/sbin/nginx)" \
+    -c "$W/nginx.conf" -e "$W/error.log" >/dev/null 2>&1 &
+  local p=$!
+  for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$ngp") 2>/dev/null && break; sleep 0.2; done
+  python3 "$W/client.py" "$ngp" "$1" "$W/pki" external; stop $p
+  keep "$W/cg.ng.$2.$1" "nginx.$2.$1"
+  total "$W/cg.ng.$2.$1"
+}
+for al in off log; do
+  echo "nginx (access log $al), instructions per request: $(( ($(ng "$N" $al) - $(ng 0 $al)) / N ))"
 done
