@@ -30,7 +30,8 @@ pub struct Args {
     no_demo: bool,
 }
 
-const CALLER: &str = "caller";
+/// The namespace of the dev caller certificate, which `call` uses without `--cert`.
+pub(super) const CALLER: &str = "caller";
 const HANDLER: &str = "handler";
 const DEMO: &str = "demo";
 const METERING: &str = "metering";
