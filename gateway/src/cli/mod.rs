@@ -171,7 +171,7 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     let code = error.exit_code();
     let is_call = std::env::args_os().nth(1).is_some_and(|a| a == "call");
     if code != 0 && is_call {
-        return ExitCode::from(call::USAGE_EXIT_CODE);
+        return ExitCode::from(call::EXIT_USAGE);
     }
     ExitCode::from(u8::try_from(code).unwrap_or(2))
 }

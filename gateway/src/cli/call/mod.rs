@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use nexus_certs::Identity;
 
 use self::listener::CallbackListener;
-use self::outcome::{EXIT_TRANSPORT, EXIT_USAGE, Outcome};
+use self::outcome::{EXIT_TRANSPORT, Outcome};
 use self::report::Report;
 use super::conn::Connection;
 use super::{Failure, write_stdout};
@@ -27,7 +27,7 @@ use crate::client::HttpClient;
 use crate::headers;
 use crate::worker::encode;
 
-pub use self::outcome::EXIT_USAGE as USAGE_EXIT_CODE;
+pub use self::outcome::EXIT_USAGE;
 
 const AFTER_HELP: &str = "\
 Without --cert, calls as namespace \"caller\" with the certificate of `nexus-gateway dev`.
@@ -76,10 +76,15 @@ pub struct Args {
     #[arg(long, requires = "asynchronous")]
     wait: bool,
     /// How long --wait waits for the completion.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration, requires = "wait")]
     wait_timeout: Duration,
     /// Address the --wait listener binds.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:0",
+        requires = "wait"
+    )]
     callback_listen: SocketAddr,
     /// Callback URL to send instead of the listener's own, e.g. when the gateway reaches this
     /// machine under another address (with --wait, completions on any path are taken).
