@@ -244,6 +244,24 @@ impl TestGateway {
 
     /// Runs a worker of `namespace` on `task_queue` serving [`reference_handler`].
     pub fn start_worker(&self, namespace: &str, task_queue: &str) -> WorkerHandle {
+        self.start_worker_with(namespace, task_queue, tower::service_fn(reference_handler))
+    }
+
+    /// Runs a worker of `namespace` on `task_queue` serving `handler`.
+    pub fn start_worker_with<S>(
+        &self,
+        namespace: &str,
+        task_queue: &str,
+        handler: S,
+    ) -> WorkerHandle
+    where
+        S: tower::Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: std::fmt::Display + Send,
+        S::Future: Send,
+    {
         let mut settings = WorkerSettings::new(self.base(), namespace, task_queue);
         settings.concurrency = 4;
         settings.poll_timeout = Duration::from_secs(5);
@@ -251,9 +269,7 @@ impl TestGateway {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            worker
-                .run(tower::service_fn(reference_handler), token)
-                .await;
+            worker.run(handler, token).await;
         });
         WorkerHandle {
             stop,

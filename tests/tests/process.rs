@@ -51,6 +51,10 @@ fn dev_starts_from_nothing_and_the_printed_call_works() {
     let line = dev.wait_for("data port (mTLS): https://localhost:");
     let port = port_after(&line, "https://localhost:");
     dev.wait_for("metering \"metering\" .nexus-dev/certs/metering-metering.pem");
+    dev.wait_for(
+        "cargo run -q -p nexus-gateway -- call demo echo echo --input '{\"hello\":\"nexus\"}'",
+    );
+    dev.wait_for(&format!("--gateway https://localhost:{port}"));
     dev.wait_for("curl --cacert");
     let certs = dir.path().join(".nexus-dev/certs");
     for file in [
@@ -88,7 +92,25 @@ fn dev_starts_from_nothing_and_the_printed_call_works() {
         assert_eq!(reply.status, 200, "{:?}", reply.body);
         assert_eq!(reply.body, r#"{"hello":"nexus"}"#);
     });
-    // The CLI finds the dev certificates by itself.
+    // The CLI finds the dev certificates by itself: `call` those of namespace "caller".
+    let (code, out, err) = run(
+        &[
+            "call",
+            "demo",
+            "echo",
+            "echo",
+            "--input",
+            r#"{"hello":"nexus"}"#,
+            "--gateway",
+            &format!("https://localhost:{port}"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("state:     succeeded\n") && out.ends_with("\"hello\": \"nexus\"\n}\n"),
+        "{out}"
+    );
     let (code, out, err) = run(
         &[
             "endpoint",

@@ -12,14 +12,14 @@ use nexus_certs::{DevPki, Identity, TlsFiles, TlsMaterial};
 
 use super::Failure;
 
+/// Where `nexus-gateway dev` serves, and where it keeps its certificates.
+pub const DEFAULT_GATEWAY: &str = "https://localhost:7443";
+pub const DEFAULT_DEV_DIR: &str = ".nexus-dev";
+
 #[derive(Args, Clone, Debug)]
 pub struct Connection {
     /// The gateway's data-port URL.
-    #[arg(
-        long,
-        env = "NEXUS_GATEWAY_URL",
-        default_value = "https://localhost:7443"
-    )]
+    #[arg(long, env = "NEXUS_GATEWAY_URL", default_value = DEFAULT_GATEWAY)]
     pub gateway: String,
     /// CA certificate (PEM) that the gateway's certificate chains to.
     #[arg(long, env = "NEXUS_GATEWAY_CA")]
@@ -31,7 +31,7 @@ pub struct Connection {
     #[arg(long, env = "NEXUS_GATEWAY_KEY", requires = "cert")]
     pub key: Option<PathBuf>,
     /// Data directory of `nexus-gateway dev`, whose certificates are used when --cert is absent.
-    #[arg(long, env = "NEXUS_GATEWAY_DEV_DIR", default_value = ".nexus-dev")]
+    #[arg(long, env = "NEXUS_GATEWAY_DEV_DIR", default_value = DEFAULT_DEV_DIR)]
     pub dev_dir: PathBuf,
     /// Trust domain of identities issued from the dev CA.
     #[arg(long, default_value = crate::config::DEFAULT_TRUST_DOMAIN)]

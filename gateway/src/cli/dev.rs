@@ -12,12 +12,13 @@ use nexus_certs::{DevPki, Identity};
 use nexus_registry::{EndpointSpec, Target};
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{DEFAULT_DEV_DIR, DEFAULT_GATEWAY};
 use super::{Failure, outln};
 
 #[derive(ClapArgs)]
 pub struct Args {
     /// Where the dev certificates and the registry live (created if missing).
-    #[arg(long, default_value = ".nexus-dev")]
+    #[arg(long, default_value = DEFAULT_DEV_DIR)]
     data_dir: PathBuf,
     /// Data port (mTLS).
     #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
@@ -30,7 +31,8 @@ pub struct Args {
     no_demo: bool,
 }
 
-const CALLER: &str = "caller";
+/// The namespace of the dev caller certificate, which `call` uses without `--cert`.
+pub(super) const CALLER: &str = "caller";
 const HANDLER: &str = "handler";
 const DEMO: &str = "demo";
 const METERING: &str = "metering";
@@ -101,6 +103,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     if !args.no_demo {
         outln!(
             "Call the demo endpoint as namespace \"{CALLER}\" (an echo worker of \"{HANDLER}\" answers):\n\n  \
+             cargo run -q -p nexus-gateway -- call {DEMO} echo echo --input '{{\"hello\":\"nexus\"}}'{flags}\n\n\
+             or with curl:\n\n  \
              curl --cacert {ca} --cert {cert} --key {key} \\\n    \
              -H 'Content-Type: application/json' -d '{{\"hello\":\"nexus\"}}' \\\n    \
              https://localhost:{port}/nexus/endpoints/{DEMO}/services/echo/echo\n",
@@ -108,6 +112,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             cert = c(&caller.cert),
             key = c(&caller.key),
             port = data.port(),
+            flags = call_flags(&args.data_dir, data.port()),
         )?;
     }
     outln!(
@@ -121,4 +126,17 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         let _ = worker.await;
     }
     Ok(())
+}
+
+/// The flags `call` needs to reach this gateway with its certificates: none at the defaults.
+fn call_flags(data_dir: &std::path::Path, port: u16) -> String {
+    let mut flags = String::new();
+    let gateway = format!("https://localhost:{port}");
+    if gateway != DEFAULT_GATEWAY {
+        flags.push_str(&format!(" \\\n    --gateway {gateway}"));
+    }
+    if data_dir != std::path::Path::new(DEFAULT_DEV_DIR) {
+        flags.push_str(&format!(" --dev-dir {}", data_dir.display()));
+    }
+    flags
 }

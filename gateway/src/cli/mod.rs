@@ -1,6 +1,7 @@
 //! Command-line interface. Each subcommand lives in its own module.
 
 mod attribution;
+mod call;
 mod callbacks;
 mod certs;
 mod cluster;
@@ -37,6 +38,8 @@ enum Command {
     /// Make a dev CA, server certificate and client certificates.
     #[command(subcommand)]
     Certs(certs::Command),
+    /// Call a Nexus operation through the gateway and print its result, state and timings.
+    Call(call::Args),
     /// Manage Nexus endpoints through the admin API (needs an admin certificate).
     #[command(subcommand)]
     Endpoint(endpoint::Command),
@@ -118,7 +121,10 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -135,6 +141,7 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Certs(command) => certs::run(command),
+            Command::Call(args) => call::run(args).await,
             Command::Endpoint(command) => endpoint::run(command).await,
             Command::Cluster(command) => cluster::run(command).await,
             Command::Store(command) => store::run(command).await,
@@ -148,11 +155,25 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) if failure.code == 0 => ExitCode::SUCCESS,
+        // Already reported on stdout (`call` prints the failed operation itself).
+        Err(failure) if failure.message.is_empty() => ExitCode::from(failure.code),
         Err(failure) => {
             eprintln!("error: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Prints clap's message (or help) and exits with its code, except that `call` exits 64 on a
+/// usage error: its 2 means "the operation was canceled".
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    let code = error.exit_code();
+    let is_call = std::env::args_os().nth(1).is_some_and(|a| a == "call");
+    if code != 0 && is_call {
+        return ExitCode::from(call::EXIT_USAGE);
+    }
+    ExitCode::from(u8::try_from(code).unwrap_or(2))
 }
 
 fn init_tracing() {
