@@ -494,8 +494,7 @@ impl Files {
         }
         let prefix = self.buf.len();
         for p in &self.pending {
-            // Cannot fail: a Record is strings and integers, written to a Vec.
-            let _ = serde_json::to_writer(&mut self.buf, &p.record);
+            p.record.write_json(&mut self.buf);
             self.buf.push(b'\n');
             self.ends.push(self.buf.len());
         }
