@@ -63,6 +63,7 @@ pub(crate) mod request;
 pub(crate) mod routes;
 pub mod server;
 pub(crate) mod state;
+pub(crate) mod traffic;
 pub(crate) mod upstream;
 pub mod worker;
 pub(crate) mod worker_api;
