@@ -477,7 +477,10 @@ mod tests {
         let rebound = status(ops(true), read("evil.example:7080")).unwrap_err();
         assert!(rebound.contains("\"evil.example:7080\""), "{rebound}");
         let read_only = status(ops(false), write("127.0.0.1:7080", page, true)).unwrap_err();
-        assert!(read_only.contains("[console] writable = true"), "{read_only}");
+        assert!(
+            read_only.contains("[console] writable = true"),
+            "{read_only}"
+        );
         assert!(status(ops(true), write("127.0.0.1:7080", page, true)).is_ok());
         let unmarked = status(ops(true), write("127.0.0.1:7080", page, false)).unwrap_err();
         assert!(unmarked.contains(CONSOLE_HEADER), "{unmarked}");
@@ -491,7 +494,9 @@ mod tests {
         let anonymous: Peer = Err(IdentityError::NoClientCertificate);
         let data = "gw.example:7443";
         let from_data = Some("https://gw.example:7443");
-        assert!(authorize_console(ConsoleDoor::DataPort(&admin), write(data, from_data, true)).is_ok());
+        assert!(
+            authorize_console(ConsoleDoor::DataPort(&admin), write(data, from_data, true)).is_ok()
+        );
         for (peer, expected) in [(&orders, 403), (&anonymous, 401)] {
             let e = authorize_console(ConsoleDoor::DataPort(peer), read(data)).unwrap_err();
             assert_eq!(e.kind.status(), expected, "{e}");

@@ -699,8 +699,20 @@ fn boolean(v: &toml::Value) -> Result<bool, String> {
 /// `[console]`: whether the operator console is served, and may change things from the ops port.
 fn console(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let c = r.section(root, "console", &["enabled", "writable"]);
-    r.parse(c, "console", "enabled", &mut config.console.enabled, boolean);
-    r.parse(c, "console", "writable", &mut config.console.writable, boolean);
+    r.parse(
+        c,
+        "console",
+        "enabled",
+        &mut config.console.enabled,
+        boolean,
+    );
+    r.parse(
+        c,
+        "console",
+        "writable",
+        &mut config.console.writable,
+        boolean,
+    );
 }
 
 /// `[attribution]`: the log's durability, segments and retention.
@@ -829,7 +841,10 @@ mod tests {
                 .any(|p| p == "[console] writable: expected true or false, got string"),
             "{problems:?}"
         );
-        assert!(problems.iter().any(|p| p.contains("\"open\"")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("\"open\"")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub(crate) mod cluster_tokens;
 pub(crate) mod completions;
 pub mod config;
 pub mod config_file;
+pub(crate) mod console;
 pub mod demo;
 pub mod error;
 pub mod external;
