@@ -7,7 +7,7 @@ use crate::body::{Body, RequestBody, full};
 use crate::error::GatewayError;
 
 /// (path below `/console`, content type, bytes).
-const ASSETS: [(&str, &str, &[u8]); 3] = [
+const ASSETS: [(&str, &str, &[u8]); 4] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -22,6 +22,11 @@ const ASSETS: [(&str, &str, &[u8]); 3] = [
         "/console.css",
         "text/css; charset=utf-8",
         include_bytes!("assets/console.css"),
+    ),
+    (
+        "/favicon.svg",
+        "image/svg+xml",
+        include_bytes!("assets/favicon.svg"),
     ),
 ];
 
