@@ -62,7 +62,9 @@ async fn the_console_creates_an_endpoint_and_shows_its_traffic_in_a_browser() {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(path) = std::env::var_os("NEXUS_CONSOLE_SCREENSHOT") {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace");
         node.arg("--screenshot").arg(root.join(path));
     }
     let browser = node.spawn().expect("node starts");
