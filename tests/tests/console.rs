@@ -190,6 +190,18 @@ async fn writes_need_the_console_header_and_a_same_origin_page() {
         .await;
     assert_eq!(deleted.status, 200, "{}", deleted.message());
     assert!(gw.registry.resolve("payments").is_none());
+
+    // Retry and drop are the completions admin API's, messages included.
+    for (method, path) in [
+        (Method::POST, "/console/api/completions/999/retry"),
+        (Method::DELETE, "/console/api/completions/999"),
+    ] {
+        let reply = gw
+            .ops_send(request(method, gw.ops_uri(path), &headers, ""))
+            .await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert_eq!(reply.message(), "completion 999 not found");
+    }
 }
 
 fn post_json(uri: http::Uri, body: &str) -> Request<Full<Bytes>> {
