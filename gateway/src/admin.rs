@@ -47,6 +47,16 @@ pub async fn handle(
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     authz::authorize(peer, Action::ManageEndpoints)?;
+    serve(api, id, request).await
+}
+
+/// The API itself, for a caller that has been authorized: [`handle`], and the console (which
+/// answers with the same validation messages).
+pub async fn serve(
+    api: &AdminApi<'_>,
+    id: Option<String>,
+    request: Request<RequestBody>,
+) -> Result<Response<Body>, GatewayError> {
     let path = request.uri().path().to_owned();
     let query: Vec<(String, String)> = request
         .uri()

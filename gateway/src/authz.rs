@@ -8,12 +8,16 @@
 //! | complete an operation | anyone holding the sealed token; with a namespace certificate, only the target namespace |
 //! | poll a task queue, answer a task | the queue's, the task's own namespace |
 //! | manage endpoints, clusters, completions | an admin |
+//! | use the console on the data port ([`authorize_console`]) | an admin |
+//! | read the console on the ops port | whoever reaches the port (loopback by default), by an address or `localhost` |
+//! | change things from the ops port's console | the same, when `[console] writable = true` |
 //! | read attribution | metering |
 //! | hand a forwarded task to this replica's workers | another replica: its signature verifies |
 //!
 //! Without a certificate (the handshake lets such connections in for Temporal servers), only
 //! cluster-secret calls and completions pass: everything else is 401. A known identity doing
-//! what it may not is 403.
+//! what it may not is 403. Every console write, on either port, must come from the console's
+//! own page: it carries `X-Nexus-Console: 1` and an `Origin` naming the host it was sent to.
 
 use std::sync::Arc;
 
@@ -49,6 +53,8 @@ pub enum Action<'a> {
     ManageClusters,
     ManageCompletions,
     ReadAttribution,
+    /// Read or change anything through the operator console on the data port.
+    UseConsole,
 }
 
 /// Who starts or cancels an operation.
@@ -215,7 +221,97 @@ pub fn authorize<'p>(peer: &'p Peer, action: Action<'_>) -> Result<&'p str, Gate
             "read attribution",
             "a metering",
         ),
+        Action::UseConsole => role(
+            matches!(identity, Identity::Admin(_)),
+            "use the console",
+            "an admin",
+        ),
     }
+}
+
+/// The header the console's page sends with every write. A cross-site form cannot send a
+/// custom header, and a cross-site script cannot either without a CORS preflight, which the
+/// gateway never grants.
+pub const CONSOLE_HEADER: &str = "x-nexus-console";
+
+/// Where a console request came in.
+#[derive(Debug, Clone, Copy)]
+pub enum ConsoleDoor<'a> {
+    /// The plain-HTTP ops port: no identity. `writable` is `[console] writable`.
+    OpsPort { writable: bool },
+    /// The data port, with the certificate's identity.
+    DataPort(&'a Peer),
+}
+
+/// What decides a console request beyond who sent it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsoleRequest<'a> {
+    /// Anything but GET and HEAD.
+    pub write: bool,
+    /// The host the request was sent to (`Host` or the HTTP/2 authority).
+    pub host: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    /// Whether it carries [`CONSOLE_HEADER`]` = 1`.
+    pub from_console: bool,
+}
+
+/// Allows a console request or says why not.
+pub fn authorize_console(
+    door: ConsoleDoor<'_>,
+    request: ConsoleRequest<'_>,
+) -> Result<(), GatewayError> {
+    let host = request.host.unwrap_or_default();
+    match door {
+        ConsoleDoor::DataPort(peer) => {
+            authorize(peer, Action::UseConsole)?;
+        }
+        ConsoleDoor::OpsPort { writable } => {
+            // DNS rebinding: a page of another site whose name resolves to 127.0.0.1 reaches
+            // the ops port with its own name in Host; an address or localhost cannot be theirs.
+            if !is_address_or_localhost(host) {
+                return Err(GatewayError::unauthorized(format!(
+                    "the console on the ops port answers only requests sent to an IP address or localhost, not {host:?}"
+                )));
+            }
+            if request.write && !writable {
+                return Err(GatewayError::unauthorized(
+                    "the console on the ops port is read-only: set [console] writable = true in the config file to change endpoints and completions from it",
+                ));
+            }
+        }
+    }
+    if !request.write {
+        return Ok(());
+    }
+    if !request.from_console {
+        return Err(GatewayError::unauthorized(format!(
+            "console writes must carry the header {CONSOLE_HEADER}: 1, as the console's page sends it"
+        )));
+    }
+    let origin_host = request
+        .origin
+        .and_then(|o| o.parse::<http::Uri>().ok())
+        .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()));
+    match origin_host {
+        Some(origin) if origin.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(GatewayError::unauthorized(format!(
+            "console writes must come from a page of {host:?}: Origin is {:?}",
+            request.origin.unwrap_or("missing")
+        ))),
+    }
+}
+
+/// Whether `host` (with or without a port) is an IP address or `localhost`.
+fn is_address_or_localhost(host: &str) -> bool {
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 #[cfg(test)]
@@ -316,6 +412,9 @@ mod tests {
             (billing(), Action::ManageCompletions, false),
             (metering(), Action::ReadAttribution, true),
             (admin(), Action::ReadAttribution, false),
+            (admin(), Action::UseConsole, true),
+            (orders(), Action::UseConsole, false),
+            (metering(), Action::UseConsole, false),
         ];
         for (peer, action, expected) in cases {
             let got = authorize(&peer, action);
@@ -331,6 +430,7 @@ mod tests {
             Action::ManageClusters,
             Action::ManageCompletions,
             Action::ReadAttribution,
+            Action::UseConsole,
             Action::PollQueue {
                 namespace: "billing",
             },
@@ -354,6 +454,58 @@ mod tests {
                 .status(),
             401
         );
+    }
+
+    #[test]
+    fn who_may_use_the_console() {
+        let ops = |writable| ConsoleDoor::OpsPort { writable };
+        let read = |host| ConsoleRequest {
+            host: Some(host),
+            ..Default::default()
+        };
+        let write = |host, origin, from_console| ConsoleRequest {
+            write: true,
+            host: Some(host),
+            origin,
+            from_console,
+        };
+        let page = Some("http://127.0.0.1:7080");
+        let status = |door, request| authorize_console(door, request).map_err(|e| e.to_string());
+        assert!(status(ops(false), read("127.0.0.1:7080")).is_ok());
+        assert!(status(ops(false), read("localhost:7080")).is_ok());
+        assert!(status(ops(false), read("[::1]:7080")).is_ok());
+        let rebound = status(ops(true), read("evil.example:7080")).unwrap_err();
+        assert!(rebound.contains("\"evil.example:7080\""), "{rebound}");
+        let read_only = status(ops(false), write("127.0.0.1:7080", page, true)).unwrap_err();
+        assert!(
+            read_only.contains("[console] writable = true"),
+            "{read_only}"
+        );
+        assert!(status(ops(true), write("127.0.0.1:7080", page, true)).is_ok());
+        let unmarked = status(ops(true), write("127.0.0.1:7080", page, false)).unwrap_err();
+        assert!(unmarked.contains(CONSOLE_HEADER), "{unmarked}");
+        for origin in [None, Some("http://evil.example"), Some("null")] {
+            let e = status(ops(true), write("127.0.0.1:7080", origin, true)).unwrap_err();
+            assert!(e.contains("Origin"), "{e}");
+        }
+
+        let admin = peer(Identity::Admin("root".into()));
+        let orders = peer(Identity::Namespace("orders".into()));
+        let anonymous: Peer = Err(IdentityError::NoClientCertificate);
+        let data = "gw.example:7443";
+        let from_data = Some("https://gw.example:7443");
+        assert!(
+            authorize_console(ConsoleDoor::DataPort(&admin), write(data, from_data, true)).is_ok()
+        );
+        for (peer, expected) in [(&orders, 403), (&anonymous, 401)] {
+            let e = authorize_console(ConsoleDoor::DataPort(peer), read(data)).unwrap_err();
+            assert_eq!(e.kind.status(), expected, "{e}");
+        }
+        let cross = authorize_console(
+            ConsoleDoor::DataPort(&admin),
+            write(data, Some("https://evil.example"), true),
+        );
+        assert_eq!(cross.unwrap_err().kind.status(), 403);
     }
 
     #[test]

@@ -185,6 +185,15 @@ pub async fn admin(
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     authz::authorize(peer, Action::ManageCompletions)?;
+    manage(state, route, request).await
+}
+
+/// The admin API itself, for a caller that has been authorized: [`admin`], and the console.
+pub async fn manage(
+    state: &Arc<State>,
+    route: CompletionsRoute,
+    request: Request<RequestBody>,
+) -> Result<Response<Body>, GatewayError> {
     let spool = state.callbacks.spool.clone();
     match route {
         CompletionsRoute::List => {

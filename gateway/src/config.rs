@@ -51,6 +51,29 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests before closing them (default 30 s).
     pub shutdown_grace: Duration,
     pub store: StoreSettings,
+    pub console: ConsoleSettings,
+}
+
+/// The operator console at `/console/` (see [`crate::console`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleSettings {
+    /// Whether the console is served at all (default true): on the ops port to whoever reaches
+    /// it (loopback by default), on the data port to admin certificates.
+    pub enabled: bool,
+    /// Whether the console on the ops port may change things: create, edit and delete
+    /// endpoints, retry and drop completions (default false: the ops port has no client
+    /// certificate, so anyone who reaches it would be an admin). The data port's console,
+    /// behind an admin certificate, may always.
+    pub writable: bool,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            enabled: true,
+            writable: false,
+        }
+    }
 }
 
 /// Where the registry, trusted clusters and the callback sealing key live: the embedded store
@@ -116,6 +139,7 @@ impl Config {
             attribution: crate::attribution::AttributionSettings::new(PathBuf::new()),
             shutdown_grace: Duration::from_secs(30),
             store: StoreSettings::default(),
+            console: ConsoleSettings::default(),
         }
     }
 }

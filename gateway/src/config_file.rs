@@ -331,6 +331,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
     callbacks(&mut r, &root, &mut config);
     attribution(&mut r, &root, &mut config);
     store(&mut r, &root, &mut config);
+    console(&mut r, &root, &mut config);
     if let Some(path) = upstream_ca {
         match nexus_certs::load_certs(&path) {
             Ok(certs) => config.upstream.ca = Some(certs),
@@ -344,7 +345,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
     }
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "server",
     "tls",
     "limits",
@@ -355,6 +356,7 @@ const SECTIONS: [&str; 10] = [
     "callbacks",
     "attribution",
     "store",
+    "console",
 ];
 
 /// `[server]`: addresses, data directory, public URL, trust domain, grace.
@@ -689,6 +691,30 @@ fn callbacks(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     );
 }
 
+fn boolean(v: &toml::Value) -> Result<bool, String> {
+    v.as_bool()
+        .ok_or_else(|| format!("expected true or false, got {}", v.type_str()))
+}
+
+/// `[console]`: whether the operator console is served, and may change things from the ops port.
+fn console(r: &mut Reader, root: &toml::Table, config: &mut Config) {
+    let c = r.section(root, "console", &["enabled", "writable"]);
+    r.parse(
+        c,
+        "console",
+        "enabled",
+        &mut config.console.enabled,
+        boolean,
+    );
+    r.parse(
+        c,
+        "console",
+        "writable",
+        &mut config.console.writable,
+        boolean,
+    );
+}
+
 /// `[attribution]`: the log's durability, segments and retention.
 fn attribution(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let a = r.section(
@@ -801,6 +827,24 @@ mod tests {
             format!("{:?}", defaults.attribution)
         );
         assert_eq!(parsed.attribution_enabled, defaults.attribution_enabled);
+        assert_eq!(parsed.console, defaults.console);
+    }
+
+    #[test]
+    fn the_console_section_parses() {
+        let parsed = parse("[console]\nwritable = true\n").unwrap().config;
+        assert!(parsed.console.enabled && parsed.console.writable);
+        let problems = parse("[console]\nwritable = \"yes\"\nopen = true\n").unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "[console] writable: expected true or false, got string"),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("\"open\"")),
+            "{problems:?}"
+        );
     }
 
     #[test]

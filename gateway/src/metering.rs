@@ -32,6 +32,7 @@ pub async fn finish(
         record.billable = 0;
     }
     metrics.record_operation(&record);
+    metrics.traffic.record(&record);
     let Some(log) = log else {
         return Ok(());
     };

@@ -142,6 +142,8 @@ pub struct Metrics {
     latency: DashMap<(Kind, String), Histogram>,
     /// Refused TLS handshakes by reason.
     pub handshakes: crate::handshakes::HandshakeFailures,
+    /// The last five minutes of traffic, for the console.
+    pub traffic: crate::traffic::Traffic,
 }
 
 impl Metrics {

@@ -1,13 +1,23 @@
-//! The ops port: liveness, readiness and metrics, plain HTTP on localhost.
+//! The ops port: liveness, readiness and metrics, plain HTTP on localhost; and the console
+//! (see [`crate::console`]).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
 
-use crate::body::{Body, full};
+use crate::authz::ConsoleDoor;
+use crate::body::{Body, RequestBody, full};
 use crate::state::State;
 
-pub fn handle<B>(state: &State, request: &Request<B>) -> Response<Body> {
+pub async fn handle(state: &Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    if crate::request::is_console(request.uri().path()) {
+        let door = ConsoleDoor::OpsPort {
+            writable: state.console.writable,
+        };
+        return crate::console::serve(state, door, request.map(RequestBody::new)).await;
+    }
     let (status, text) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
         // Degraded still serves: routing goes on from memory; writes answer 503 meanwhile.

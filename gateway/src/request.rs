@@ -12,6 +12,7 @@
 //! | [`Route::Clusters`] | `/api/v1/clusters[/{name}[/secrets]]` |
 //! | [`Route::ForwardedTask`] | `/api/v1/internal/forwarded-tasks/{ns}/{tq}` |
 //! | [`Route::AttributionEvents`] | `/api/v1/attribution/events` |
+//! | [`Route::Console`] | `/console[/...]` |
 
 use bytes::Bytes;
 use http::{Method, Request};
@@ -35,6 +36,7 @@ pub const POLL_PREFIX: &str = "/api/v1/namespaces/";
 pub const RESPOND_PREFIX: &str = "/api/v1/nexus-tasks/";
 pub const ENDPOINTS_PATH: &str = "/api/v1/nexus/endpoints";
 pub const ATTRIBUTION_EVENTS_PATH: &str = "/api/v1/attribution/events";
+pub const CONSOLE_PREFIX: &str = "/console";
 
 /// The poll path of a task queue; `namespace` and `task_queue` already percent-encoded.
 pub fn poll_path(namespace: &str, task_queue: &str) -> String {
@@ -82,6 +84,8 @@ pub enum Route {
         namespace: Namespace,
         task_queue: TaskQueue,
     },
+    /// The operator console, its page and its JSON.
+    Console,
 }
 
 /// The admin API of the completion spool.
@@ -154,6 +158,9 @@ impl Route {
         if path == ATTRIBUTION_EVENTS_PATH {
             return Ok(Route::AttributionEvents);
         }
+        if is_console(path) {
+            return Ok(Route::Console);
+        }
         if let Some(rest) = path.strip_prefix(POLL_PREFIX) {
             let queue = rest
                 .strip_suffix(POLL_SUFFIX)
@@ -200,8 +207,15 @@ impl Route {
             Route::Endpoints { .. } | Route::Clusters { .. } => "admin",
             Route::AttributionEvents => "attribution",
             Route::ForwardedTask { .. } => "forwarded-task",
+            Route::Console => "console",
         }
     }
+}
+
+/// Whether `path` is the console's: `/console` or below it.
+pub fn is_console(path: &str) -> bool {
+    path.strip_prefix(CONSOLE_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// `path` fit for logs: a cluster secret in it is replaced.
@@ -395,6 +409,12 @@ mod tests {
             Ok(Route::Completions(CompletionsRoute::Drop(7)))
         );
         assert_eq!(route(Method::DELETE, "/api/v1/callbacks/x"), Err(400));
+        assert_eq!(route(Method::GET, "/console"), Ok(Route::Console));
+        assert_eq!(
+            route(Method::POST, "/console/api/endpoints"),
+            Ok(Route::Console)
+        );
+        assert_eq!(route(Method::GET, "/consoles"), Err(404));
     }
 
     #[test]

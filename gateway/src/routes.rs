@@ -12,7 +12,7 @@ use crate::authz::Peer;
 use crate::body::{Body, RequestBody};
 use crate::request::Route;
 use crate::state::State;
-use crate::{admin, cluster_admin, completions, metering, operations, worker_api};
+use crate::{admin, cluster_admin, completions, console, metering, operations, worker_api};
 
 fn workers(state: &State) -> worker_api::WorkerApi<'_> {
     worker_api::WorkerApi {
@@ -79,6 +79,10 @@ pub async fn handle(
             Route::AttributionEvents => {
                 let log = state.attribution.as_ref();
                 metering::events(log, &state.shutdown, &peer, request).await
+            }
+            Route::Console => {
+                let door = crate::authz::ConsoleDoor::DataPort(&peer);
+                Ok(console::serve(&state, door, request).await)
             }
         }
     }

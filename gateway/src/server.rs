@@ -369,6 +369,8 @@ impl App {
             remote_pollers: Default::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             in_flight: tokio::sync::watch::channel(0).0,
+            console: config.console,
+            usage_chart: Default::default(),
         });
         Ok(App {
             data,
@@ -584,7 +586,9 @@ async fn serve_ops(
             let service = service_fn(move |request: hyper::Request<Incoming>| {
                 let state = state.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(crate::ops_port::handle(&state, &request))
+                    Ok::<_, std::convert::Infallible>(
+                        crate::ops_port::handle(&state, request).await,
+                    )
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -47,6 +47,9 @@ pub struct State {
     pub draining: AtomicBool,
     /// Nexus operations in flight; shutdown waits for it to reach zero.
     pub in_flight: tokio::sync::watch::Sender<usize>,
+    pub console: crate::config::ConsoleSettings,
+    /// The console's last chart of actions per hour.
+    pub usage_chart: crate::console::usage::ChartCache,
 }
 
 impl State {

@@ -765,6 +765,32 @@ impl TestGateway {
     }
 }
 
+impl TestGateway {
+    /// The ops port's URL of `path`.
+    pub fn ops_uri(&self, path: &str) -> Uri {
+        format!("http://{}{path}", self.ops_addr).parse().unwrap()
+    }
+
+    /// Any request to the plain-HTTP ops port, within [`REQUEST_BOUND`].
+    pub async fn ops_send(&self, request: Request<Full<Bytes>>) -> Reply {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let response = tokio::time::timeout(REQUEST_BOUND, client.request(request))
+            .await
+            .expect("ops port answers in time")
+            .expect("ops port request");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("ops port body").to_bytes();
+        Reply {
+            version: parts.version,
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
 /// Records of the metering API after `after`, at most `limit`, as JSON values.
 pub async fn attribution_events(
     gw: &TestGateway,

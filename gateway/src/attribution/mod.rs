@@ -48,7 +48,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use reader::{read_after, read_records};
+pub use reader::{read_after, read_records, seq_before};
 pub use record::{Kind, Outcome, Record};
 pub use usage::{Dimension, UsageRow, aggregate, format_csv, format_table};
 pub use writer::AttributionLog;

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use super::record::line_seq;
 use super::{AttributionError, Record};
@@ -38,6 +39,21 @@ pub fn read_after(dir: &Path, after: u64, limit: usize) -> Result<Vec<String>, A
     let mut out = Vec::new();
     scan(dir, after, limit, |line, _| out.push(line.to_owned()))?;
     Ok(out)
+}
+
+/// The seq to read after to see every record written at or after `since`: segments last
+/// modified before `since` hold only older records and are skipped whole. `None` when every
+/// segment is older. Blocking file IO.
+pub fn seq_before(dir: &Path, since: SystemTime) -> Result<Option<u64>, AttributionError> {
+    for (first, path) in list_segments(dir)? {
+        match std::fs::metadata(&path).and_then(|m| m.modified()) {
+            Ok(modified) if modified < since => continue,
+            // Deleted by retention meanwhile: older still.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            _ => return Ok(Some(first.saturating_sub(1))),
+        }
+    }
+    Ok(None)
 }
 
 /// Like [`read_after`], parsed.
@@ -133,6 +149,26 @@ mod tests {
             .iter()
             .map(|r| r.seq)
             .collect()
+    }
+
+    #[test]
+    fn segments_older_than_a_time_are_skipped_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_segment(dir, 1, &(1..=3).map(line).collect::<String>());
+        write_segment(dir, 4, &(4..=6).map(line).collect::<String>());
+        let old = SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+        File::options()
+            .write(true)
+            .open(segment_path(dir, 1))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let an_hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        assert_eq!(seq_before(dir, an_hour_ago).unwrap(), Some(3));
+        assert_eq!(seq_before(dir, old).unwrap(), Some(0));
+        let future = SystemTime::now() + std::time::Duration::from_secs(3600);
+        assert_eq!(seq_before(dir, future).unwrap(), None);
     }
 
     #[test]

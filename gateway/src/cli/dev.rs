@@ -90,6 +90,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     outln!(
         "\nnexus-gateway dev is running\n\
          \n  data port (mTLS): https://localhost:{port}\n  ops port:         http://{ops}/healthz  /readyz  /metrics\
+         \n  console:          http://{ops}/console/ (read-only here; see the README's Console)\
          \n  data directory:   {dir}\n  certificates:     {certs} (CA {ca})\n\
          \n  identities: admin {admin_cert}\n              namespace \"{CALLER}\" {caller_cert}\n              namespace \"{HANDLER}\" {handler_cert}\n              metering \"{METERING}\" {metering_cert}\n",
         port = data.port(),
