@@ -15,7 +15,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
+/// Seeded per map; SipHash's stronger guarantee cost ~5 % of a request (BENCHMARKS.md, round 7).
+type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -115,10 +116,10 @@ impl InboundLimits {
     pub fn new(settings: InboundSettings) -> Self {
         InboundLimits {
             settings,
-            callers: DashMap::new(),
-            endpoints: DashMap::new(),
-            pairs: DashMap::new(),
-            concurrency: DashMap::new(),
+            callers: DashMap::default(),
+            endpoints: DashMap::default(),
+            pairs: DashMap::default(),
+            concurrency: DashMap::default(),
             clock: DefaultClock::default(),
         }
     }

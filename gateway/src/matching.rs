@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dashmap::DashMap;
+/// Seeded per map; SipHash's stronger guarantee cost ~5 % of a request (BENCHMARKS.md, round 7).
+type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -151,8 +152,8 @@ impl Matching {
     pub fn new(settings: MatchingSettings) -> Self {
         Matching {
             settings,
-            queues: DashMap::new(),
-            pending: DashMap::new(),
+            queues: DashMap::default(),
+            pending: DashMap::default(),
             next_poller: AtomicU64::new(1),
         }
     }

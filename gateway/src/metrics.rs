@@ -4,7 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
+/// Seeded per map; SipHash's stronger guarantee cost ~5 % of a request (BENCHMARKS.md, round 7).
+type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 
 use crate::attribution::{Kind, Outcome};
 use crate::matching::Matching;

@@ -11,7 +11,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
+/// Seeded per map; SipHash's stronger guarantee cost ~5 % of a request (BENCHMARKS.md, round 7).
+type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 use serde::Serialize;
 
 use crate::attribution::{Kind, Record};
@@ -38,7 +39,7 @@ impl Default for Traffic {
     fn default() -> Self {
         Traffic {
             started: Instant::now(),
-            series: DashMap::new(),
+            series: DashMap::default(),
         }
     }
 }
