@@ -241,7 +241,7 @@ fn field(out: &mut Vec<u8>, name: &str, value: &str) {
 
 /// A JSON string; names, ids and URLs almost never need escaping, so they are copied whole.
 fn string(out: &mut Vec<u8>, value: &str) {
-    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if needs_escaping(value.as_bytes()) {
         // Cannot fail: a string written to a Vec.
         let _ = serde_json::to_writer(&mut *out, value);
         return;
@@ -249,6 +249,31 @@ fn string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
     out.extend_from_slice(value.as_bytes());
     out.push(b'"');
+}
+
+/// Whether JSON must escape any byte of `bytes` (a control character, `"` or `\\`), eight
+/// bytes at a time: a byte-wise scan cost more than the rest of the record.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        // A byte below 0x20: subtracting 0x20 borrows into its high bit (bytes >= 0x80 are
+        // excluded by `!x`).
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS != 0;
+        if control
+            || has_zero(x ^ (ONES * u64::from(b'"')))
+            || has_zero(x ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// The seq of a line as this log writes it (`{"seq":N,...`), without parsing the rest.
@@ -326,6 +351,22 @@ mod tests {
                 String::from_utf8(serde).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn escaping_is_found_at_every_position() {
+        let plain = "spiffe://td/ns/orders-é~";
+        assert!(!needs_escaping(plain.as_bytes()));
+        for bad in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+            for at in 0..=plain.len() {
+                if !plain.is_char_boundary(at) {
+                    continue;
+                }
+                let text = format!("{}{bad}{}", &plain[..at], &plain[at..]);
+                assert!(needs_escaping(text.as_bytes()), "{text:?}");
+            }
+        }
+        assert!(!needs_escaping(" !#~\u{7f}\u{80}ÿ€".as_bytes()));
     }
 
     #[test]
