@@ -185,7 +185,10 @@ fn rejected(host: &str, rejection: Rejection) -> GatewayError {
 
 /// `base` (the endpoint's URL) with the path below the prefix appended.
 pub fn upstream_uri(base: &str, below_prefix: &str) -> Result<Uri, GatewayError> {
-    let joined = format!("{}{below_prefix}", base.trim_end_matches('/'));
+    let base = base.trim_end_matches('/');
+    let mut joined = String::with_capacity(base.len() + below_prefix.len());
+    joined.push_str(base);
+    joined.push_str(below_prefix);
     joined
         .parse()
         .map_err(|e| GatewayError::internal(format!("cannot build upstream URL {joined:?}: {e}")))

@@ -189,7 +189,11 @@ impl AttributionLog {
     /// the future after it started does not withdraw the record.
     pub async fn append(&self, mut record: Record) -> Result<u64, AttributionError> {
         if record.id.is_empty() {
-            record.id = uuid::Uuid::new_v4().to_string();
+            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            record.id = uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut text)
+                .to_owned();
         }
         record.replica.clone_from(&self.inner.replica);
         let shared = &self.inner.shared;
