@@ -1,5 +1,6 @@
-//! The HTTP client the gateway's own tools use: the worker bridge, the admin CLI and, for
-//! external targets, the proxy. HTTPS with a client certificate, or plain HTTP where allowed.
+//! The HTTP client the gateway's own tools use: the worker bridge, the admin CLI and completion
+//! delivery (the proxy has its own, [`crate::proxy_client`]). HTTPS with a client
+//! certificate, or plain HTTP where allowed.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,9 +14,6 @@ use crate::callback_policy::CallbackResolver;
 
 /// A pooled client speaking HTTP/1.1 or HTTP/2 (by ALPN) over TLS, and HTTP/1.1 in the clear.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// The same with streamed bodies, for proxying.
-pub type ProxyClient = Client<HttpsConnector<HttpConnector>, crate::body::Body>;
 
 /// Which HTTP versions the client offers over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -58,6 +58,7 @@ pub mod nexus;
 pub(crate) mod operations;
 pub(crate) mod ops_port;
 pub(crate) mod outcome;
+pub(crate) mod proxy_client;
 pub mod reload;
 pub(crate) mod replica_forward;
 pub(crate) mod request;

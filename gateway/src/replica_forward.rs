@@ -52,7 +52,7 @@ fn token_of(headers: &HeaderMap) -> &str {
 
 /// Sends `task` to the replica at `base_url` and returns its worker's answer.
 pub async fn forward(
-    client: &crate::client::ProxyClient,
+    client: &crate::proxy_client::ProxyClient,
     signing: &hmac::Key,
     base_url: &str,
     key: &QueueKey,

@@ -347,7 +347,7 @@ impl App {
         } else {
             None
         };
-        let proxy = crate::client::http_client(&upstream_tls, crate::client::HttpVersions::Any)?;
+        let proxy = crate::proxy_client::ProxyClient::new(&upstream_tls)?;
         let state = Arc::new(State {
             registry,
             matching: Matching::new(config.matching.clone()),

@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use nexus_outbound_queue::OutboundQueue;
 
 use crate::callbacks::Callbacks;
-use crate::client::ProxyClient;
 use crate::config::{Limits, UpstreamSettings};
 use crate::matching::Matching;
 use crate::metrics::Metrics;
+use crate::proxy_client::ProxyClient;
 
 pub struct State {
     pub registry: Arc<Registry>,
