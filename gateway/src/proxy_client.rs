@@ -128,12 +128,16 @@ impl ProxyClient {
                 Conn::H2(mut sender) => {
                     *request.uri_mut() = uri.clone();
                     if sender.ready().await.is_err() {
+                        destination.forget_shared();
                         continue;
                     }
                     match sender.try_send_request(request).await {
                         Ok(response) => return Ok(PooledBody::wrap(response, None)),
                         Err(mut error) => match error.take_message() {
-                            Some(returned) => request = returned,
+                            Some(returned) => {
+                                destination.forget_shared();
+                                request = returned;
+                            }
                             None => return Err(error.into_error().into()),
                         },
                     }
@@ -310,6 +314,11 @@ impl Destination {
             conns.shared = None;
         }
         None
+    }
+
+    /// Stops sharing the HTTP/2 connection, which refused a request.
+    fn forget_shared(&self) {
+        self.conns.lock().expect("pool lock").shared = None;
     }
 
     fn checkin(&self, sender: http1::SendRequest<Body>) {
