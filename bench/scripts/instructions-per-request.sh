@@ -14,7 +14,9 @@
 # pair of them into a per-request profile.
 # IDLE_BASELINE=1 subtracts a gateway left idle as long as the measured run took, instead of
 # one started and stopped: per-second background work is then not counted per request.
-# Needs: valgrind, python3, curl (and psql with --store). A few minutes per binary.
+# SYSCALLS=1 counts system calls per request under strace instead (the kernel's share, which
+# callgrind does not see); KEEP then keeps strace's per-call tables.
+# Needs: valgrind (or strace), python3, curl (and psql with --store). A few minutes per binary.
 set -euo pipefail
 N=1000; BINS=(); STORE=""; NGINX=""
 while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; --store) STORE=$2; shift 2;; --nginx) NGINX=1; shift;; *) BINS+=("$(realpath "$1")"); shift;; esac; done
@@ -22,6 +24,7 @@ while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; --store) STORE=$2; shift
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
 free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 B0=${BINS[0]}
+UNIT=instructions; [ -z "${SYSCALLS:-}" ] || UNIT="system calls"
 "$B0" certs init --dir "$W/pki" >/dev/null
 for id in "--namespace caller" "--namespace handler" "--admin ops"; do "$B0" certs issue --dir "$W/pki" $id >/dev/null; done
 cat > "$W/worker.py" <<'PY'
@@ -75,20 +78,29 @@ T
 # Less the clock calibration of the rate limiters' clock (quanta): it spins on wall time, so
 # its count follows the machine's load, not the code.
 total() {
+  if [ -n "${SYSCALLS:-}" ]; then awk '$NF == "total" {print $4}' "$1"; return; fi
   local all spin
   all=$(grep -h '^totals:' "$1" | awk '{print $2}')
   spin=$(callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null \
     | grep -m1 'quanta::Calibration::calibrate' | awk '{gsub(",", "", $1); print $1}')
   echo $((all - ${spin:-0}))
 }
-stop() { for _ in $(seq 1 30); do kill -TERM "$1" 2>/dev/null || break; sleep 2; done; wait "$1" 2>/dev/null || true; }
+# Runs a command under the measuring tool, its table in $1.
+measure() {
+  local out=$1; shift
+  if [ -n "${SYSCALLS:-}" ]; then exec strace -f -qq -c -o "$out" "$@"; fi
+  exec valgrind --tool=callgrind --callgrind-out-file="$out" "$@"
+}
+stop() { # pid from measure; under strace, the measured process is its child
+  local target; target=$(pgrep -P "$1" | head -1); target=${target:-$1}
+  for _ in $(seq 1 30); do kill -TERM "$target" 2>/dev/null || break; sleep 2; done; wait "$1" 2>/dev/null || true; }
 run() { # bin n path [idle seconds] -> instructions; the N run's duration goes to $W/took
   local bin=$1 n=$2 path=$3 idle=${4:-0} gwp ops config="$W/gw.toml"; gwp=$(free); ops=$(free); rm -rf "$W/data"
   if [ -n "$STORE" ]; then # a fresh database per run, on the shared store's code path
     local db="nexus_ipr_$$_$n"; psql "$STORE" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
     config="$W/gw-store.toml"; { cat "$W/gw.toml"; printf '[store]\nurl = "%s/%s"\n' "${STORE%/*}" "$db"; } > "$config"
   fi
-  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$W/cg.$n" "$bin" serve --config "$config" \
+  TOKIO_WORKER_THREADS=1 measure "$W/cg.$n" "$bin" serve --config "$config" \
     --data-dir "$W/data" --listen "127.0.0.1:$gwp" --ops-listen "127.0.0.1:$ops" --shutdown-grace 1 \
     --tls-ca "$W/pki/ca.pem" --tls-cert "$W/pki/server.pem" --tls-key "$W/pki/server-key.pem" >"$W/gw.log" 2>&1 &
   local p=$!
@@ -117,7 +129,7 @@ for path in ${PATHS:-external worker}; do
     else
       base=$(run "$bin" 0 "$path"); how="baseline: start and stop"
     fi
-    echo "$path path, instructions per request: $(( (measured - base) / N ))  ($bin; $how)"
+    echo "$path path, $UNIT per request: $(( (measured - base) / N ))  ($bin; $how)"
   done
 done
 [ -n "$NGINX" ] || exit 0
@@ -133,7 +145,7 @@ http { $al client_body_temp_path $W/b; proxy_temp_path $W/p; fastcgi_temp_path $
   ssl_client_certificate $W/pki/ca.pem; ssl_verify_client on; keepalive_requests 1000000;
   location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
-  valgrind --tool=callgrind --callgrind-out-file="$W/cg.ng.$2.$1" "$(command -v nginx || echo /usr/sbin/nginx)" \
+  measure "$W/cg.ng.$2.$1" "$(command -v nginx || echo /usr/sbin/nginx)" \
     -c "$W/nginx.conf" -e "$W/error.log" >/dev/null 2>&1 &
   local p=$!
   for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$ngp") 2>/dev/null && break; sleep 0.2; done
@@ -142,5 +154,5 @@ C
   total "$W/cg.ng.$2.$1"
 }
 for al in off log; do
-  echo "nginx (access log $al), instructions per request: $(( ($(ng "$N" $al) - $(ng 0 $al)) / N ))"
+  echo "nginx (access log $al), $UNIT per request: $(( ($(ng "$N" $al) - $(ng 0 $al)) / N ))"
 done
