@@ -13,6 +13,7 @@ use nexus_outbound_queue::Backoff;
 
 use crate::callback_policy::AllowedCallback;
 use crate::matching::MatchingSettings;
+pub use crate::telemetry::{TracingSettings, otlp_traces_url};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -52,6 +53,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub store: StoreSettings,
     pub console: ConsoleSettings,
+    pub tracing: TracingSettings,
 }
 
 /// The operator console at `/console/` (see [`crate::console`]).
@@ -140,6 +142,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             store: StoreSettings::default(),
             console: ConsoleSettings::default(),
+            tracing: TracingSettings::default(),
         }
     }
 }

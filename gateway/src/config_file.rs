@@ -332,6 +332,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
     attribution(&mut r, &root, &mut config);
     store(&mut r, &root, &mut config);
     console(&mut r, &root, &mut config);
+    tracing(&mut r, &root, &mut config.tracing);
     if let Some(path) = upstream_ca {
         match nexus_certs::load_certs(&path) {
             Ok(certs) => config.upstream.ca = Some(certs),
@@ -345,7 +346,7 @@ pub fn parse(text: &str) -> Result<FileConfig, Vec<String>> {
     }
 }
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server",
     "tls",
     "limits",
@@ -357,6 +358,7 @@ const SECTIONS: [&str; 11] = [
     "attribution",
     "store",
     "console",
+    "tracing",
 ];
 
 /// `[server]`: addresses, data directory, public URL, trust domain, grace.
@@ -715,6 +717,65 @@ fn console(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     );
 }
 
+/// `[tracing]`: where spans are exported, and how many requests are traced.
+fn tracing(r: &mut Reader, root: &toml::Table, into: &mut crate::config::TracingSettings) {
+    let t = r.section(
+        root,
+        "tracing",
+        &[
+            "otlp_endpoint",
+            "sampling_ratio",
+            "service_name",
+            "export_interval",
+        ],
+    );
+    r.parse(
+        t,
+        "tracing",
+        "otlp_endpoint",
+        &mut into.otlp_endpoint,
+        |v| {
+            let url = string(v)?;
+            if url.is_empty() {
+                return Ok(None);
+            }
+            crate::config::otlp_traces_url(&url).map(Some)
+        },
+    );
+    r.parse(
+        t,
+        "tracing",
+        "sampling_ratio",
+        &mut into.sampling_ratio,
+        |v| {
+            let ratio = match v {
+                toml::Value::Float(f) => *f,
+                toml::Value::Integer(n) => *n as f64,
+                other => return Err(format!("expected a number, got {}", other.type_str())),
+            };
+            if (0.0..=1.0).contains(&ratio) {
+                Ok(ratio)
+            } else {
+                Err(format!("must be between 0.0 and 1.0, got {ratio}"))
+            }
+        },
+    );
+    r.parse(t, "tracing", "service_name", &mut into.service_name, |v| {
+        let name = string(v)?;
+        if name.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(name)
+    });
+    r.parse(
+        t,
+        "tracing",
+        "export_interval",
+        &mut into.export_interval,
+        nonzero_duration,
+    );
+}
+
 /// `[attribution]`: the log's durability, segments and retention.
 fn attribution(r: &mut Reader, root: &toml::Table, config: &mut Config) {
     let a = r.section(
@@ -828,6 +889,34 @@ mod tests {
         );
         assert_eq!(parsed.attribution_enabled, defaults.attribution_enabled);
         assert_eq!(parsed.console, defaults.console);
+        assert_eq!(parsed.tracing, defaults.tracing);
+    }
+
+    #[test]
+    fn the_tracing_section_parses() {
+        let parsed = parse(
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsampling_ratio = 1\nservice_name = \"gw-east\"\nexport_interval = \"200ms\"\n",
+        )
+        .unwrap()
+        .config
+        .tracing;
+        assert_eq!(
+            parsed.otlp_endpoint.unwrap().to_string(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(parsed.sampling_ratio, 1.0);
+        assert_eq!(parsed.service_name, "gw-east");
+        assert_eq!(parsed.export_interval, Duration::from_millis(200));
+        // A path is the collector's own: used as it is.
+        let parsed =
+            parse("[tracing]\notlp_endpoint = \"https://otel.example:443/custom/traces\"\n")
+                .unwrap()
+                .config
+                .tracing;
+        assert_eq!(
+            parsed.otlp_endpoint.unwrap().to_string(),
+            "https://otel.example:443/custom/traces"
+        );
     }
 
     #[test]
@@ -907,6 +996,8 @@ mod tests {
             retention_max_age = "0s"
             [inbound]
             push_back = "0s"
+            [tracing]
+            export_interval = "0s"
         "#;
         let problems = parse(text).unwrap_err();
         let refused: Vec<&str> = problems
@@ -931,6 +1022,7 @@ mod tests {
                 "[attribution] fsync_interval",
                 "[attribution] segment_max_age",
                 "[attribution] retention_max_age",
+                "[tracing] export_interval",
             ],
             "{problems:#?}"
         );

@@ -24,6 +24,7 @@
 //!   → outcomes (breaker, attribution, registry errors) from one table         outcome.rs
 //!   → errors become Nexus failure responses in one place                     error.rs
 //! ops port (plain HTTP): /healthz /readyz /metrics                           ops_port.rs, metrics.rs
+//! sampled starts, cancels and completions → spans → OTLP/HTTP collector     telemetry/
 //! ```
 //!
 //! The worker client ([`worker::Worker`]) serves any Nexus HTTP handler from a task queue;
@@ -65,6 +66,7 @@ pub(crate) mod request;
 pub(crate) mod routes;
 pub mod server;
 pub(crate) mod state;
+pub mod telemetry;
 pub(crate) mod traffic;
 pub(crate) mod upstream;
 pub mod worker;
