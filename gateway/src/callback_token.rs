@@ -9,7 +9,10 @@
 //! alone is a few hundred), a [`NoteRef`]: the id of a note in the completion spool that holds
 //! them ([`Sealed`]).
 //!
-//! Token: base64url(key id: u32 BE ‖ nonce: 12 bytes ‖ ciphertext ‖ tag). The key file
+//! Token: base64url(key id: u32 BE ‖ nonce: 12 bytes ‖ ciphertext ‖ tag), the plaintext JSON.
+//! Fields are added as optional, left out when empty, so a token sealed before a field existed
+//! opens as it did, and one sealed without it is what it was (a gateway that does not know a
+//! field ignores it). The key file
 //! `callback-keys` holds lines `<id> <64 hex digits>`; the last line seals, all lines open, so a
 //! key can be rotated by appending a line.
 
@@ -52,6 +55,13 @@ pub struct CallbackClaims {
     /// Unix ms after which the token is refused.
     #[serde(rename = "x")]
     pub expires_ms: u64,
+    /// The operation's trace, when its start was traced: the gateway's server span as a
+    /// `traceparent`, so its completion continues the trace.
+    #[serde(rename = "tp", default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The caller's `tracestate` that came with it (at most 512 characters).
+    #[serde(rename = "ts", default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// The id of a spool note holding the claims, for callbacks too long to seal in the URL.
@@ -267,7 +277,39 @@ mod tests {
             request_id: Some("r1".into()),
             start_ms: 1_000,
             expires_ms: 10_000,
+            traceparent: None,
+            tracestate: None,
         }
+    }
+
+    #[test]
+    fn tokens_without_a_trace_are_as_before_and_old_ones_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = CallbackKeys::load_or_create(dir.path()).unwrap();
+        // Sealed before tokens could carry a trace: the same fields, nothing more.
+        let old = serde_json::json!({
+            "u": "https://caller.example/cb?x=1",
+            "h": [["Temporal-Callback-Token", "secret"]],
+            "c": "orders", "t": "billing", "e": "payments", "i": "id-1",
+            "s": "svc", "o": "op", "r": "r1", "b": 1_000, "x": 10_000
+        });
+        let token = keys.seal(&old).unwrap();
+        assert_eq!(
+            keys.open(&token, 5_000).unwrap(),
+            Sealed::Claims(Box::new(claims()))
+        );
+        // Untraced claims serialize to exactly those fields: the URL is no longer than before.
+        assert_eq!(serde_json::to_value(claims()).unwrap(), old);
+        let traced = CallbackClaims {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: Some("vendor=1".into()),
+            ..claims()
+        };
+        let token = keys.seal(&traced).unwrap();
+        assert_eq!(
+            keys.open(&token, 5_000).unwrap(),
+            Sealed::Claims(Box::new(traced))
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::client::CallbackClient;
 pub use crate::config::CallbackSettings;
 use crate::error::GatewayError;
 use crate::nexus::headers;
+use crate::telemetry::{self, SpanKind, Telemetry};
 use crate::upstream::{self, SendError};
 
 use crate::request::COMPLETION_PREFIX as PREFIX;
@@ -48,6 +49,12 @@ pub(crate) struct Delivery {
     pub service: String,
     pub operation: String,
     pub operation_state: String,
+    /// The operation's trace, sealed with its callback (see [`CallbackClaims::traceparent`]):
+    /// kept with the completion so that a delivery after a restart still continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// Why the callbacks service could not start.
@@ -83,6 +90,8 @@ pub struct Callbacks {
     pub failed: AtomicI64,
     pub delivered: AtomicU64,
     pub attempts: AtomicU64,
+    /// Traces deliveries of traced operations; `None` when tracing is off.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -95,7 +104,7 @@ pub fn now_ms() -> u64 {
 impl Callbacks {
     /// `tls` is the client identity deliveries present; `own` the gateway's own addresses,
     /// which callbacks may never reach; `shared_keys` the key file text every replica shares
-    /// (else the key file in `data_dir`).
+    /// (else the key file in `data_dir`); `telemetry` traces deliveries (when on).
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         data_dir: &std::path::Path,
@@ -106,6 +115,7 @@ impl Callbacks {
         own: Vec<std::net::IpAddr>,
         outbound: Arc<OutboundQueue>,
         shutdown: CancellationToken,
+        telemetry: Option<Arc<Telemetry>>,
     ) -> Result<Callbacks, OpenError> {
         let policy = Arc::new(CallbackPolicy::new(settings.allowed.clone(), own));
         let client = crate::client::callback_client(tls, policy.clone())?;
@@ -142,6 +152,7 @@ impl Callbacks {
             failed: AtomicI64::new(failed),
             delivered: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
+            telemetry,
         })
     }
 
@@ -535,7 +546,13 @@ async fn deliver(callbacks: &Arc<Callbacks>, id: u64, active: &Active) {
             }
         }
         callbacks.attempts.fetch_add(1, Ordering::Relaxed);
-        match attempt(callbacks, &delivery, body).await {
+        let mut span = delivery_span(callbacks, &delivery, entry.attempts + 1);
+        let outcome = attempt(callbacks, &delivery, body, &mut span).await;
+        if let Attempt::Retry { reason, .. } | Attempt::GiveUp(reason) = &outcome {
+            span.fail(reason.clone());
+        }
+        span.end();
+        match outcome {
             Attempt::Delivered => {
                 let spool = callbacks.spool.clone();
                 on_spool_logged("cannot mark a completion delivered", move || {
@@ -587,7 +604,31 @@ async fn give_up(callbacks: &Callbacks, mut entry: SpoolEntry, reason: String) {
     callbacks.failed.fetch_add(1, Ordering::Relaxed);
 }
 
-async fn attempt(callbacks: &Callbacks, delivery: &Delivery, body: Bytes) -> Attempt {
+/// The span of one delivery attempt of a traced operation's completion: a child of the
+/// operation's server span, sealed with its callback.
+fn delivery_span(callbacks: &Callbacks, delivery: &Delivery, attempt: u32) -> telemetry::Span {
+    let (Some(telemetry), Some(parent)) = (&callbacks.telemetry, &delivery.traceparent) else {
+        return telemetry::Span::default();
+    };
+    let mut span = telemetry.continue_operation("nexus.callback", SpanKind::Client, parent);
+    span.set("nexus.caller_namespace", delivery.caller_namespace.clone());
+    span.set("nexus.endpoint", delivery.endpoint.clone());
+    span.set("nexus.target", destination_of(&delivery.url));
+    span.set("nexus.service", delivery.service.clone());
+    span.set("nexus.operation", delivery.operation.clone());
+    span.set("nexus.operation_state", delivery.operation_state.clone());
+    span.set("nexus.callback.attempt", i64::from(attempt));
+    span
+}
+
+/// One delivery attempt; `span` (recorded when the operation is traced) is the request's
+/// parent at the caller.
+async fn attempt(
+    callbacks: &Callbacks,
+    delivery: &Delivery,
+    body: Bytes,
+    span: &mut telemetry::Span,
+) -> Attempt {
     let timeout = callbacks.settings.attempt_timeout;
     if let Err(why) = callbacks.policy.check_url(&delivery.url) {
         return Attempt::GiveUp(why.to_string());
@@ -613,6 +654,15 @@ async fn attempt(callbacks: &Callbacks, delivery: &Delivery, body: Bytes) -> Att
         ) {
             request.headers_mut().append(n, v);
         }
+    }
+    if span.is_recording() {
+        // The operation's trace, not any the caller put among its callback headers.
+        span.propagate(request.headers_mut());
+        let state = delivery.tracestate.as_deref().map(HeaderValue::from_str);
+        match state {
+            Some(Ok(state)) => request.headers_mut().insert(telemetry::TRACESTATE, state),
+            _ => request.headers_mut().remove(telemetry::TRACESTATE),
+        };
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let sent = upstream::send(
@@ -658,6 +708,7 @@ async fn attempt(callbacks: &Callbacks, delivery: &Delivery, body: Bytes) -> Att
         }
     };
     let status = response.status();
+    span.answered(status);
     let body = response.into_body();
     match crate::outcome::classify(status) {
         Outcome::Success => {

@@ -19,6 +19,7 @@ use crate::error::GatewayError;
 use crate::nexus::headers;
 use crate::request::{self, CompletionsRoute};
 use crate::state::State;
+use crate::telemetry::{self, SpanKind};
 
 /// `POST /nexus/callbacks/{token}`: a handler completes an async operation. Recorded in the
 /// attribution log (never billable) before the answer.
@@ -40,7 +41,9 @@ pub async fn complete(
             .map(str::to_owned),
         ..Record::default()
     };
-    let response = match accept(state, peer, token, request, &mut record).await {
+    // Recorded when the operation was traced: the completion continues its trace.
+    let mut span = telemetry::Span::default();
+    let response = match accept(state, peer, token, request, &mut record, &mut span).await {
         Ok(Accepted::New) => {
             record.outcome = Outcome::Accepted;
             Response::new(empty())
@@ -54,15 +57,43 @@ pub async fn complete(
             error.into_response()
         }
     };
-    crate::metering::finish(
+    if span.is_recording() {
+        describe_traced(&mut span, &record, response.status());
+    }
+    let mut attribution = span.child("nexus.attribution");
+    let written = crate::metering::finish(
         &state.metrics,
         state.attribution.as_ref(),
         record,
         &response,
         started,
     )
-    .await?;
+    .await;
+    if let Err(error) = &written {
+        attribution.fail(error.message.clone());
+        span.fail(error.message.clone());
+    }
+    attribution.end();
+    span.end();
+    written?;
     Ok(response)
+}
+
+/// What a traced completion's span says of it.
+fn describe_traced(span: &mut telemetry::Span, record: &Record, status: http::StatusCode) {
+    for (key, value) in [
+        ("nexus.caller_namespace", &record.caller_namespace),
+        ("nexus.target_namespace", &record.target_namespace),
+        ("nexus.endpoint", &record.endpoint),
+        ("nexus.service", &record.service),
+        ("nexus.operation", &record.operation),
+    ] {
+        if let Some(value) = value {
+            span.set(key, value.clone());
+        }
+    }
+    span.set("nexus.outcome", record.outcome.as_str().into_owned());
+    span.answered(status);
 }
 
 /// How an acceptable completion was taken.
@@ -85,6 +116,7 @@ async fn accept(
     token: Result<String, GatewayError>,
     request: Request<RequestBody>,
     record: &mut Record,
+    span: &mut telemetry::Span,
 ) -> Result<Accepted, GatewayError> {
     // Empty for a sender without a namespace certificate: the token is its credential.
     let sender = authz::authorize(peer, Action::CompleteOperation { target: None })?.to_owned();
@@ -104,6 +136,9 @@ async fn accept(
         return Ok(Accepted::Duplicate);
     }
     let (claims, note) = state.callbacks.open_claims(&token).await?;
+    if let (Some(telemetry), Some(parent)) = (&state.telemetry, &claims.traceparent) {
+        *span = telemetry.continue_operation("nexus.completion", SpanKind::Server, parent);
+    }
     record.caller_namespace = Some(claims.caller_namespace.clone());
     record.endpoint = Some(claims.endpoint.clone());
     record.endpoint_id = Some(claims.endpoint_id.clone());
@@ -154,6 +189,8 @@ async fn accept(
         service: claims.service,
         operation: claims.operation,
         operation_state,
+        traceparent: claims.traceparent,
+        tracestate: claims.tracestate,
     };
     let payload = encode(&delivery, &body);
     let spool = state.callbacks.spool.clone();

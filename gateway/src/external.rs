@@ -70,6 +70,8 @@ pub struct Forward<'a> {
     pub watch: std::sync::Arc<BodyWatch>,
     /// When the gateway stops waiting.
     pub deadline: Instant,
+    /// Ends when the request gets its slot in the lane (recorded only when traced).
+    pub lane_wait: crate::telemetry::Span,
 }
 
 pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, GatewayError> {
@@ -106,7 +108,7 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         &state.outbound,
         &lane,
         f.deadline,
-        state.proxy.request(request),
+        f.lane_wait.until_polled(state.proxy.request(request)),
         &CallerBody(watch),
     )
     .await;

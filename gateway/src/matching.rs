@@ -56,6 +56,8 @@ pub struct Task {
     pub body: Bytes,
     /// When the gateway stops waiting for the worker's answer.
     pub deadline: Instant,
+    /// Ends when a worker takes the task (recorded only when traced).
+    pub queue_wait: crate::telemetry::Span,
 }
 
 /// What a worker answered: relayed to the caller as is.
@@ -369,6 +371,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from_static(b"input"),
             deadline: Instant::now() + wait,
+            queue_wait: Default::default(),
         }
     }
 

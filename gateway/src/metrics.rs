@@ -32,6 +32,8 @@ pub struct Sources<'a> {
     pub registry: &'a nexus_registry::Registry,
     pub store: &'a StoreStats,
     pub store_up: bool,
+    /// The span export, when tracing is on.
+    pub tracing: Option<crate::telemetry::ExportCounts>,
 }
 
 /// The shared store of replicas, as this replica sees it.
@@ -280,6 +282,7 @@ pub fn render(state: &Sources<'_>) -> String {
     state.store.render(state.store_up, &mut out);
     render_lanes(state, &mut out);
     render_callbacks(state, &mut out);
+    render_tracing(state, &mut out);
     if let Some(last_seq) = state.attribution_last_seq {
         out.push_str("# HELP nexus_gateway_attribution_last_seq Sequence number of the last attribution record written.\n");
         out.push_str("# TYPE nexus_gateway_attribution_last_seq gauge\n");
@@ -479,6 +482,35 @@ fn render_callbacks(state: &Sources<'_>, out: &mut String) {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+}
+
+fn render_tracing(state: &Sources<'_>, out: &mut String) {
+    let Some(t) = &state.tracing else {
+        return;
+    };
+    let rows = [
+        (
+            "nexus_gateway_trace_spans_exported_total",
+            "Spans the OTLP collector took.",
+            t.exported,
+        ),
+        (
+            "nexus_gateway_trace_spans_dropped_total",
+            "Spans lost: the export queue was full, or the collector did not take their batch.",
+            t.dropped,
+        ),
+        (
+            "nexus_gateway_trace_export_failures_total",
+            "Export requests to the OTLP collector that failed.",
+            t.failed_requests,
+        ),
+    ];
+    for (name, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
 }

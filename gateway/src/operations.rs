@@ -24,11 +24,14 @@ use crate::names::{Namespace, TaskQueue};
 use crate::nexus::{self, OperationKind, OperationPath, headers};
 use crate::request;
 use crate::state::State;
+use crate::telemetry::{self, SpanKind, Trace};
 
 /// Serves one start or cancel and writes its attribution record before answering.
+/// `connection` is set only with tracing on.
 pub async fn handle(
     state: &State,
     peer: &Peer,
+    connection: Option<&telemetry::Connection>,
     secret: Option<&str>,
     path: Result<OperationPath, GatewayError>,
     request: Request<RequestBody>,
@@ -44,12 +47,23 @@ pub async fn handle(
         Err(_) if request.uri().path().ends_with("/cancel") => Kind::Cancel,
         Err(_) => Kind::Start,
     };
+    let mut trace = match &state.telemetry {
+        Some(telemetry) => {
+            let name = match kind {
+                Kind::Start => "nexus.start",
+                _ => "nexus.cancel",
+            };
+            telemetry.operation(name, request.headers(), connection)
+        }
+        None => Trace::default(),
+    };
     let mut facts = CallFacts {
         request_id: header_text(request.headers(), &headers::REQUEST_ID),
         operation_token: header_text(request.headers(), &headers::OPERATION_TOKEN),
         ..CallFacts::default()
     };
-    let (response, outcome) = match serve(state, peer, secret, path, request, &mut facts).await {
+    let served = serve(state, peer, secret, path, request, &mut facts, &mut trace).await;
+    let (response, outcome) = match served {
         Ok(response) => {
             let outcome = crate::outcome::target_outcome(kind, &response);
             (response, outcome)
@@ -60,15 +74,45 @@ pub async fn handle(
         }
     };
     let record = facts.into_record(kind, peer, outcome);
-    metering::finish(
+    if trace.is_sampled() {
+        describe(&mut trace, &record, response.status());
+    }
+    let mut attribution = trace.child("nexus.attribution", SpanKind::Internal);
+    let written = metering::finish(
         &state.metrics,
         state.attribution.as_ref(),
         record,
         &response,
         started,
     )
-    .await?;
+    .await;
+    if let Err(error) = &written {
+        attribution.fail(error.message.clone());
+        trace.fail(error.message.clone());
+    }
+    attribution.end();
+    trace.end();
+    written?;
     Ok(response)
+}
+
+/// What a traced start or cancel's server span says of it.
+fn describe(trace: &mut Trace, record: &Record, status: StatusCode) {
+    let host = record
+        .target_url
+        .as_deref()
+        .and_then(|url| url.parse::<http::Uri>().ok())
+        .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()));
+    trace.describe(&telemetry::Facts {
+        caller_namespace: record.caller_namespace.as_deref(),
+        endpoint: record.endpoint.as_deref(),
+        target_namespace: record.target_namespace.as_deref(),
+        target: record.task_queue.as_deref().or(host.as_deref()),
+        service: record.service.as_deref(),
+        operation: record.operation.as_deref(),
+        outcome: &record.outcome.as_str(),
+        status,
+    });
 }
 
 /// What is known of a start or cancel, learned step by step as it is served; its attribution
@@ -154,6 +198,7 @@ async fn serve(
     path: Result<OperationPath, GatewayError>,
     request: Request<RequestBody>,
     facts: &mut CallFacts,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, GatewayError> {
     let who = authz::caller(peer, secret, &state.registry)?;
     let _in_flight = state.track_operation();
@@ -222,6 +267,7 @@ async fn serve(
             &path,
             &mut below_prefix,
             &mut forwarded,
+            trace.sealed(&parts.headers),
         )
         .await?;
     }
@@ -238,19 +284,38 @@ async fn serve(
                 task_queue: TaskQueue::new(task_queue.clone()),
             };
             let token = add_task_headers(&mut forwarded, &caller, &endpoint, &path, &below_prefix)?;
-            let task = Task {
+            trace.routed();
+            // From the task queued to the worker's answer; the worker's spans sit below it.
+            let mut worker = trace.child("nexus.worker", SpanKind::Client);
+            if worker.is_recording() {
+                worker.set("nexus.target_namespace", namespace.clone());
+                worker.set("nexus.target", task_queue.clone());
+            }
+            worker.propagate(&mut forwarded);
+            let mut task = Task {
                 token,
                 headers: forwarded,
                 body,
                 deadline: received + wait,
+                queue_wait: Default::default(),
             };
             let answer = match remote_replica(state, &key) {
+                // Another replica's queue: its wait is inside the worker span, not measured here.
                 Some(url) => {
                     let signing = state.callbacks.forward_key();
-                    crate::replica_forward::forward(&state.proxy, signing, &url, &key, task).await?
+                    crate::replica_forward::forward(&state.proxy, signing, &url, &key, task).await
                 }
-                None => state.matching.dispatch(&key, task).await?,
+                None => {
+                    task.queue_wait = worker.child("nexus.queue_wait");
+                    state.matching.dispatch(&key, task).await
+                }
             };
+            match &answer {
+                Ok(answer) => worker.answered(answer.status),
+                Err(error) => worker.fail(error.message.clone()),
+            }
+            worker.end();
+            let answer = answer?;
             let mut response = Response::new(full(answer.body));
             *response.status_mut() = answer.status;
             nexus::copy_relayed(&answer.headers, response.headers_mut());
@@ -262,6 +327,17 @@ async fn serve(
                 header_value(&caller, "caller namespace")?,
             );
             let (body, watch) = CappedBody::new(body, state.limits.max_body_bytes);
+            trace.routed();
+            // From the handoff to the lane to the handler's answer; its spans sit below it.
+            let mut upstream = trace.child("nexus.upstream", SpanKind::Client);
+            if upstream.is_recording()
+                && let Ok(uri) = url.parse::<http::Uri>()
+                && let Some(host) = uri.authority()
+            {
+                upstream.set("nexus.target", host.as_str().to_owned());
+            }
+            upstream.propagate(&mut forwarded);
+            let lane_wait = upstream.child("nexus.lane_wait");
             let forwarded = external::forward(
                 state,
                 external::Forward {
@@ -274,10 +350,16 @@ async fn serve(
                     body: body.boxed(),
                     watch: watch.clone(),
                     deadline: received + wait,
+                    lane_wait,
                 },
             )
             .await;
             facts.request_bytes = watch.bytes();
+            match &forwarded {
+                Ok(response) => upstream.answered(response.status()),
+                Err(error) => upstream.fail(error.message.clone()),
+            }
+            upstream.end();
             forwarded?
         }
     };
@@ -409,6 +491,7 @@ fn remote_replica(state: &State, key: &QueueKey) -> Option<String> {
 
 /// Replaces the caller's `callback` URL with a sealed gateway URL and removes the caller's
 /// `Nexus-Callback-*` headers, which travel inside the seal.
+/// `trace`: the operation's trace context, when it is traced, so its completion continues it.
 async fn seal_callback(
     state: &State,
     caller: &str,
@@ -416,6 +499,7 @@ async fn seal_callback(
     path: &OperationPath,
     below_prefix: &mut String,
     forwarded: &mut HeaderMap,
+    trace: Option<(String, Option<String>)>,
 ) -> Result<(), GatewayError> {
     let Some((raw_path, query)) = below_prefix.split_once('?') else {
         return Ok(());
@@ -469,6 +553,8 @@ async fn seal_callback(
             .map(str::to_owned),
         start_ms: now,
         expires_ms: now + state.callbacks.settings.expiry.as_millis() as u64,
+        traceparent: trace.as_ref().map(|(parent, _)| parent.clone()),
+        tracestate: trace.and_then(|(_, state)| state),
     };
     let sealed = state.callbacks.callback_url(&claims).await?;
     let rewritten: Vec<String> = query

@@ -60,5 +60,6 @@ fn metrics(state: &State) -> String {
         registry: &state.registry,
         store: &state.store_stats,
         store_up: state.store_healthy.load(Ordering::Relaxed),
+        tracing: state.telemetry.as_ref().map(|t| t.counts()),
     })
 }

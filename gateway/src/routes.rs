@@ -23,9 +23,11 @@ fn workers(state: &State) -> worker_api::WorkerApi<'_> {
 }
 
 /// Answers one request; never fails: every error becomes a Nexus failure response here.
+/// `connection` is set only with tracing on.
 pub async fn handle(
     state: Arc<State>,
     peer: Arc<Peer>,
+    connection: Option<&crate::telemetry::Connection>,
     request: Request<RequestBody>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -41,7 +43,8 @@ pub async fn handle(
     let result = async {
         match route? {
             Route::Operation { secret, path } => {
-                operations::handle(&state, &peer, secret.as_deref(), path, request).await
+                let secret = secret.as_deref();
+                operations::handle(&state, &peer, connection, secret, path, request).await
             }
             Route::Completion(token) => completions::complete(&state, &peer, token, request).await,
             Route::Completions(route) => completions::admin(&state, &peer, route, request).await,

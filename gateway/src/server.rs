@@ -309,6 +309,14 @@ impl App {
         if let Some(ca) = &config.upstream.ca {
             upstream_tls.ca = ca.clone();
         }
+        // The collector is reached like an external handler: the same CA and client identity.
+        let telemetry = match &config.tracing.otlp_endpoint {
+            Some(_) => crate::telemetry::Telemetry::start(
+                &config.tracing,
+                crate::client::http_client(&upstream_tls, crate::client::HttpVersions::Any)?,
+            ),
+            None => None,
+        };
         let outbound = Arc::new(nexus_outbound_queue::OutboundQueue::new(
             config.outbound.clone(),
         ));
@@ -320,8 +328,12 @@ impl App {
                 config.callbacks.clone(),
                 own_addresses(&config),
             );
-            let (upstream_tls, outbound, shutdown) =
-                (upstream_tls.clone(), outbound.clone(), shutdown.clone());
+            let (upstream_tls, outbound, shutdown, telemetry) = (
+                upstream_tls.clone(),
+                outbound.clone(),
+                shutdown.clone(),
+                telemetry.clone(),
+            );
             tokio::task::spawn_blocking(move || {
                 crate::callbacks::Callbacks::open(
                     &data_dir,
@@ -332,6 +344,7 @@ impl App {
                     own,
                     outbound,
                     shutdown,
+                    telemetry,
                 )
             })
             .await
@@ -371,6 +384,7 @@ impl App {
             in_flight: tokio::sync::watch::channel(0).0,
             console: config.console,
             usage_chart: Default::default(),
+            telemetry,
         });
         Ok(App {
             data,
@@ -492,6 +506,9 @@ impl App {
         {
             warn!(%error, "attribution log flush failed");
         }
+        if let Some(telemetry) = &state.telemetry {
+            telemetry.flush(std::time::Duration::from_secs(5)).await;
+        }
         ops_task.abort();
         evict_task.abort();
         for task in store_tasks {
@@ -531,6 +548,7 @@ async fn serve_connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let _ = tcp.set_nodelay(true);
+    let accepted = state.telemetry.is_some().then(std::time::SystemTime::now);
     let tls = match tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp)).await
     {
         Ok(Ok(tls)) => tls,
@@ -557,12 +575,21 @@ async fn serve_connection(
         Ok(p) => debug!(identity = %p.identity, "connected"),
         Err(error) => debug!(%error, "connected without a recognised identity"),
     }
+    // Only with tracing on: what its `nexus.connection` span needs, should a request be sampled.
+    let connection = state.telemetry.as_ref().zip(accepted).map(|(t, accepted)| {
+        let identity = peer.as_ref().ok().map(|p| p.uri.as_str());
+        Arc::new(t.connection(accepted, remote, tls.get_ref().1, identity))
+    });
     let peer = Arc::new(peer);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let state = state.clone();
         let peer = peer.clone();
+        let connection = connection.clone();
         let request = request.map(crate::body::RequestBody::new);
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(state, peer, request).await) }
+        async move {
+            let response = routes::handle(state, peer, connection.as_deref(), request).await;
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     if let Err(error) = watcher.watch(conn.into_owned()).await {

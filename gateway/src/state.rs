@@ -50,6 +50,8 @@ pub struct State {
     pub console: crate::config::ConsoleSettings,
     /// The console's last chart of actions per hour.
     pub usage_chart: crate::console::usage::ChartCache,
+    /// Distributed tracing; `None` when off (`[tracing]` without an endpoint).
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl State {

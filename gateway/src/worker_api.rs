@@ -72,6 +72,7 @@ async fn poll_queue(
         *response.status_mut() = StatusCode::NO_CONTENT;
         return Ok(response);
     };
+    task.queue_wait.end();
     let mut response = Response::new(full(task.body));
     *response.headers_mut() = task.headers;
     // The worker gets what is left of the gateway's own wait, so its answer arrives in time.
@@ -177,6 +178,7 @@ pub async fn forwarded(
         headers,
         body,
         deadline,
+        queue_wait: Default::default(),
     };
     let answer = api.matching.dispatch(&key, task).await?;
     let mut response = Response::new(crate::body::full(answer.body));
