@@ -549,7 +549,7 @@ async fn deliver(callbacks: &Arc<Callbacks>, id: u64, active: &Active) {
         let mut span = delivery_span(callbacks, &delivery, entry.attempts + 1);
         let outcome = attempt(callbacks, &delivery, body, &mut span).await;
         if let Attempt::Retry { reason, .. } | Attempt::GiveUp(reason) = &outcome {
-            span.fail(reason.clone());
+            span.fail(reason);
         }
         span.end();
         match outcome {

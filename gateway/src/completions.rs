@@ -70,8 +70,8 @@ pub async fn complete(
     )
     .await;
     if let Err(error) = &written {
-        attribution.fail(error.message.clone());
-        span.fail(error.message.clone());
+        attribution.fail(&error.message);
+        span.fail(&error.message);
     }
     attribution.end();
     span.end();

@@ -87,8 +87,8 @@ pub async fn handle(
     )
     .await;
     if let Err(error) = &written {
-        attribution.fail(error.message.clone());
-        trace.fail(error.message.clone());
+        attribution.fail(&error.message);
+        trace.fail(&error.message);
     }
     attribution.end();
     trace.end();
@@ -312,7 +312,7 @@ async fn serve(
             };
             match &answer {
                 Ok(answer) => worker.answered(answer.status),
-                Err(error) => worker.fail(error.message.clone()),
+                Err(error) => worker.fail(&error.message),
             }
             worker.end();
             let answer = answer?;
@@ -357,7 +357,7 @@ async fn serve(
             facts.request_bytes = watch.bytes();
             match &forwarded {
                 Ok(response) => upstream.answered(response.status()),
-                Err(error) => upstream.fail(error.message.clone()),
+                Err(error) => upstream.fail(&error.message),
             }
             upstream.end();
             forwarded?

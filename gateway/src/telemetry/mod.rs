@@ -36,7 +36,6 @@ mod context;
 pub mod export;
 mod settings;
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -351,9 +350,9 @@ impl Trace {
     }
 
     /// Marks the server span failed, saying why.
-    pub fn fail(&mut self, why: impl Into<Cow<'static, str>>) {
+    pub fn fail(&mut self, why: &str) {
         if let Some(traced) = &mut self.0 {
-            traced.server.set_status(Status::error(why));
+            traced.server.set_status(Status::error(why.to_owned()));
         }
     }
 
@@ -436,9 +435,9 @@ impl Span {
     }
 
     /// Marks the span failed, saying why.
-    pub fn fail(&mut self, why: impl Into<Cow<'static, str>>) {
+    pub fn fail(&mut self, why: &str) {
         if let Some(open) = &mut self.0 {
-            open.span.set_status(Status::error(why));
+            open.span.set_status(Status::error(why.to_owned()));
         }
     }
 
