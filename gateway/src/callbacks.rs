@@ -671,6 +671,7 @@ async fn attempt(
         deadline,
         callbacks.client.request(request),
         &PolicyRefusal,
+        span.child("nexus.lane_wait"),
     )
     .await;
     let response = match sent {

@@ -108,8 +108,9 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         &state.outbound,
         &lane,
         f.deadline,
-        f.lane_wait.until_polled(state.proxy.request(request)),
+        state.proxy.request(request),
         &CallerBody(watch),
+        f.lane_wait,
     )
     .await;
     let response = match sent {

@@ -267,7 +267,7 @@ async fn serve(
             &path,
             &mut below_prefix,
             &mut forwarded,
-            trace.sealed(&parts.headers),
+            trace,
         )
         .await?;
     }
@@ -491,7 +491,7 @@ fn remote_replica(state: &State, key: &QueueKey) -> Option<String> {
 
 /// Replaces the caller's `callback` URL with a sealed gateway URL and removes the caller's
 /// `Nexus-Callback-*` headers, which travel inside the seal.
-/// `trace`: the operation's trace context, when it is traced, so its completion continues it.
+/// A traced operation's context is sealed with it, so that its completion continues the trace.
 async fn seal_callback(
     state: &State,
     caller: &str,
@@ -499,7 +499,7 @@ async fn seal_callback(
     path: &OperationPath,
     below_prefix: &mut String,
     forwarded: &mut HeaderMap,
-    trace: Option<(String, Option<String>)>,
+    trace: &Trace,
 ) -> Result<(), GatewayError> {
     let Some((raw_path, query)) = below_prefix.split_once('?') else {
         return Ok(());
@@ -538,6 +538,7 @@ async fn seal_callback(
     }
     let now = crate::callbacks::now_ms();
     let target_namespace = endpoint.spec.target.namespace().map(str::to_owned);
+    let (traceparent, tracestate) = trace.sealed(forwarded).unzip();
     let claims = CallbackClaims {
         url: callback,
         headers: callback_headers,
@@ -553,8 +554,8 @@ async fn seal_callback(
             .map(str::to_owned),
         start_ms: now,
         expires_ms: now + state.callbacks.settings.expiry.as_millis() as u64,
-        traceparent: trace.as_ref().map(|(parent, _)| parent.clone()),
-        tracestate: trace.and_then(|(_, state)| state),
+        traceparent,
+        tracestate: tracestate.flatten(),
     };
     let sealed = state.callbacks.callback_url(&claims).await?;
     let rewritten: Vec<String> = query

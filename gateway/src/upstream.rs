@@ -9,6 +9,7 @@ use nexus_outbound_queue::{LaneKey, OutboundQueue, Outcome, Rejection};
 use tokio::time::Instant;
 
 use crate::body::BoxError;
+use crate::telemetry::Span;
 
 /// Why a send did not bring an answer back.
 #[derive(Debug)]
@@ -34,22 +35,31 @@ pub trait Fault {
 }
 
 /// Sends through `lane`: waits for a slot (until `deadline`), runs `request` (until
-/// `deadline`), and reports the outcome to the lane's breaker.
+/// `deadline`), and reports the outcome to the lane's breaker. `lane_wait` (recorded when the
+/// send is traced) ends when the slot is there.
 pub async fn send<B, E>(
     queue: &OutboundQueue,
     lane: &LaneKey,
     deadline: Instant,
     request: impl Future<Output = Result<Response<B>, E>>,
     fault: &impl Fault,
+    mut lane_wait: Span,
 ) -> Result<Response<B>, SendError>
 where
     E: Into<BoxError>,
 {
     let permit = match tokio::time::timeout_at(deadline, queue.acquire(lane)).await {
         Ok(Ok(permit)) => permit,
-        Ok(Err(rejection)) => return Err(SendError::Refused(rejection)),
-        Err(_) => return Err(SendError::NoSlot),
+        Ok(Err(rejection)) => {
+            lane_wait.fail("refused: the lane is full or its breaker open");
+            return Err(SendError::Refused(rejection));
+        }
+        Err(_) => {
+            lane_wait.fail("no slot before the deadline");
+            return Err(SendError::NoSlot);
+        }
     };
+    lane_wait.end();
     let sent = tokio::time::timeout_at(deadline, request).await;
     match sent {
         Ok(Ok(response)) if fault.senders_fault(false, None) => {

@@ -541,6 +541,7 @@ async fn a_completion_carries_the_operations_trace_to_the_caller_across_a_restar
                     "nexus.start",
                     "nexus.completion",
                     "nexus.callback",
+                    "nexus.lane_wait",
                     "nexus.attribution",
                 ],
             )
@@ -559,6 +560,7 @@ async fn a_completion_carries_the_operations_trace_to_the_caller_across_a_restar
     let attempt = named(&spans, "nexus.callback");
     assert_eq!(hex(&attempt.parent_span_id), hex(&server.span_id));
     assert_eq!(hex(&attempt.span_id), first_parent, "the receiver's parent");
+    assert_below(named(&spans, "nexus.lane_wait"), attempt);
     assert_eq!(
         attempt.status.clone().unwrap_or_default().code,
         SpanStatus::Error as i32,
@@ -722,6 +724,46 @@ async fn a_dead_collector_never_slows_or_fails_a_request_and_its_losses_are_coun
             && metric(&metrics, "nexus_gateway_trace_spans_exported_total") == Some(0.0)
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_fills_the_bounded_queue_and_requests_go_on() {
+    // Accepts and never answers: the first export waits out its timeout, and spans pile up.
+    let (stalled, _accepted, _stop) = stalled_server().await;
+    let gw = TestGateway::start_with(|c| {
+        c.tracing = TracingSettings {
+            otlp_endpoint: Some(
+                nexus_gateway::config::otlp_traces_url(&format!("http://{stalled}")).unwrap(),
+            ),
+            sampling_ratio: 1.0,
+            export_interval: Duration::from_millis(10),
+            ..TracingSettings::default()
+        }
+    })
+    .await;
+    let (handler, _stop) = serve_reference_handler().await;
+    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+    let caller = gw.client(&ns("orders"));
+    // Five spans a call: 3,000 spans, more than the batch in flight and the queue hold.
+    for _ in 0..600 {
+        let reply = send(
+            &caller,
+            post(
+                gw.uri("/nexus/endpoints/quotes/services/svc/echo"),
+                &[],
+                "x",
+            ),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+    }
+    let (_, metrics) = gw.ops_get("/metrics").await;
+    let dropped = metric(&metrics, "nexus_gateway_trace_spans_dropped_total").unwrap();
+    assert!(dropped >= 3000.0 - 2048.0 - 512.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "nexus_gateway_trace_spans_exported_total"),
+        Some(0.0)
+    );
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {

@@ -15,7 +15,7 @@
 //! | `nexus.start`, `nexus.cancel` | server | arrival → answer | the caller's span, else none |
 //! | `nexus.route` | internal | arrival → handed to the target (route, authorize, limits, callback sealing) | server |
 //! | `nexus.upstream` | client | handed to the lane → the handler's answer (external target) | server |
-//! | `nexus.lane_wait` | internal | handed to the lane → a slot in it | upstream |
+//! | `nexus.lane_wait` | internal | handed to the lane → a slot in it | upstream, callback |
 //! | `nexus.worker` | client | task queued → the worker's answer (worker target) | server |
 //! | `nexus.queue_wait` | internal | task queued → a worker took it | worker |
 //! | `nexus.attribution` | internal | the attribution record written | server |
@@ -36,7 +36,6 @@ mod context;
 pub mod export;
 mod settings;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -86,11 +85,10 @@ impl Telemetry {
             .with_span_processor(queue)
             .build();
         // Sampling is decided before any span exists; the SDK records what it is given.
-        let threshold = (settings.sampling_ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64;
         Some(Arc::new(Telemetry {
             tracer: provider.tracer("nexus-gateway"),
             _provider: provider,
-            threshold,
+            threshold: threshold(settings.sampling_ratio),
             export,
         }))
     }
@@ -104,14 +102,7 @@ impl Telemetry {
         connection: Option<&Connection>,
     ) -> Trace {
         let caller = context::caller_traceparent(headers);
-        let sampled = match caller {
-            Some(parent) if parent.sampled() => true,
-            // The same part of the id OpenTelemetry's ratio sampler reads, so every
-            // participant with the same ratio decides alike for one trace.
-            Some(parent) => self.within_ratio(parent.trace_id as u64),
-            None => self.within_ratio(rand::random()),
-        };
-        if !sampled {
+        if !sampled(caller.as_ref(), self.threshold, rand::random) {
             return Trace::default();
         }
         let parent = caller.map_or_else(Context::new, |p| remote_parent(&p));
@@ -180,10 +171,6 @@ impl Telemetry {
         }
     }
 
-    fn within_ratio(&self, random: u64) -> bool {
-        (random >> 1) < self.threshold
-    }
-
     /// What the export has done so far, for `/metrics`.
     pub fn counts(&self) -> ExportCounts {
         self.export.counts()
@@ -193,6 +180,25 @@ impl Telemetry {
     pub async fn flush(&self, within: Duration) {
         self.export.flush(within).await;
     }
+}
+
+/// What a trace id's randomness (its low 63 bits, as OpenTelemetry's ratio sampler reads it)
+/// must be below to be sampled at `ratio`.
+fn threshold(ratio: f64) -> u64 {
+    (ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64
+}
+
+/// Whether a request is traced: always when its caller's `traceparent` says sampled;
+/// otherwise when its trace id is within the ratio's `threshold`, so that every participant
+/// with the same ratio decides alike for one trace; without one, a `random` number stands
+/// for the new trace's id.
+fn sampled(caller: Option<&TraceParent>, threshold: u64, random: impl FnOnce() -> u64) -> bool {
+    let randomness = match caller {
+        Some(parent) if parent.sampled() => return true,
+        Some(parent) => parent.trace_id as u64,
+        None => random(),
+    };
+    (randomness >> 1) < threshold
 }
 
 /// A context whose span is the caller's (or a sealed operation's): a remote parent.
@@ -277,48 +283,88 @@ pub struct Facts<'a> {
     pub status: StatusCode,
 }
 
+// The public methods of `Trace` and `Span` are inlined checks of whether anything is
+// recorded: an untraced request pays a branch for each, not a call.
 impl Trace {
+    #[inline]
     pub fn is_sampled(&self) -> bool {
         self.0.is_some()
     }
 
     /// A child of the server span, begun now.
+    #[inline]
     pub fn child(&self, name: &'static str, kind: SpanKind) -> Span {
-        let Some(traced) = &self.0 else {
-            return Span::default();
-        };
-        let span = traced
-            .tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .start_with_context(&traced.tracer, &traced.below);
-        Span::open(&traced.tracer, span)
+        match &self.0 {
+            Some(traced) => traced.child(name, kind),
+            None => Span::default(),
+        }
     }
 
     /// The request is handed to its target: the route span ends.
+    #[inline]
     pub fn routed(&mut self) {
-        if let Some(mut route) = self.0.as_mut().and_then(|t| t.route.take()) {
-            route.end();
+        if let Some(traced) = &mut self.0 {
+            traced.routed();
         }
     }
 
     /// The server span's `traceparent`, and the caller's `tracestate` (from `headers`,
     /// within its bound), to seal with an async operation so that its completion continues
     /// the trace.
+    #[inline]
     pub fn sealed(&self, headers: &HeaderMap) -> Option<(String, Option<String>)> {
-        let traced = self.0.as_ref()?;
-        let parent = traceparent_of(traced.server.span_context()).to_text();
-        Some((parent, context::tracestate_to_seal(headers)))
+        self.0.as_ref().map(|traced| traced.sealed(headers))
     }
 
     /// Says on the server span what is known of the answered request; a route span the
     /// request never got past ends failed.
+    #[inline]
     pub fn describe(&mut self, facts: &Facts<'_>) {
-        let Some(traced) = &mut self.0 else {
-            return;
-        };
-        let failed = facts.status.is_server_error();
-        if let Some(mut route) = traced.route.take() {
+        if let Some(traced) = &mut self.0 {
+            traced.describe(facts);
+        }
+    }
+
+    /// Marks the server span failed, saying why.
+    #[inline]
+    pub fn fail(&mut self, why: &str) {
+        if let Some(traced) = &mut self.0 {
+            traced.server.set_status(Status::error(why.to_owned()));
+        }
+    }
+
+    /// Ends the server span (and the route span, if still open).
+    #[inline]
+    pub fn end(self) {
+        if let Some(traced) = self.0 {
+            traced.end();
+        }
+    }
+}
+
+impl Traced {
+    fn child(&self, name: &'static str, kind: SpanKind) -> Span {
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .start_with_context(&self.tracer, &self.below);
+        Span::open(&self.tracer, span)
+    }
+
+    fn routed(&mut self) {
+        if let Some(mut route) = self.route.take() {
+            route.end();
+        }
+    }
+
+    fn sealed(&self, headers: &HeaderMap) -> (String, Option<String>) {
+        let parent = traceparent_of(self.server.span_context()).to_text();
+        (parent, context::tracestate_to_seal(headers))
+    }
+
+    fn describe(&mut self, facts: &Facts<'_>) {
+        if let Some(mut route) = self.route.take() {
             // Refused, or failed, before it reached its target.
             route.set_status(Status::error(facts.outcome.to_owned()));
             route.end();
@@ -342,28 +388,18 @@ impl Trace {
                 attributes.push(KeyValue::new(key, value.to_owned()));
             }
         }
-        let server = &mut traced.server;
-        server.set_attributes(attributes);
-        if failed {
-            server.set_status(Status::error(facts.outcome.to_owned()));
+        self.server.set_attributes(attributes);
+        if facts.status.is_server_error() {
+            self.server
+                .set_status(Status::error(facts.outcome.to_owned()));
         }
     }
 
-    /// Marks the server span failed, saying why.
-    pub fn fail(&mut self, why: &str) {
-        if let Some(traced) = &mut self.0 {
-            traced.server.set_status(Status::error(why.to_owned()));
+    fn end(mut self: Box<Self>) {
+        if let Some(mut route) = self.route.take() {
+            route.end();
         }
-    }
-
-    /// Ends the server span (and the route span, if still open).
-    pub fn end(self) {
-        if let Some(mut traced) = self.0 {
-            if let Some(mut route) = traced.route.take() {
-                route.end();
-            }
-            traced.server.end();
-        }
+        self.server.end();
     }
 }
 
@@ -386,34 +422,30 @@ impl Span {
         })))
     }
 
+    #[inline]
     pub fn is_recording(&self) -> bool {
         self.0.is_some()
     }
 
     /// A child of this span, begun now.
+    #[inline]
     pub fn child(&self, name: &'static str) -> Span {
-        let Some(open) = &self.0 else {
-            return Span::default();
-        };
-        let parent = Context::new().with_remote_span_context(open.span.span_context().clone());
-        let span = open
-            .tracer
-            .span_builder(name)
-            .start_with_context(&open.tracer, &parent);
-        Span::open(&open.tracer, span)
+        match &self.0 {
+            Some(open) => open.child(name),
+            None => Span::default(),
+        }
     }
 
     /// Names this span as the parent in `headers`' `traceparent` (replacing the caller's), so
     /// that the receiver's spans sit below it.
+    #[inline]
     pub fn propagate(&self, headers: &mut HeaderMap) {
         if let Some(open) = &self.0 {
-            headers.insert(
-                TRACEPARENT,
-                traceparent_of(open.span.span_context()).to_header(),
-            );
+            open.propagate(headers);
         }
     }
 
+    #[inline]
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some(open) = &mut self.0 {
             open.span.set_attribute(KeyValue::new(key, value));
@@ -421,53 +453,60 @@ impl Span {
     }
 
     /// The HTTP status that came back; a 5xx marks the span failed.
+    #[inline]
     pub fn answered(&mut self, status: StatusCode) {
         if let Some(open) = &mut self.0 {
-            open.span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status.as_u16()),
-            ));
-            if status.is_server_error() {
-                open.span
-                    .set_status(Status::error(format!("answered {status}")));
-            }
+            open.answered(status);
         }
     }
 
     /// Marks the span failed, saying why.
+    #[inline]
     pub fn fail(&mut self, why: &str) {
         if let Some(open) = &mut self.0 {
             open.span.set_status(Status::error(why.to_owned()));
         }
     }
 
+    #[inline]
     pub fn end(self) {
-        if let Some(mut open) = self.0 {
-            open.span.end();
+        if let Some(open) = self.0 {
+            open.end();
+        }
+    }
+}
+
+impl OpenSpan {
+    fn child(&self, name: &'static str) -> Span {
+        let parent = Context::new().with_remote_span_context(self.span.span_context().clone());
+        let span = self
+            .tracer
+            .span_builder(name)
+            .start_with_context(&self.tracer, &parent);
+        Span::open(&self.tracer, span)
+    }
+
+    fn propagate(&self, headers: &mut HeaderMap) {
+        headers.insert(
+            TRACEPARENT,
+            traceparent_of(self.span.span_context()).to_header(),
+        );
+    }
+
+    fn answered(&mut self, status: StatusCode) {
+        self.span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if status.is_server_error() {
+            self.span
+                .set_status(Status::error(format!("answered {status}")));
         }
     }
 
-    /// Runs `future`, ending this span when it is first polled: a wait that lasts until the
-    /// future is started (a slot in a lane). Never started, the span ends failed. Allocates
-    /// nothing: an unrecorded span only adds a check.
-    pub fn until_polled<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        started(Unstarted(self), future)
+    fn end(mut self: Box<Self>) {
+        self.span.end();
     }
-}
-
-/// A wait that ends when its future starts; dropped before, it failed.
-struct Unstarted(Span);
-
-impl Drop for Unstarted {
-    fn drop(&mut self) {
-        self.0.fail("never started: given up before its turn");
-    }
-}
-
-/// The body of an async fn runs at its first poll.
-async fn started<F: Future>(mut wait: Unstarted, future: F) -> F::Output {
-    std::mem::take(&mut wait.0).end();
-    future.await
 }
 
 fn traceparent_of(span: &SpanContext) -> TraceParent {
@@ -475,5 +514,63 @@ fn traceparent_of(span: &SpanContext) -> TraceParent {
         trace_id: u128::from_be_bytes(span.trace_id().to_bytes()),
         span_id: u64::from_be_bytes(span.span_id().to_bytes()),
         flags: span.trace_flags().to_u8(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(trace_id: u128, flags: u8) -> TraceParent {
+        TraceParent {
+            trace_id,
+            span_id: 1,
+            flags,
+        }
+    }
+
+    #[test]
+    fn a_caller_that_asks_is_traced_at_any_ratio() {
+        let never = threshold(0.0);
+        assert!(sampled(Some(&caller(u128::MAX, 1)), never, || 0));
+        assert!(!sampled(Some(&caller(1, 0)), never, || 0));
+        assert!(!sampled(None, never, || 0));
+    }
+
+    #[test]
+    fn the_ratio_reads_the_low_bits_of_the_trace_id_or_draws_a_new_one() {
+        let half = threshold(0.5);
+        // Low 64 bits below 2^63 (shifted: below 2^62) are within half; the high bits do not count.
+        assert!(sampled(
+            Some(&caller(u128::MAX << 64, 0)),
+            half,
+            || unreachable!()
+        ));
+        assert!(sampled(
+            Some(&caller((1u128 << 63) - 1, 0)),
+            half,
+            || unreachable!()
+        ));
+        assert!(!sampled(
+            Some(&caller(1u128 << 63, 0)),
+            half,
+            || unreachable!()
+        ));
+        assert!(!sampled(
+            Some(&caller(u64::MAX as u128, 0)),
+            half,
+            || unreachable!()
+        ));
+        assert!(sampled(None, half, || 0));
+        assert!(!sampled(None, half, || u64::MAX));
+        let all = threshold(1.0);
+        assert!(sampled(None, all, || u64::MAX));
+        assert!(sampled(Some(&caller(u128::MAX, 0)), all, || 0));
+        // About 1 % of random ids at 0.01.
+        let one_percent = threshold(0.01);
+        let traced = (0..100_000)
+            .filter(|_| sampled(None, one_percent, rand::random))
+            .count();
+        assert!((700..1300).contains(&traced), "{traced}");
     }
 }
