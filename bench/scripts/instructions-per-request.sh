@@ -9,6 +9,9 @@
 #        [--store POSTGRES_ADMIN_URL]   (each run on a fresh database of that server: H1)
 # --nginx also measures Debian's nginx (one worker, mTLS front, keep-alive upstream) on the same
 # requests to the same handler, with its access log off and buffered (S1's peer).
+# --tracing RATIO turns tracing on ([tracing] sampling_ratio = RATIO), exporting to a live OTLP/HTTP
+# sink on loopback (a small Python server that answers 200 to every POST); it prints the
+# export requests and bytes it took.
 # PATHS="external" limits the run to one path.
 # KEEP=DIR keeps the callgrind profiles there; bench/scripts/callgrind-per-request.py turns a
 # pair of them into a per-request profile.
@@ -18,8 +21,8 @@
 # callgrind does not see); KEEP then keeps strace's per-call tables.
 # Needs: valgrind (or strace), python3, curl (and psql with --store). A few minutes per binary.
 set -euo pipefail
-N=1000; BINS=(); STORE=""; NGINX=""
-while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; --store) STORE=$2; shift 2;; --nginx) NGINX=1; shift;; *) BINS+=("$(realpath "$1")"); shift;; esac; done
+N=1000; BINS=(); STORE=""; NGINX=""; TRACING=""
+while [ $# -gt 0 ]; do case "$1" in -n) N=$2; shift 2;; --store) STORE=$2; shift 2;; --nginx) NGINX=1; shift;; --tracing) TRACING=$2; shift 2;; *) BINS+=("$(realpath "$1")"); shift;; esac; done
 [ ${#BINS[@]} -gt 0 ] || { echo "usage: $0 GATEWAY_BIN [GATEWAY_BIN ...] [-n N]" >&2; exit 64; }
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
 free() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -75,6 +78,22 @@ per_caller_rate = 0
 per_endpoint_rate = 0
 per_caller_endpoint_rate = 0
 T
+if [ -n "$TRACING" ]; then
+  cat > "$W/otlp.py" <<'PY'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = len(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        with open(sys.argv[2], "a") as log: log.write(f"{self.path} {self.headers.get('Content-Type')} {n}\n")
+        self.send_response(200); self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+  OTLP=$(free); python3 "$W/otlp.py" "$OTLP" "$W/otlp.log" &
+  printf '[tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsampling_ratio = %s\n' "$OTLP" "$TRACING" >> "$W/gw.toml"
+fi
 # Less the clock calibration of the rate limiters' clock (quanta): it spins on wall time, so
 # its count follows the machine's load, not the code.
 total() {
@@ -130,6 +149,7 @@ for path in ${PATHS:-external worker}; do
       base=$(run "$bin" 0 "$path"); how="baseline: start and stop"
     fi
     echo "$path path, $UNIT per request: $(( (measured - base) / N ))  ($bin; $how)"
+    [ -z "$TRACING" ] || { echo "  OTLP sink took $(wc -l < "$W/otlp.log") export requests ($(awk '{b+=$3} END {print b+0}' "$W/otlp.log") bytes)"; : > "$W/otlp.log"; }
   done
 done
 [ -n "$NGINX" ] || exit 0
