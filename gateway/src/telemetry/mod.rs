@@ -49,7 +49,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
-pub use context::{TRACEPARENT, TRACESTATE, TraceParent, parse as parse_traceparent};
+pub use context::{TRACEPARENT, TRACESTATE, TraceParent};
 pub use export::ExportCounts;
 pub use settings::{TracingSettings, otlp_traces_url};
 
@@ -58,7 +58,7 @@ pub struct Telemetry {
     tracer: SdkTracer,
     /// Kept for its lifetime: spans end into its processor.
     _provider: SdkTracerProvider,
-    /// A trace is sampled when the low 63 bits of randomness of its id are below this.
+    /// A trace is sampled when its id's low 64 bits, shifted right by one, are below this.
     threshold: u64,
     export: export::Exporting,
 }
