@@ -688,16 +688,18 @@ async fn with_tracing_on_an_unsampled_call_is_relayed_as_when_off_and_exports_no
     assert!(collector.all().is_empty(), "{:?}", collector.all());
 }
 
-#[tokio::test]
-async fn a_dead_collector_never_slows_or_fails_a_request_and_its_losses_are_counted() {
-    // A port nothing listens on: every export is refused.
-    let refused = reserved_port();
-    let endpoint = format!("http://{}", refused.local_addr().unwrap());
+/// A gateway tracing every call and exporting to `endpoint` every `interval`, with an external
+/// endpoint `quotes`; makes `calls` calls through it and returns it.
+async fn traced_calls_exporting_to(
+    endpoint: &str,
+    interval: Duration,
+    calls: usize,
+) -> TestGateway {
     let gw = TestGateway::start_with(|c| {
         c.tracing = TracingSettings {
-            otlp_endpoint: Some(nexus_gateway::config::otlp_traces_url(&endpoint).unwrap()),
+            otlp_endpoint: Some(nexus_gateway::config::otlp_traces_url(endpoint).unwrap()),
             sampling_ratio: 1.0,
-            export_interval: Duration::from_millis(50),
+            export_interval: interval,
             ..TracingSettings::default()
         }
     })
@@ -705,18 +707,19 @@ async fn a_dead_collector_never_slows_or_fails_a_request_and_its_losses_are_coun
     let (handler, _stop) = serve_reference_handler().await;
     gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
     let caller = gw.client(&ns("orders"));
-    for _ in 0..20 {
-        let reply = send(
-            &caller,
-            post(
-                gw.uri("/nexus/endpoints/quotes/services/svc/echo"),
-                &[],
-                "x",
-            ),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
+    for _ in 0..calls {
+        let uri = gw.uri("/nexus/endpoints/quotes/services/svc/echo");
+        assert_eq!(send(&caller, post(uri, &[], "x")).await.status, 200);
     }
+    gw
+}
+
+#[tokio::test]
+async fn a_dead_collector_never_slows_or_fails_a_request_and_its_losses_are_counted() {
+    // A port nothing listens on: every export is refused.
+    let refused = reserved_port();
+    let endpoint = format!("http://{}", refused.local_addr().unwrap());
+    let gw = traced_calls_exporting_to(&endpoint, Duration::from_millis(50), 20).await;
     eventually("the lost spans are counted", BOUND, async || {
         let (_, metrics) = gw.ops_get("/metrics").await;
         metric(&metrics, "nexus_gateway_trace_spans_dropped_total").unwrap_or(0.0) >= 100.0
@@ -730,33 +733,9 @@ async fn a_dead_collector_never_slows_or_fails_a_request_and_its_losses_are_coun
 async fn a_collector_that_never_answers_fills_the_bounded_queue_and_requests_go_on() {
     // Accepts and never answers: the first export waits out its timeout, and spans pile up.
     let (stalled, _accepted, _stop) = stalled_server().await;
-    let gw = TestGateway::start_with(|c| {
-        c.tracing = TracingSettings {
-            otlp_endpoint: Some(
-                nexus_gateway::config::otlp_traces_url(&format!("http://{stalled}")).unwrap(),
-            ),
-            sampling_ratio: 1.0,
-            export_interval: Duration::from_millis(10),
-            ..TracingSettings::default()
-        }
-    })
-    .await;
-    let (handler, _stop) = serve_reference_handler().await;
-    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
-    let caller = gw.client(&ns("orders"));
     // Five spans a call: 3,000 spans, more than the batch in flight and the queue hold.
-    for _ in 0..600 {
-        let reply = send(
-            &caller,
-            post(
-                gw.uri("/nexus/endpoints/quotes/services/svc/echo"),
-                &[],
-                "x",
-            ),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
-    }
+    let endpoint = format!("http://{stalled}");
+    let gw = traced_calls_exporting_to(&endpoint, Duration::from_millis(10), 600).await;
     let (_, metrics) = gw.ops_get("/metrics").await;
     let dropped = metric(&metrics, "nexus_gateway_trace_spans_dropped_total").unwrap();
     assert!(dropped >= 3000.0 - 2048.0 - 512.0, "{metrics}");
