@@ -602,6 +602,17 @@ impl TestGateway {
             })
             .expect("create endpoint")
     }
+
+    /// Both kinds of target, callable by namespace `orders`: endpoint `payments` serves task
+    /// queue `charges` of namespace `billing` (its worker is running), endpoint `quotes` the
+    /// reference handler. Returns the worker, the handler's address and what stops it.
+    pub async fn both_targets(&self) -> (WorkerHandle, SocketAddr, CancellationToken) {
+        self.worker_endpoint("payments", "billing", "charges", &["orders"]);
+        let worker = self.start_worker("billing", "charges");
+        let (handler, stop) = serve_reference_handler().await;
+        self.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+        (worker, handler, stop)
+    }
 }
 
 /// A request captured by a [`Receiver`].

@@ -260,10 +260,7 @@ async fn on_the_data_port_only_admins_use_the_console() {
 #[tokio::test]
 async fn traffic_chart_and_destinations_show_what_went_through() {
     let gw = TestGateway::start().await;
-    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
-    let _worker = gw.start_worker("billing", "charges");
-    let (handler, _stop) = serve_reference_handler().await;
-    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+    let (_worker, handler, _stop) = gw.both_targets().await;
     let caller = gw.client(&ns("orders"));
     for _ in 0..3 {
         let reply = send(

@@ -7,10 +7,7 @@ async fn health_readiness_and_metrics_by_caller_endpoint_and_outcome() {
     let gw = TestGateway::start().await;
     assert_eq!(gw.ops_get("/healthz").await.0, 200);
     assert_eq!(gw.ops_get("/readyz").await.0, 200);
-    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
-    let _worker = gw.start_worker("billing", "charges");
-    let (handler, _stop) = serve_reference_handler().await;
-    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+    let (_worker, handler, _stop) = gw.both_targets().await;
     let caller = gw.client(&ns("orders"));
     assert_eq!(
         send(
@@ -72,10 +69,7 @@ async fn health_readiness_and_metrics_by_caller_endpoint_and_outcome() {
 #[tokio::test]
 async fn traceparent_reaches_workers_and_external_handlers() {
     let gw = TestGateway::start().await;
-    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
-    let _worker = gw.start_worker("billing", "charges");
-    let (handler, _stop) = serve_reference_handler().await;
-    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+    let (_worker, _handler, _stop) = gw.both_targets().await;
     let caller = gw.client(&ns("orders"));
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for endpoint in ["payments", "quotes"] {

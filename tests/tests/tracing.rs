@@ -202,6 +202,18 @@ fn attributes(span: &Span) -> HashMap<String, String> {
         .collect()
 }
 
+/// Asserts that `span` carries each `(key, value)` attribute.
+fn assert_attributes(span: &Span, expected: &[(&str, &str)]) {
+    let said = attributes(span);
+    for (key, value) in expected {
+        assert_eq!(
+            said.get(*key).map(String::as_str),
+            Some(*value),
+            "{key}: {said:?}"
+        );
+    }
+}
+
 /// `(trace id, parent id, flags)` of a `traceparent` value.
 fn traceparent(value: &str) -> (String, String, String) {
     let parts: Vec<&str> = value.split('-').collect();
@@ -286,22 +298,18 @@ async fn a_sampled_call_to_an_external_handler_is_one_trace_from_caller_to_handl
     }
     assert_below(named(&spans, "nexus.lane_wait"), upstream);
     assert!(upstream.end_time_unix_nano <= server.end_time_unix_nano);
-    let said = attributes(server);
-    for (key, value) in [
-        ("nexus.caller_namespace", "orders"),
-        ("nexus.endpoint", "quotes"),
-        ("nexus.target", handler.to_string().as_str()),
-        ("nexus.service", "svc"),
-        ("nexus.operation", "headers"),
-        ("nexus.outcome", "succeeded"),
-        ("http.response.status_code", "200"),
-    ] {
-        assert_eq!(
-            said.get(key).map(String::as_str),
-            Some(value),
-            "{key}: {said:?}"
-        );
-    }
+    assert_attributes(
+        server,
+        &[
+            ("nexus.caller_namespace", "orders"),
+            ("nexus.endpoint", "quotes"),
+            ("nexus.target", handler.to_string().as_str()),
+            ("nexus.service", "svc"),
+            ("nexus.operation", "headers"),
+            ("nexus.outcome", "succeeded"),
+            ("http.response.status_code", "200"),
+        ],
+    );
     assert_eq!(
         attributes(upstream).get("nexus.target"),
         Some(&handler.to_string())
@@ -421,22 +429,18 @@ async fn across_the_worker_bridge_the_worker_gets_the_gateways_worker_span_as_pa
     let queue_wait = named(&spans, "nexus.queue_wait");
     assert_below(queue_wait, worker);
     assert!(queue_wait.end_time_unix_nano <= worker.end_time_unix_nano);
-    let said = attributes(server);
-    for (key, value) in [
-        ("nexus.caller_namespace", "orders"),
-        ("nexus.endpoint", "payments"),
-        ("nexus.target_namespace", "billing"),
-        ("nexus.target", "charges"),
-        ("nexus.service", "svc"),
-        ("nexus.operation", "headers"),
-        ("http.response.status_code", "200"),
-    ] {
-        assert_eq!(
-            said.get(key).map(String::as_str),
-            Some(value),
-            "{key}: {said:?}"
-        );
-    }
+    assert_attributes(
+        server,
+        &[
+            ("nexus.caller_namespace", "orders"),
+            ("nexus.endpoint", "payments"),
+            ("nexus.target_namespace", "billing"),
+            ("nexus.target", "charges"),
+            ("nexus.service", "svc"),
+            ("nexus.operation", "headers"),
+            ("http.response.status_code", "200"),
+        ],
+    );
     assert_eq!(
         attributes(worker).get("nexus.target").map(String::as_str),
         Some("charges")
@@ -610,10 +614,7 @@ async fn a_completion_carries_the_operations_trace_to_the_caller_across_a_restar
 #[tokio::test]
 async fn with_tracing_off_the_callers_context_passes_unchanged_and_nothing_is_exported() {
     let gw = TestGateway::start().await;
-    gw.worker_endpoint("payments", "billing", "charges", &["orders"]);
-    let _worker = gw.start_worker("billing", "charges");
-    let (handler, _stop) = serve_reference_handler().await;
-    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+    let (_worker, _handler, _stop) = gw.both_targets().await;
     let caller = gw.client(&ns("orders"));
     let mut receiver = Receiver::start(200).await;
     for endpoint in ["payments", "quotes"] {
