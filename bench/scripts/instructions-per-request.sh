@@ -13,6 +13,8 @@
 # sink on loopback (a small Python server that answers 200 to every POST); it prints the
 # export requests and bytes it took.
 # PATHS="external" limits the run to one path.
+# CALLER=h2 makes the caller curl over one h2 connection (ALPN h2) instead of HTTP/1.1 (S7's
+# peer); nginx is then measured with http2 on its front too.
 # KEEP=DIR keeps the callgrind profiles there; bench/scripts/callgrind-per-request.py turns a
 # pair of them into a per-request profile.
 # IDLE_BASELINE=1 subtracts a gateway left idle as long as the measured run took, instead of
@@ -60,6 +62,15 @@ for _ in range(n):
     r = c.getresponse(); r.read(); ok += r.status == 200
 sys.exit(0 if ok == n else 1)
 PY
+# The h2 caller: curl sends N + 20 requests on one connection and prints each status.
+call() { # port n pki endpoint
+  if [ "${CALLER:-}" != h2 ]; then python3 "$W/client.py" "$@"; return; fi
+  local i n=$(($2 + 20)) ok
+  for i in $(seq 1 $n); do echo "url = \"https://127.0.0.1:$1/nexus/endpoints/$4/services/s/o\""; done > "$W/urls"
+  ok=$(curl -s --http2 --cacert "$3/ca.pem" --cert "$3/ns-caller.pem" --key "$3/ns-caller-key.pem" \
+    -H 'Content-Type: application/json' -d '{"hello":"nexus"}' -w '%{http_code}\n' -K "$W/urls" | grep -c '200$' || true)
+  [ "$ok" = "$n" ] || { echo "h2 caller: $ok of $n answered 200" >&2; return 1; }
+}
 cat > "$W/up.py" <<'PY'
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -129,7 +140,7 @@ run() { # bin n path [idle seconds] -> instructions; the N run's duration goes t
   "$bin" endpoint create "${admin[@]}" --name external --target-url "http://127.0.0.1:$UP" --allow-caller caller >/dev/null
   python3 "$W/worker.py" "$gwp" "$W/pki" & local wp=$!
   local t0; t0=$(date +%s.%N)
-  python3 "$W/client.py" "$gwp" "$n" "$W/pki" "$path"
+  call "$gwp" "$n" "$W/pki" "$path"
   [ "$n" = 0 ] || python3 -c "import sys;print(float(sys.argv[2])-float(sys.argv[1]))" "$t0" "$(date +%s.%N)" > "$W/took"
   # An idle baseline as long as the measured run: per-second work (timers, the store's
   # background) is then left out of "per request".
@@ -154,14 +165,14 @@ for path in ${PATHS:-external worker}; do
 done
 [ -n "$NGINX" ] || exit 0
 ng() { # n log|off -> instructions
-  local ngp al='access_log off;'; ngp=$(free)
+  local ngp al='access_log off;' H2=""; ngp=$(free); [ "${CALLER:-}" != h2 ] || H2=" http2"
   [ "$2" = log ] && al="access_log $W/access.log combined buffer=64k flush=100ms;"
   cat > "$W/nginx.conf" <<C
 daemon off; master_process off; worker_processes 1; pid $W/nginx.pid; error_log $W/error.log warn;
 events { worker_connections 1024; }
 http { $al client_body_temp_path $W/b; proxy_temp_path $W/p; fastcgi_temp_path $W/f; uwsgi_temp_path $W/u; scgi_temp_path $W/s;
  upstream b { server 127.0.0.1:$UP; keepalive 64; }
- server { listen $ngp ssl; ssl_protocols TLSv1.3; ssl_certificate $W/pki/server.pem; ssl_certificate_key $W/pki/server-key.pem;
+ server { listen $ngp ssl$H2; ssl_protocols TLSv1.3; ssl_certificate $W/pki/server.pem; ssl_certificate_key $W/pki/server-key.pem;
   ssl_client_certificate $W/pki/ca.pem; ssl_verify_client on; keepalive_requests 1000000;
   location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 C
@@ -169,7 +180,7 @@ C
     -c "$W/nginx.conf" -e "$W/error.log" >/dev/null 2>&1 &
   local p=$!
   for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$ngp") 2>/dev/null && break; sleep 0.2; done
-  python3 "$W/client.py" "$ngp" "$1" "$W/pki" external; stop $p
+  call "$ngp" "$1" "$W/pki" external; stop $p
   keep "$W/cg.ng.$2.$1" "nginx.$2.$1"
   total "$W/cg.ng.$2.$1"
 }

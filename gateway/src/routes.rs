@@ -40,20 +40,37 @@ pub async fn handle(
         method = %request.method(),
         path = %crate::request::loggable_path(uri.path())
     );
+    // Each handler's future is boxed, so this one stays small whatever the largest handler
+    // holds (about 15 KB unboxed). hyper and tokio move the request future by value (h2 spawns
+    // a task per stream), and every move copied all of it.
     let result = async {
         match route? {
             Route::Operation { secret, path } => {
                 let secret = secret.as_deref();
-                operations::handle(&state, &peer, connection, secret, path, request).await
+                Box::pin(operations::handle(
+                    &state, &peer, connection, secret, path, request,
+                ))
+                .await
             }
-            Route::Completion(token) => completions::complete(&state, &peer, token, request).await,
-            Route::Completions(route) => completions::admin(&state, &peer, route, request).await,
+            Route::Completion(token) => {
+                Box::pin(completions::complete(&state, &peer, token, request)).await
+            }
+            Route::Completions(route) => {
+                Box::pin(completions::admin(&state, &peer, route, request)).await
+            }
             Route::Poll {
                 namespace,
                 task_queue,
-            } => worker_api::poll(&workers(&state), &peer, namespace, task_queue, request).await,
+            } => {
+                let api = workers(&state);
+                Box::pin(worker_api::poll(
+                    &api, &peer, namespace, task_queue, request,
+                ))
+                .await
+            }
             Route::Respond { token } => {
-                worker_api::respond(&workers(&state), &peer, token, request).await
+                let api = workers(&state);
+                Box::pin(worker_api::respond(&api, &peer, token, request)).await
             }
             Route::Endpoints { id } => {
                 let api = admin::AdminApi {
@@ -61,7 +78,7 @@ pub async fn handle(
                     limits: &state.limits,
                     plain_http: state.upstream.plain_http,
                 };
-                admin::handle(&api, &peer, id, request).await
+                Box::pin(admin::handle(&api, &peer, id, request)).await
             }
             Route::Clusters { name, secrets } => {
                 let api = cluster_admin::ClusterApi {
@@ -69,7 +86,7 @@ pub async fn handle(
                     limits: &state.limits,
                     policy: &state.callbacks.policy,
                 };
-                cluster_admin::handle(&api, &peer, name, secrets, request).await
+                Box::pin(cluster_admin::handle(&api, &peer, name, secrets, request)).await
             }
             Route::ForwardedTask {
                 namespace,
@@ -77,15 +94,18 @@ pub async fn handle(
             } => {
                 let signing = state.callbacks.forward_key();
                 let api = workers(&state);
-                worker_api::forwarded(&api, signing, &peer, namespace, task_queue, request).await
+                Box::pin(worker_api::forwarded(
+                    &api, signing, &peer, namespace, task_queue, request,
+                ))
+                .await
             }
             Route::AttributionEvents => {
                 let log = state.attribution.as_ref();
-                metering::events(log, &state.shutdown, &peer, request).await
+                Box::pin(metering::events(log, &state.shutdown, &peer, request)).await
             }
             Route::Console => {
                 let door = crate::authz::ConsoleDoor::DataPort(&peer);
-                Ok(console::serve(&state, door, request).await)
+                Ok(Box::pin(console::serve(&state, door, request)).await)
             }
         }
     }
