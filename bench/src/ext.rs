@@ -28,7 +28,8 @@ pub enum Mode {
     /// S5: G with `[attribution] durability = "strict"` vs G with attribution disabled.
     Strict,
     /// S1: G vs N (Debian nginx, one process, `ssl_verify_client on`, same certificates,
-    /// keep-alive HTTP/1.1 upstream to B), both with HTTP/1.1 callers.
+    /// keep-alive HTTP/1.1 upstream to B), both with HTTP/1.1 callers; then both with h2
+    /// callers, so S7's h2 / HTTP/1.1 ratio is seen next to nginx's own.
     Nginx,
 }
 
@@ -133,6 +134,19 @@ pub async fn ext(args: ExtArgs) -> Result<String> {
             label: "N (HTTP/1.1)".into(),
             uri: format!("https://{n_addr}{EXT_PATH}").parse()?,
             clients: make(HttpVersions::Http1Only)?,
+            pid: pids.len() - 1,
+        });
+        let n_uri = candidates[1].uri.clone();
+        candidates.push(Candidate {
+            label: "G (h2)".into(),
+            uri: candidates[0].uri.clone(),
+            clients: make(HttpVersions::Any)?,
+            pid: 0,
+        });
+        candidates.push(Candidate {
+            label: "N (h2)".into(),
+            uri: n_uri,
+            clients: make(HttpVersions::Any)?,
             pid: pids.len() - 1,
         });
         keep.push(n_proc);
@@ -260,6 +274,21 @@ fn report(args: &ExtArgs, cands: &[Candidate], rounds: &[Vec<Measured>], bare: u
             rows.push(vec![
                 "S1 throughput, G / N".into(),
                 cell(over(rounds, |r| tput(r, 0) / tput(r, 1)), 2),
+                "≥ 1.0".into(),
+            ]);
+            rows.push(vec![
+                "CPU/req with h2 callers, G / N".into(),
+                cell(over(rounds, |r| cpu(r, 2) / cpu(r, 3)), 2),
+                "—".into(),
+            ]);
+            rows.push(vec![
+                "S7 CPU/req, G h2 / G HTTP/1.1".into(),
+                cell(over(rounds, |r| cpu(r, 2) / cpu(r, 0)), 2),
+                "≤ 1.15".into(),
+            ]);
+            rows.push(vec![
+                "CPU/req, N h2 / N HTTP/1.1 (nginx's own S7)".into(),
+                cell(over(rounds, |r| cpu(r, 3) / cpu(r, 1)), 2),
                 "—".into(),
             ]);
         }
@@ -386,7 +415,7 @@ fn start_nginx(
          http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
          upstream b {{ server {bare}; keepalive 64; }}\n\
-         server {{\n  listen {port} ssl;\n  ssl_protocols TLSv1.3;\n\
+         server {{\n  listen {port} ssl http2;\n  ssl_protocols TLSv1.3;\n\
          ssl_certificate {cert};\n  ssl_certificate_key {key};\n  ssl_client_certificate {ca};\n\
          ssl_verify_client on;\n  keepalive_requests 1000000;\n\
          location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n }}\n}}\n",
