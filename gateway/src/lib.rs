@@ -60,6 +60,7 @@ pub(crate) mod operations;
 pub(crate) mod ops_port;
 pub(crate) mod outcome;
 pub(crate) mod proxy_client;
+pub(crate) mod proxy_h1;
 pub mod reload;
 pub(crate) mod replica_forward;
 pub(crate) mod request;

@@ -5,7 +5,9 @@
 //! raced against each other, and a task spawned per request to return the connection. Here a
 //! destination is found by its authority in a sharded map, an idle HTTP/1.1 connection is
 //! popped from a vector, and it goes back when the response body ends. HTTP/2 connections
-//! (chosen by ALPN) are shared by every request to their destination.
+//! (chosen by ALPN) are shared by every request to their destination. An HTTP/1.1 request
+//! with a small body of known length is exchanged by hand ([`crate::proxy_h1`]); others go
+//! through hyper's HTTP/1.1 client, on connections of their own.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -23,7 +25,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::body::Body;
+use crate::body::{Body, full};
+use crate::proxy_h1;
 
 type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 
@@ -51,6 +54,8 @@ pub enum Error {
     },
     #[error("HTTP exchange: {0}")]
     Http(#[from] hyper::Error),
+    #[error("HTTP/1.1 exchange: {0}")]
+    H1(#[from] proxy_h1::Error),
 }
 
 /// A cheap handle to the pools; clones share them.
@@ -79,13 +84,17 @@ struct Destination {
 
 #[derive(Default)]
 struct Conns {
+    /// hyper's HTTP/1.1 connections.
     idle: Vec<(http1::SendRequest<Body>, Instant)>,
+    /// HTTP/1.1 connections exchanged on by hand.
+    by_hand: Vec<(proxy_h1::Conn, Instant)>,
     shared: Option<(http2::SendRequest<Body>, Instant)>,
 }
 
 enum Conn {
     H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
+    ByHand(proxy_h1::Conn),
 }
 
 impl ProxyClient {
@@ -121,10 +130,16 @@ impl ProxyClient {
             request.headers_mut().insert(http::header::HOST, host);
         }
         let destination = self.destination(https, authority);
+        if proxy_h1::fits(&request) && !destination.has_shared() {
+            // Boxed, as the rare paths below: the request's future stays small.
+            let by_hand = self.by_hand(request, destination, https, authority, &uri);
+            return Box::pin(by_hand).await;
+        }
         // A pooled connection the server closed before taking the request gives it back;
         // it is tried on the next one, and finally on a new connection.
-        while let Some(conn) = destination.checkout() {
+        while let Some(conn) = destination.checkout(false) {
             match conn {
+                Conn::ByHand(_) => continue,
                 Conn::H2(mut sender) => {
                     *request.uri_mut() = uri.clone();
                     if sender.ready().await.is_err() {
@@ -162,7 +177,18 @@ impl ProxyClient {
         }
         // Boxed: the connect future is large, and the request's future moves on every poll
         // up the stack while the rare connect would weigh on every request.
-        let conn = Box::pin(self.connect_to(&destination, https, authority, &uri)).await?;
+        let conn = Box::pin(self.connect_to(&destination, https, authority, &uri, false)).await?;
+        Box::pin(self.send_new(conn, request, uri, destination)).await
+    }
+
+    /// Sends on a connection just opened, by hyper.
+    async fn send_new(
+        &self,
+        conn: Conn,
+        mut request: Request<Body>,
+        uri: Uri,
+        destination: Arc<Destination>,
+    ) -> Result<Response<PooledBody>, Error> {
         match conn {
             Conn::H2(mut sender) => {
                 *request.uri_mut() = uri;
@@ -173,6 +199,49 @@ impl ProxyClient {
                 let response = sender.send_request(request).await?;
                 Ok(PooledBody::wrap(response, Some((sender, destination))))
             }
+            Conn::ByHand(_) => unreachable!("hyper's connections only"),
+        }
+    }
+
+    /// An HTTP/1.1 exchange by hand: the body is read whole, then head and body go out in one
+    /// write on an idle connection, or a new one. A write that fails on an idle connection
+    /// means the upstream closed it unread; the request goes on the next one.
+    async fn by_hand(
+        &self,
+        request: Request<Body>,
+        destination: Arc<Destination>,
+        https: bool,
+        authority: &str,
+        uri: &Uri,
+    ) -> Result<Response<PooledBody>, Error> {
+        let (parts, body) = request.into_parts();
+        let body = proxy_h1::read_body(body).await?;
+        let message = proxy_h1::encode(&parts, &body);
+        let is_head = parts.method == http::Method::HEAD;
+        loop {
+            let conn = match destination.checkout(true) {
+                Some(conn) => conn,
+                None => {
+                    Box::pin(self.connect_to(&destination, https, authority, uri, true)).await?
+                }
+            };
+            let mut conn = match conn {
+                Conn::ByHand(conn) => conn,
+                // The destination turned out to speak HTTP/2.
+                other => {
+                    let request = Request::from_parts(parts, full(body));
+                    let send = self.send_new(other, request, uri.clone(), destination);
+                    return Box::pin(send).await;
+                }
+            };
+            match proxy_h1::write(&mut conn, &message).await {
+                Ok(()) => {}
+                Err(_) if conn.reused() => continue,
+                Err(error) => return Err(error.into()),
+            }
+            let mut response = proxy_h1::read_head(conn, is_head).await?;
+            response.body_mut().return_to(destination);
+            return Ok(response.map(|body| PooledBody(Kind::ByHand(body))));
         }
     }
 
@@ -195,27 +264,34 @@ impl ProxyClient {
         https: bool,
         authority: &str,
         uri: &Uri,
+        by_hand: bool,
     ) -> Result<Conn, Error> {
         use std::sync::atomic::Ordering::Relaxed;
         if !https || destination.http1_only.load(Relaxed) {
-            return self.connect(https, authority, uri).await;
+            return self.connect(https, authority, uri, by_hand).await;
         }
         let _connecting = destination.connecting.lock().await;
         if let Some(Conn::H2(sender)) = destination.checkout_shared() {
             return Ok(Conn::H2(sender));
         }
-        let conn = self.connect(https, authority, uri).await?;
+        let conn = self.connect(https, authority, uri, by_hand).await?;
         match &conn {
             Conn::H2(sender) => {
                 destination.conns.lock().expect("pool lock").shared =
                     Some((sender.clone(), Instant::now()));
             }
-            Conn::H1(_) => destination.http1_only.store(true, Relaxed),
+            Conn::H1(_) | Conn::ByHand(_) => destination.http1_only.store(true, Relaxed),
         }
         Ok(conn)
     }
 
-    async fn connect(&self, https: bool, authority: &str, uri: &Uri) -> Result<Conn, Error> {
+    async fn connect(
+        &self,
+        https: bool,
+        authority: &str,
+        uri: &Uri,
+        by_hand: bool,
+    ) -> Result<Conn, Error> {
         self.start_sweeping();
         let host = uri.host().unwrap_or_default();
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -229,6 +305,9 @@ impl ProxyClient {
             .map_err(connect_error)?;
         tcp.set_nodelay(true).map_err(connect_error)?;
         if !https {
+            if by_hand {
+                return Ok(Conn::ByHand(proxy_h1::Conn::new(proxy_h1::Io::Plain(tcp))));
+            }
             return handshake_http1(TokioIo::new(tcp)).await;
         }
         let tls_error = |source| Error::Tls {
@@ -246,6 +325,10 @@ impl ProxyClient {
                 }
             });
             return Ok(Conn::H2(sender));
+        }
+        if by_hand {
+            let io = proxy_h1::Io::Tls(Box::new(tls));
+            return Ok(Conn::ByHand(proxy_h1::Conn::new(io)));
         }
         handshake_http1(TokioIo::new(tls)).await
     }
@@ -287,11 +370,20 @@ async fn sweep(pools: Weak<Inner>) {
 }
 
 impl Destination {
-    /// A live connection: the shared HTTP/2 one, else the most recently returned HTTP/1.1 one.
-    fn checkout(&self) -> Option<Conn> {
+    /// A live connection: the shared HTTP/2 one, else the most recently returned HTTP/1.1 one
+    /// of the kind asked for.
+    fn checkout(&self, by_hand: bool) -> Option<Conn> {
         let mut conns = self.conns.lock().expect("pool lock");
         if let Some(shared) = Self::shared(&mut conns) {
             return Some(shared);
+        }
+        if by_hand {
+            while let Some((conn, _)) = conns.by_hand.pop() {
+                if conn.is_idle_and_open() {
+                    return Some(Conn::ByHand(conn));
+                }
+            }
+            return None;
         }
         while let Some((sender, _)) = conns.idle.pop() {
             if !sender.is_closed() {
@@ -299,6 +391,10 @@ impl Destination {
             }
         }
         None
+    }
+
+    fn has_shared(&self) -> bool {
+        self.conns.lock().expect("pool lock").shared.is_some()
     }
 
     fn checkout_shared(&self) -> Option<Conn> {
@@ -338,6 +434,9 @@ impl Destination {
         conns
             .idle
             .retain(|(sender, since)| fresh(*since) && !sender.is_closed());
+        conns
+            .by_hand
+            .retain(|(conn, since)| fresh(*since) && conn.is_idle_and_open());
         if conns
             .shared
             .as_ref()
@@ -345,7 +444,16 @@ impl Destination {
         {
             conns.shared = None;
         }
-        !conns.idle.is_empty() || conns.shared.is_some()
+        !conns.idle.is_empty() || !conns.by_hand.is_empty() || conns.shared.is_some()
+    }
+}
+
+impl proxy_h1::Checkin for Destination {
+    fn checkin(&self, conn: proxy_h1::Conn) {
+        let mut conns = self.conns.lock().expect("pool lock");
+        if conns.by_hand.len() < MAX_IDLE_PER_DESTINATION {
+            conns.by_hand.push((conn, Instant::now()));
+        }
     }
 }
 
@@ -360,9 +468,14 @@ fn origin_form(uri: &Uri) -> Uri {
 
 /// A response body that returns its HTTP/1.1 connection to the pool when it ends. Dropped
 /// before its end, the connection is closed instead: it still carries the rest of the body.
-pub struct PooledBody {
-    body: Incoming,
-    back: Option<(http1::SendRequest<Body>, Arc<Destination>)>,
+pub struct PooledBody(Kind);
+
+enum Kind {
+    Hyper {
+        body: Incoming,
+        back: Option<(http1::SendRequest<Body>, Arc<Destination>)>,
+    },
+    ByHand(proxy_h1::H1Body),
 }
 
 impl PooledBody {
@@ -370,45 +483,58 @@ impl PooledBody {
         response: Response<Incoming>,
         back: Option<(http1::SendRequest<Body>, Arc<Destination>)>,
     ) -> Response<Self> {
-        let mut response = response.map(|body| PooledBody { body, back });
-        if response.body().body.is_end_stream() {
-            response.body_mut().release();
+        let mut response = response.map(|body| PooledBody(Kind::Hyper { body, back }));
+        if let Kind::Hyper { body, back } = &mut response.body_mut().0
+            && body.is_end_stream()
+        {
+            release(back);
         }
         response
     }
+}
 
-    fn release(&mut self) {
-        if let Some((sender, destination)) = self.back.take() {
-            destination.checkin(sender);
-        }
+fn release(back: &mut Option<(http1::SendRequest<Body>, Arc<Destination>)>) {
+    if let Some((sender, destination)) = back.take() {
+        destination.checkin(sender);
     }
 }
 
 impl http_body::Body for PooledBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let (body, back) = match &mut self.0 {
+            Kind::ByHand(body) => {
+                return Pin::new(body).poll_frame(cx).map_err(Error::from);
+            }
+            Kind::Hyper { body, back } => (body, back),
+        };
+        let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
         match &frame {
-            None => this.release(),
-            Some(Ok(_)) if this.body.is_end_stream() => this.release(),
+            None => release(back),
+            Some(Ok(_)) if body.is_end_stream() => release(back),
             Some(Ok(_)) => {}
             // A broken body leaves the connection in an unknown state.
-            Some(Err(_)) => this.back = None,
+            Some(Err(_)) => *back = None,
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map_err(Error::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.0 {
+            Kind::Hyper { body, .. } => body.is_end_stream(),
+            Kind::ByHand(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.0 {
+            Kind::Hyper { body, .. } => body.size_hint(),
+            Kind::ByHand(body) => body.size_hint(),
+        }
     }
 }

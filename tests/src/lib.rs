@@ -998,3 +998,20 @@ fn rand_u128() -> u128 {
     );
     (u128::from(h.finish()) << 64) | u128::from(std::process::id())
 }
+
+/// Whether `seen` holds a whole request head and the body its content-length announces.
+pub fn request_is_whole(seen: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(seen);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let length = text[..end]
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    seen.len() >= end + 4 + length
+}

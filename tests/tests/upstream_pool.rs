@@ -192,23 +192,6 @@ async fn closing_handler() -> (SocketAddr, Arc<AtomicUsize>, CancellationToken) 
     (addr, connections, stop)
 }
 
-/// Whether `seen` holds a whole request head and the body its content-length announces.
-fn request_is_whole(seen: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(seen);
-    let Some(end) = text.find("\r\n\r\n") else {
-        return false;
-    };
-    let length = text[..end]
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    seen.len() >= end + 4 + length
-}
-
 #[tokio::test]
 async fn a_connection_the_handler_closed_never_costs_a_call() {
     let gw = TestGateway::start().await;
