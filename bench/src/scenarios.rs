@@ -442,7 +442,7 @@ fn w1_report(
     let (throughput_target, p50_target) = if args.rate > 0.0 {
         ("— (fixed rate)", "≤ 300")
     } else {
-        ("≥ 0.4", "≤ 300 at a fixed rate (--rate)")
+        ("≥ 0.5", "≤ 300 at a fixed rate (--rate)")
     };
     let mut out = String::new();
     let _ = writeln!(

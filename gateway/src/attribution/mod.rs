@@ -460,6 +460,48 @@ mod tests {
         assert_eq!(started.elapsed().as_secs(), 30, "timed out");
     }
 
+    /// A leader waits one scheduler turn so that appends ready in the same turn share its
+    /// write. Dropped during that turn (a caller gone), it still writes what is queued and
+    /// gives up the lead.
+    #[tokio::test]
+    async fn a_leader_dropped_while_waiting_its_turn_writes_and_gives_up_the_lead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(tmp.path());
+        let leader = log.append(start());
+        let follower = log.append(start());
+        tokio::pin!(leader, follower);
+        let first = std::future::poll_fn(|cx| Poll::Ready(leader.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the leader waits a turn first");
+        let second = std::future::poll_fn(|cx| Poll::Ready(follower.as_mut().poll(cx))).await;
+        assert!(
+            second.is_pending(),
+            "the follower waits for the leader's write"
+        );
+        assert_eq!(log.last_seq(), 0, "nothing written yet");
+
+        leader.set(log.append(start()));
+        assert_eq!(
+            disk_seqs(tmp.path()),
+            [1, 2],
+            "written on drop, in one batch"
+        );
+        let answered = tokio::time::timeout(Duration::from_secs(5), follower).await;
+        assert_eq!(answered.unwrap().unwrap(), 2);
+        assert_eq!(leader.await.unwrap(), 3, "the lead was given up");
+        assert_eq!(disk_seqs(tmp.path()), [1, 2, 3]);
+
+        // Many appends ready in one turn: every one answered, every record on disk once.
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let log = log.clone();
+            tasks.spawn(async move { log.append(start()).await.unwrap() });
+        }
+        let mut seqs = tasks.join_all().await;
+        seqs.sort_unstable();
+        assert_eq!(seqs, (4..=43).collect::<Vec<_>>());
+        assert_eq!(disk_seqs(tmp.path()), (1..=43).collect::<Vec<_>>());
+    }
+
     #[test]
     fn settings_and_durability_parse() {
         let s = AttributionSettings::new("d".into());
