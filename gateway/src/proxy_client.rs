@@ -204,8 +204,8 @@ impl ProxyClient {
     }
 
     /// An HTTP/1.1 exchange by hand: the body is read whole, then head and body go out in one
-    /// write on an idle connection, or a new one. A write that fails on an idle connection
-    /// means the upstream closed it unread; the request goes on the next one.
+    /// write on an idle connection (one the upstream closed while idle is found before the
+    /// write and dropped), or a new one. It is sent once: a failed write is an error.
     async fn by_hand(
         &self,
         request: Request<Body>,
@@ -218,31 +218,23 @@ impl ProxyClient {
         let body = proxy_h1::read_body(body).await?;
         let message = proxy_h1::encode(&parts, &body);
         let is_head = parts.method == http::Method::HEAD;
-        loop {
-            let conn = match destination.checkout(true) {
-                Some(conn) => conn,
-                None => {
-                    Box::pin(self.connect_to(&destination, https, authority, uri, true)).await?
-                }
-            };
-            let mut conn = match conn {
-                Conn::ByHand(conn) => conn,
-                // The destination turned out to speak HTTP/2.
-                other => {
-                    let request = Request::from_parts(parts, full(body));
-                    let send = self.send_new(other, request, uri.clone(), destination);
-                    return Box::pin(send).await;
-                }
-            };
-            match proxy_h1::write(&mut conn, &message).await {
-                Ok(()) => {}
-                Err(_) if conn.reused() => continue,
-                Err(error) => return Err(error.into()),
+        let conn = match destination.checkout(true) {
+            Some(conn) => conn,
+            None => Box::pin(self.connect_to(&destination, https, authority, uri, true)).await?,
+        };
+        let mut conn = match conn {
+            Conn::ByHand(conn) => conn,
+            // The destination turned out to speak HTTP/2.
+            other => {
+                let request = Request::from_parts(parts, full(body));
+                let send = self.send_new(other, request, uri.clone(), destination);
+                return Box::pin(send).await;
             }
-            let mut response = proxy_h1::read_head(conn, is_head).await?;
-            response.body_mut().return_to(destination);
-            return Ok(response.map(|body| PooledBody(Kind::ByHand(body))));
-        }
+        };
+        proxy_h1::write(&mut conn, &message).await?;
+        let mut response = proxy_h1::read_head(conn, is_head).await?;
+        response.body_mut().return_to(destination);
+        Ok(response.map(|body| PooledBody(Kind::ByHand(body))))
     }
 
     fn destination(&self, https: bool, authority: &str) -> Arc<Destination> {
@@ -378,7 +370,7 @@ impl Destination {
             return Some(shared);
         }
         if by_hand {
-            while let Some((conn, _)) = conns.by_hand.pop() {
+            while let Some((mut conn, _)) = conns.by_hand.pop() {
                 if conn.is_idle_and_open() {
                     return Some(Conn::ByHand(conn));
                 }
@@ -436,7 +428,7 @@ impl Destination {
             .retain(|(sender, since)| fresh(*since) && !sender.is_closed());
         conns
             .by_hand
-            .retain(|(conn, since)| fresh(*since) && conn.is_idle_and_open());
+            .retain_mut(|(conn, since)| fresh(*since) && conn.is_idle_and_open());
         if conns
             .shared
             .as_ref()

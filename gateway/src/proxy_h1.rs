@@ -12,7 +12,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -49,15 +49,6 @@ pub enum Error {
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Io {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Io::Plain(tcp) => tcp,
-            Io::Tls(tls) => tls.get_ref().0,
-        }
-    }
 }
 
 impl AsyncRead for Io {
@@ -104,8 +95,6 @@ impl AsyncWrite for Io {
 pub struct Conn {
     io: Io,
     buf: BytesMut,
-    /// It carried an exchange before: a failed write then means the upstream closed it idle.
-    reused: bool,
 }
 
 impl Conn {
@@ -113,19 +102,35 @@ impl Conn {
         Self {
             io,
             buf: BytesMut::new(),
-            reused: false,
         }
     }
 
-    pub fn reused(&self) -> bool {
-        self.reused
+    /// Whether an idle connection can take a request: nothing arrived on it since its last
+    /// answer, not even the end of the stream (the upstream closed it while idle). Asked of
+    /// the TLS layer, not the socket: it may hold bytes it already took off the socket, and
+    /// an answer nobody asked for would be read as the next request's.
+    pub fn is_idle_and_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
     }
 
-    /// Whether an idle connection can take a request: nothing arrived on it since its last
-    /// answer, not even the end of the stream (the upstream closed it while idle).
-    pub fn is_idle_and_open(&self) -> bool {
+    /// Whether the TLS layer holds nothing more of what the upstream sent, asked of rustls
+    /// alone (no system call): checked as each answer ends, while the socket itself is
+    /// looked at when the connection is taken again.
+    fn tls_holds_nothing(&mut self) -> bool {
+        use std::io::Read;
+        let Io::Tls(tls) = &mut self.io else {
+            return true;
+        };
         let mut probe = [0u8; 1];
-        matches!(self.io.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(tls.get_mut().1.reader().read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -169,9 +174,10 @@ pub fn encode(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes `message` (from [`encode`]) on `conn`; a write that fails on a reused connection
-/// gives the connection's error back untouched, so the caller may send again on a new one:
-/// the upstream cannot have read the request.
+/// Writes `message` (from [`encode`]) on `conn`. A failed write is not sent again: part of
+/// it may have reached the upstream, which may have acted on it (a handler that answers
+/// after the head and closes without reading the body, say). A connection closed while idle
+/// is found before the write instead ([`Conn::is_idle_and_open`]).
 pub async fn write(conn: &mut Conn, message: &[u8]) -> Result<(), Error> {
     conn.io.write_all(message).await?;
     conn.io.flush().await?;
@@ -293,20 +299,30 @@ fn framing(head: &Head, is_head: bool) -> Result<Framing, Error> {
     if is_head || status == 204 || status == 304 {
         return Ok(Framing::Length(0));
     }
-    if let Some(codings) = head.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let last = codings.to_str().ok().and_then(|v| v.rsplit(',').next());
-        return Ok(match last {
-            Some(coding) if coding.trim().eq_ignore_ascii_case("chunked") => {
-                if head.headers.contains_key(CONTENT_LENGTH) {
-                    // Both framings: the message is suspect; refuse it rather than guess.
-                    return Err(Error::Malformed(
-                        "both Transfer-Encoding and Content-Length",
-                    ));
-                }
-                Framing::Chunked(Chunk::Size)
-            }
-            _ => Framing::Close,
-        });
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        // Only chunked alone: the coding is this hop's and is not relayed, so a body under
+        // any other coding (gzip, ...) would reach the caller as bytes nobody can decode.
+        let mut codings = head
+            .headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|coding| !coding.is_empty());
+        let chunked = codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !chunked {
+            return Err(Error::Malformed("a transfer coding other than chunked"));
+        }
+        if head.headers.contains_key(CONTENT_LENGTH) {
+            // Both framings: the message is suspect; refuse it rather than guess.
+            return Err(Error::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        return Ok(Framing::Chunked(Chunk::Size));
     }
     let mut length = None;
     for value in head.headers.get_all(CONTENT_LENGTH) {
@@ -470,9 +486,11 @@ impl H1Body {
             return;
         };
         // Bytes beyond the answer mean the upstream said more than it was asked.
-        let reusable = self.keep_alive && self.framing != Framing::Close && conn.buf.is_empty();
+        let reusable = self.keep_alive
+            && self.framing != Framing::Close
+            && conn.buf.is_empty()
+            && conn.tls_holds_nothing();
         if let (true, Some(back)) = (reusable, self.back.take()) {
-            conn.reused = true;
             back.checkin(conn);
         }
     }
@@ -622,12 +640,8 @@ mod tests {
             ),
             ("HTTP/1.1 204 No Content\r\n\r\n", Framing::Length(0)),
             (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked \r\n\r\n",
                 Framing::Chunked(Chunk::Size),
-            ),
-            (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
-                Framing::Close,
             ),
             ("HTTP/1.1 200 OK\r\n\r\n", Framing::Close),
             (
@@ -646,6 +660,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: -3\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            // Codings the gateway would not relay: the caller could not decode the body.
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
         ] {
             assert!(framing(&head(raw), false).is_err(), "{raw:?}");
         }

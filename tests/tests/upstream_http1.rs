@@ -8,26 +8,28 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nexus_certs::TlsMaterial;
 use nexus_e2e::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// What the handler writes for one request: pieces written apart (so the gateway reads the
 /// answer in parts), and whether it then closes the connection.
 struct Answer {
-    pieces: Vec<&'static str>,
+    pieces: Vec<String>,
     close: bool,
 }
 
-fn answer(pieces: &[&'static str]) -> Answer {
+fn answer(pieces: &[&str]) -> Answer {
     Answer {
-        pieces: pieces.to_vec(),
+        pieces: pieces.iter().map(|p| p.to_string()).collect(),
         close: false,
     }
 }
 
-/// A plain-HTTP handler answering the n-th request it reads with `script(n)`; it counts its
-/// connections and keeps every request as received.
+/// A plain-HTTP handler (or HTTPS, HTTP/1.1 only, with [`Scripted::start_tls`]) answering
+/// the n-th request it reads with `script(n)`; it counts its connections and keeps every
+/// request as received.
 struct Scripted {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -37,6 +39,24 @@ struct Scripted {
 
 impl Scripted {
     async fn start(script: fn(usize) -> Answer) -> Scripted {
+        Self::serve(script, None).await
+    }
+
+    /// Over TLS with `material`'s certificate, requiring a client certificate of its CA.
+    async fn start_tls(script: fn(usize) -> Answer, material: &TlsMaterial) -> Scripted {
+        let mut config = nexus_certs::server_config(material).expect("upstream TLS config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::serve(
+            script,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn serve(
+        script: fn(usize) -> Answer,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Scripted {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let handler = Scripted {
             addr: listener.local_addr().unwrap(),
@@ -48,36 +68,20 @@ impl Scripted {
         let stop = handler.stop.clone();
         tokio::spawn(async move {
             loop {
-                let mut tcp = tokio::select! {
+                let tcp = tokio::select! {
                     Ok((tcp, _)) = listener.accept() => tcp,
                     () = stop.cancelled() => break,
                 };
                 connections.fetch_add(1, SeqCst);
-                let requests = requests.clone();
+                let (requests, tls) = (requests.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 8192];
-                    loop {
-                        while !request_is_whole(&seen) {
-                            match tcp.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    match tls {
+                        None => converse(tcp, script, requests).await,
+                        Some(tls) => {
+                            let handshake = tokio::time::timeout(REQUEST_BOUND, tls.accept(tcp));
+                            if let Ok(Ok(tls)) = handshake.await {
+                                converse(tls, script, requests).await;
                             }
-                        }
-                        let n = {
-                            let mut all = requests.lock().unwrap();
-                            all.push(std::mem::take(&mut seen));
-                            all.len() - 1
-                        };
-                        let answer = script(n);
-                        for piece in answer.pieces {
-                            if tcp.write_all(piece.as_bytes()).await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        if answer.close {
-                            return;
                         }
                     }
                 });
@@ -88,6 +92,39 @@ impl Scripted {
 
     fn request(&self, n: usize) -> String {
         String::from_utf8_lossy(&self.requests.lock().unwrap()[n]).into_owned()
+    }
+}
+
+/// One connection of a [`Scripted`] handler.
+async fn converse(
+    mut tcp: impl AsyncRead + AsyncWrite + Unpin,
+    script: fn(usize) -> Answer,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        while !request_is_whole(&seen) {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let n = {
+            let mut all = requests.lock().unwrap();
+            all.push(std::mem::take(&mut seen));
+            all.len() - 1
+        };
+        let answer = script(n);
+        for piece in &answer.pieces {
+            if tcp.write_all(piece.as_bytes()).await.is_err() || tcp.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if answer.close {
+            return;
+        }
     }
 }
 
@@ -130,8 +167,8 @@ async fn answers_in_every_framing_reach_the_caller_whole() {
         2 => answer(&["HTTP/1.1 204 No Content\r\nx-n: 2\r\n\r\n"]),
         // No length: the body runs to the close, and the connection is not kept.
         _ => Answer {
-            pieces: vec!["HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ", "the close"],
             close: true,
+            ..answer(&["HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ", "the close"])
         },
     })
     .await;
@@ -250,4 +287,44 @@ async fn a_malformed_answer_is_a_clear_failure_and_its_connection_is_dropped() {
     let fine = call(&gw, "scripted", "x").await;
     assert_eq!((fine.status.as_u16(), text(&fine)), (200, "ok".to_owned()));
     assert_eq!(handler.connections.load(SeqCst), 4);
+}
+
+/// An answer followed by one nobody asked for, in the same TLS record: the TLS layer holds
+/// the second after the first has been read, where the socket shows nothing. The connection
+/// must not carry the next request, whose answer would otherwise be the one already there.
+#[tokio::test]
+async fn an_answer_nobody_asked_for_is_never_taken_for_the_next_one() {
+    let gw = TestGateway::start().await;
+    let handler = Scripted::start_tls(
+        |n| match n {
+            0 => {
+                // Head and body fill exactly one read of the gateway's (8 KiB).
+                let head = |len: usize| format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                let len = 8192 - head(8000).len();
+                let first = format!("{}{}", head(len), "x".repeat(len));
+                assert_eq!(first.len(), 8192);
+                let unasked = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfake!";
+                answer(&[&format!("{first}{unasked}")])
+            }
+            _ => answer(&["HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nreal!"]),
+        },
+        &gw.pki.server(),
+    )
+    .await;
+    let url = format!("https://localhost:{}", handler.addr.port());
+    gw.external_endpoint("scripted", &url, &["orders"]);
+    let first = call(&gw, "scripted", "a").await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.len() > 8000 && first.body.iter().all(|b| *b == b'x'));
+    let second = call(&gw, "scripted", "b").await;
+    assert_eq!(
+        (second.status.as_u16(), text(&second)),
+        (200, "real!".to_owned())
+    );
+    assert_eq!(
+        handler.connections.load(SeqCst),
+        2,
+        "the connection holding the unasked answer was dropped"
+    );
+    assert!(handler.request(1).ends_with("\r\n\r\nb"));
 }
