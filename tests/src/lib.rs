@@ -826,6 +826,29 @@ pub async fn attribution_events(
         .collect()
 }
 
+/// Accepts connections on `listener` until `stop`, counting them in `connections` and
+/// serving each with `serve` on a task of its own: the loop of the tests' scripted servers.
+pub fn accept_each<F, Fut>(
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                Ok((tcp, _)) = listener.accept() => tcp,
+                () = stop.cancelled() => break,
+            };
+            connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(serve(tcp));
+        }
+    });
+}
+
 /// A plain-HTTP server on 127.0.0.1 that answers 200 to every request whose body arrived
 /// whole, and counts what reached it: connections, whole requests (with their body
 /// lengths) and requests whose body was cut off.
@@ -851,40 +874,33 @@ impl CountingServer {
             seen: Default::default(),
             stop: CancellationToken::new(),
         };
-        let (connections, completed, aborted, seen, stop) = (
-            server.connections.clone(),
+        let (completed, aborted, seen) = (
             server.completed.clone(),
             server.aborted.clone(),
             server.seen.clone(),
-            server.stop.clone(),
         );
-        tokio::spawn(async move {
-            loop {
-                let tcp = tokio::select! {
-                    Ok((tcp, _)) = listener.accept() => tcp,
-                    () = stop.cancelled() => break,
-                };
-                connections.fetch_add(1, SeqCst);
-                let (completed, aborted, seen) = (completed.clone(), aborted.clone(), seen.clone());
-                let service =
-                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let (completed, aborted, seen) =
-                            (completed.clone(), aborted.clone(), seen.clone());
-                        async move {
-                            match request.into_body().collect().await {
-                                Ok(body) => completed.lock().unwrap().push(body.to_bytes().len()),
-                                Err(_) => {
-                                    aborted.fetch_add(1, SeqCst);
-                                }
+        let (stop, connections) = (server.stop.clone(), server.connections.clone());
+        accept_each(listener, stop, connections, move |tcp| {
+            let (completed, aborted, seen) = (completed.clone(), aborted.clone(), seen.clone());
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let (completed, aborted, seen) =
+                        (completed.clone(), aborted.clone(), seen.clone());
+                    async move {
+                        match request.into_body().collect().await {
+                            Ok(body) => completed.lock().unwrap().push(body.to_bytes().len()),
+                            Err(_) => {
+                                aborted.fetch_add(1, SeqCst);
                             }
-                            seen.notify_one();
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                         }
-                    });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
-                );
+                        seen.notify_one();
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+            async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
             }
         });
         server

@@ -64,27 +64,20 @@ impl Scripted {
             requests: Default::default(),
             stop: CancellationToken::new(),
         };
-        let (connections, requests) = (handler.connections.clone(), handler.requests.clone());
-        let stop = handler.stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let tcp = tokio::select! {
-                    Ok((tcp, _)) = listener.accept() => tcp,
-                    () = stop.cancelled() => break,
-                };
-                connections.fetch_add(1, SeqCst);
-                let (requests, tls) = (requests.clone(), tls.clone());
-                tokio::spawn(async move {
-                    match tls {
-                        None => converse(tcp, script, requests).await,
-                        Some(tls) => {
-                            let handshake = tokio::time::timeout(REQUEST_BOUND, tls.accept(tcp));
-                            if let Ok(Ok(tls)) = handshake.await {
-                                converse(tls, script, requests).await;
-                            }
+        let requests = handler.requests.clone();
+        let (stop, connections) = (handler.stop.clone(), handler.connections.clone());
+        accept_each(listener, stop, connections, move |tcp| {
+            let (requests, tls) = (requests.clone(), tls.clone());
+            async move {
+                match tls {
+                    None => converse(tcp, script, requests).await,
+                    Some(tls) => {
+                        let handshake = tokio::time::timeout(REQUEST_BOUND, tls.accept(tcp));
+                        if let Ok(Ok(tls)) = handshake.await {
+                            converse(tls, script, requests).await;
                         }
                     }
-                });
+                }
             }
         });
         handler
