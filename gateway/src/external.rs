@@ -144,6 +144,14 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
             .from_upstream());
         }
     };
+    if !crate::proxy_h1::transfer_coding_relayable(response.headers()) {
+        // hyper's client (large bodies) takes the chunked layer off and leaves the rest.
+        return Err(GatewayError::unavailable(format!(
+            "external handler {host} answered with a transfer coding other than chunked, \
+             which the gateway cannot relay"
+        ))
+        .from_upstream());
+    }
     let status = response.status();
     let (parts, body) = response.into_parts();
     let mut out = Response::new(body.map_err(Into::into).boxed());

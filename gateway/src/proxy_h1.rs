@@ -300,20 +300,7 @@ fn framing(head: &Head, is_head: bool) -> Result<Framing, Error> {
         return Ok(Framing::Length(0));
     }
     if head.headers.contains_key(TRANSFER_ENCODING) {
-        // Only chunked alone: the coding is this hop's and is not relayed, so a body under
-        // any other coding (gzip, ...) would reach the caller as bytes nobody can decode.
-        let mut codings = head
-            .headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|coding| !coding.is_empty());
-        let chunked = codings
-            .next()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
-            && codings.next().is_none();
-        if !chunked {
+        if !transfer_coding_relayable(&head.headers) {
             return Err(Error::Malformed("a transfer coding other than chunked"));
         }
         if head.headers.contains_key(CONTENT_LENGTH) {
@@ -338,6 +325,22 @@ fn framing(head: &Head, is_head: bool) -> Result<Framing, Error> {
         length = Some(parsed);
     }
     Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// Whether an answer's body can be relayed under its `Transfer-Encoding`: none, or chunked
+/// alone. The coding is this hop's and is not relayed, so a body under any other (gzip, ...)
+/// would reach the caller as bytes it cannot know how to decode.
+pub fn transfer_coding_relayable(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    match codings.next() {
+        None => true,
+        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
+    }
 }
 
 /// Where a chunked body's decoder stands.

@@ -238,14 +238,27 @@ async fn the_handler_receives_one_well_framed_request() {
 #[tokio::test]
 async fn a_body_beyond_the_hand_written_limit_is_relayed_whole() {
     let gw = TestGateway::start().await;
-    let handler =
-        Scripted::start(|_| answer(&["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"])).await;
+    let handler = Scripted::start(|n| match n {
+        0 => answer(&["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]),
+        // A coding the caller would not be told of: refused on hyper's path too.
+        _ => answer(&[
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ]),
+    })
+    .await;
     gw.external_endpoint("scripted", &format!("http://{}", handler.addr), &["orders"]);
     let big = "x".repeat(100 * 1024);
     assert_eq!(call(&gw, "scripted", &big).await.status, 200);
     let request = handler.request(0);
     let (_, body) = request.split_once("\r\n\r\n").expect("a head");
     assert_eq!(body.len(), big.len());
+    let coded = call(&gw, "scripted", &big).await;
+    assert_eq!(coded.status, 503);
+    assert!(
+        text(&coded).contains("a transfer coding other than chunked"),
+        "{}",
+        text(&coded)
+    );
 }
 
 #[tokio::test]
