@@ -41,15 +41,28 @@ pub fn json(value: &serde_json::Value) -> http::Response<Body> {
 const DRAIN_MAX_BYTES: usize = 64 * 1024;
 const DRAIN_FOR: Duration = Duration::from_secs(1);
 
-/// A request's body. Dropped before its end (the gateway answered early: 403, 404, 429 ...), it
-/// is read to the end in the background, up to 64 KiB and 1 s: an HTTP/2 client still sending
+/// A request's body: streamed by hyper's server, or read whole by the hand-written HTTP/1.1
+/// server ([`crate::server_h1`]) before the request was handled.
+///
+/// A streamed body dropped before its end (the gateway answered early: 403, 404, 429 ...) is
+/// read to the end in the background, up to 64 KiB and 1 s: an HTTP/2 client still sending
 /// then sees its stream end normally instead of an RST_STREAM after the answer, which some
 /// clients (curl 7.x among them) report as an error even though the answer was complete.
-pub struct RequestBody(Option<Incoming>);
+pub struct RequestBody(Source);
+
+enum Source {
+    Streamed(Option<Incoming>),
+    Whole(Option<Bytes>),
+}
 
 impl RequestBody {
     pub fn new(body: Incoming) -> Self {
-        Self(Some(body))
+        Self(Source::Streamed(Some(body)))
+    }
+
+    /// A body already read whole.
+    pub fn whole(bytes: Bytes) -> Self {
+        Self(Source::Whole((!bytes.is_empty()).then_some(bytes)))
     }
 }
 
@@ -61,26 +74,37 @@ impl http_body::Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut().0.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
+        match &mut self.get_mut().0 {
+            Source::Streamed(Some(body)) => Pin::new(body).poll_frame(cx),
+            Source::Streamed(None) => Poll::Ready(None),
+            Source::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.as_ref().is_none_or(|body| body.is_end_stream())
+        match &self.0 {
+            Source::Streamed(body) => body.as_ref().is_none_or(|body| body.is_end_stream()),
+            Source::Whole(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |body| body.size_hint())
+        match &self.0 {
+            Source::Streamed(Some(body)) => body.size_hint(),
+            Source::Streamed(None) => SizeHint::with_exact(0),
+            Source::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        let Some(body) = self.0.take() else { return };
+        let Source::Streamed(body) = &mut self.0 else {
+            return;
+        };
+        let Some(body) = body.take() else { return };
         if body.is_end_stream() {
             return;
         }

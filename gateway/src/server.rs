@@ -10,13 +10,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use nexus_registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::authz::Peer;
+use crate::closing::{Connections, Open};
 use crate::config::Config;
 use crate::matching::Matching;
 use crate::metrics::Metrics;
@@ -430,7 +430,13 @@ impl App {
             .max_header_list_size(config.limits.max_header_bytes as u32)
             .max_concurrent_streams(1000);
         let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
+        let by_hand = Arc::new(crate::server_h1::Limits {
+            header_read_timeout: config.limits.header_read_timeout,
+            body_read_timeout: config.limits.body_read_timeout,
+            max_headers: config.limits.max_headers,
+            max_head_bytes: config.limits.max_header_bytes.max(8192),
+        });
+        let connections = Connections::default();
         let ops_task = tokio::spawn(serve_ops(
             ops,
             state.clone(),
@@ -471,7 +477,7 @@ impl App {
                     let acceptor = TlsAcceptor::from(tls.load_full());
                     let conn = serve_connection(
                         tcp, remote, acceptor, state.clone(), builder.clone(),
-                        graceful.watcher(),
+                        by_hand.clone(), connections.open(),
                     );
                     tokio::spawn(conn.instrument(debug_span!("conn", %remote)));
                 }
@@ -495,7 +501,8 @@ impl App {
             .map(|t| t.saturating_duration_since(tokio::time::Instant::now()))
             .unwrap_or_default()
             .max(std::time::Duration::from_secs(1));
-        if tokio::time::timeout(close_within, graceful.shutdown())
+        connections.close_all();
+        if tokio::time::timeout(close_within, connections.all_closed())
             .await
             .is_err()
         {
@@ -545,7 +552,8 @@ async fn serve_connection(
     acceptor: TlsAcceptor,
     state: Arc<State>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
+    by_hand: Arc<crate::server_h1::Limits>,
+    open: Open,
 ) {
     let _ = tcp.set_nodelay(true);
     let accepted = state.telemetry.is_some().then(std::time::SystemTime::now);
@@ -581,6 +589,17 @@ async fn serve_connection(
         Arc::new(t.connection(accepted, remote, tls.get_ref().1, identity))
     });
     let peer = Arc::new(peer);
+    // HTTP/1.1 is served by hand until a request needs hyper; h2 (by ALPN) is hyper's.
+    let io = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        crate::server_h1::Rewound::new(tls, bytes::Bytes::new())
+    } else {
+        let handle =
+            |request| routes::handle(state.clone(), peer.clone(), connection.as_deref(), request);
+        match crate::server_h1::serve(tls, &by_hand, &open, handle).await {
+            crate::server_h1::Ended::Closed => return,
+            crate::server_h1::Ended::HandOver(io) => io,
+        }
+    };
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let state = state.clone();
         let peer = peer.clone();
@@ -591,8 +610,16 @@ async fn serve_connection(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    if let Err(error) = watcher.watch(conn.into_owned()).await {
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = open.closing() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
         debug!(%error, "connection ended with an error");
     }
 }
