@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! TCP accept → rustls handshake → Peer (identity from the URI SAN)          server.rs
-//!   → hyper (HTTP/1.1 + HTTP/2 by ALPN) → Route, parsed once                 routes.rs, request.rs
+//!   → HTTP/1.1 by hand, or hyper (HTTP/2, the rest)                         server_h1.rs
+//!   → Route, parsed once                                                     routes.rs, request.rs
 //!   → handler, which asks authz::authorize(peer, action) first              authz.rs
 //!      Nexus start/cancel  → registry.resolve → caller allowed? → limits     operations.rs, inbound.rs
 //!                          → callback URL sealed (allowed addresses only)    callback_policy.rs

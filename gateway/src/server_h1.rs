@@ -149,6 +149,13 @@ where
         if !keep_alive {
             return close(io).await;
         }
+        // An idle connection keeps small buffers, whatever its last request needed.
+        if buf.is_empty() && buf.capacity() > 2 * READ_SIZE {
+            buf = BytesMut::with_capacity(READ_SIZE);
+        }
+        if out.capacity() > 2 * READ_SIZE {
+            out = Vec::with_capacity(READ_SIZE);
+        }
     }
 }
 
