@@ -429,7 +429,10 @@ impl App {
             .timer(TokioTimer::new())
             .max_header_list_size(config.limits.max_header_bytes as u32)
             .max_concurrent_streams(1000);
-        let builder = Arc::new(builder);
+        let builder = Arc::new(Builders {
+            http1: builder.clone().http1_only(),
+            http2: builder.http2_only(),
+        });
         let by_hand = Arc::new(crate::server_h1::Limits {
             header_read_timeout: config.limits.header_read_timeout,
             body_read_timeout: config.limits.body_read_timeout,
@@ -546,12 +549,18 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// hyper's servers, configured alike: one for each protocol a connection may be handed in.
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
 async fn serve_connection(
     tcp: TcpStream,
     remote: SocketAddr,
     acceptor: TlsAcceptor,
     state: Arc<State>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     by_hand: Arc<crate::server_h1::Limits>,
     open: Open,
 ) {
@@ -589,15 +598,17 @@ async fn serve_connection(
         Arc::new(t.connection(accepted, remote, tls.get_ref().1, identity))
     });
     let peer = Arc::new(peer);
-    // HTTP/1.1 is served by hand until a request needs hyper; h2 (by ALPN) is hyper's.
-    let io = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        crate::server_h1::Rewound::new(tls, bytes::Bytes::new())
+    // HTTP/1.1 is served by hand until a request needs hyper; h2 is hyper's. A connection
+    // handed over keeps its protocol: only its first bytes (or ALPN) may make it h2.
+    use crate::server_h1::{Ended, Protocol, Rewound};
+    let (io, protocol) = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        (Rewound::new(tls, bytes::Bytes::new()), Protocol::Http2)
     } else {
         let handle =
             |request| routes::handle(state.clone(), peer.clone(), connection.as_deref(), request);
         match crate::server_h1::serve(tls, &by_hand, &open, handle).await {
-            crate::server_h1::Ended::Closed => return,
-            crate::server_h1::Ended::HandOver(io) => io,
+            Ended::Closed => return,
+            Ended::HandOver(io, protocol) => (io, protocol),
         }
     };
     let service = service_fn(move |request: hyper::Request<Incoming>| {
@@ -610,6 +621,10 @@ async fn serve_connection(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
+    let builder = match protocol {
+        Protocol::Http1 => &builder.http1,
+        Protocol::Http2 => &builder.http2,
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {

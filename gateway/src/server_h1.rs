@@ -6,11 +6,13 @@
 //! (BENCHMARKS.md round 10).
 //!
 //! Everything else stays hyper's. At the first request this server does not take, the
-//! connection is handed to hyper with the bytes read so far, and hyper serves the rest of it
-//! as it serves any connection from its start. Not taken: a head httparse refuses, one over
-//! the size or header limits, `HTTP/1.0`, `HEAD`, `CONNECT`, `Transfer-Encoding`, several
-//! or invalid `Content-Length`s, `Expect`, `Upgrade`, a larger body, and the h2 preface. So
-//! every answer to a malformed request (400, 414, 431, 505) is hyper's, as before.
+//! connection is handed to hyper's HTTP/1 server with the bytes read so far, and hyper
+//! serves the rest of it as it serves any connection from its start. Not taken: a head
+//! httparse refuses, one over the size or header limits, `HTTP/1.0`, `HEAD`, `CONNECT`,
+//! `Transfer-Encoding`, several or invalid `Content-Length`s, `Expect`, `Upgrade`, or a
+//! larger body. So every answer to a malformed request (400, 414, 431, 505) is hyper's, as
+//! before. A connection that opens with the h2 preface goes to hyper's HTTP/2 server; one
+//! that served a request by hand stays HTTP/1.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -31,7 +33,7 @@ use crate::error::{ErrorType, GatewayError};
 
 /// The largest request body taken by hand; it is read whole before the request is handled.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Header slots for httparse; a request with more goes to hyper, which applies the limit.
+/// Header slots for httparse on the stack (the default limit is 100).
 const SLOTS: usize = 128;
 /// hyper answers 414 to a longer request target.
 const MAX_URI: usize = 65_534;
@@ -56,9 +58,20 @@ pub enum Ended<IO> {
     /// a timeout or an I/O error, or because the gateway is closing.
     Closed,
     /// A request this server does not take is next: hyper serves the rest of the
-    /// connection, from the bytes already read.
-    HandOver(Rewound<IO>),
+    /// connection, from the bytes already read, in that protocol.
+    HandOver(Rewound<IO>, Protocol),
 }
+
+/// What hyper is to speak on a connection handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// The connection opened with the h2 preface (prior knowledge, without ALPN).
+    Http2,
+}
+
+/// What an HTTP/2 connection sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves requests on `io` by hand, each answered by `handle`, until the connection ends
 /// or a request needs hyper.
@@ -72,13 +85,24 @@ where
     let mut out = Vec::with_capacity(READ_SIZE);
     let mut closing = pin!(open.closing());
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
+    let mut first = true;
     loop {
         let mut waiting = false;
         let head = loop {
-            match parse(&mut buf, limits) {
-                Parsed::Head(head) => break head,
-                Parsed::NotMine => return Ended::HandOver(Rewound::new(io, buf.freeze())),
-                Parsed::Partial => {}
+            // Only a connection's first bytes may switch it to h2, once the preface is whole
+            // (a part of it waits, under the header read timeout).
+            if first && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(24)]) {
+                if buf.len() >= H2_PREFACE.len() {
+                    return Ended::HandOver(Rewound::new(io, buf.freeze()), Protocol::Http2);
+                }
+            } else {
+                match parse(&mut buf, limits) {
+                    Parsed::Head(head) => break head,
+                    Parsed::NotMine => {
+                        return Ended::HandOver(Rewound::new(io, buf.freeze()), Protocol::Http1);
+                    }
+                    Parsed::Partial => {}
+                }
             }
             // The deadline starts at the first wait for this head, as hyper's does.
             if !waiting {
@@ -89,7 +113,8 @@ where
             let read = tokio::select! {
                 biased;
                 read = read_more(&mut io, &mut buf) => read,
-                () = closing.as_mut(), if buf.is_empty() => return close(io).await,
+                // Between requests, even with part of the next head in: as hyper does.
+                () = closing.as_mut() => return close(io).await,
                 // Dropped without an answer or close_notify, as hyper does.
                 () = timer.as_mut() => return Ended::Closed,
             };
@@ -114,7 +139,8 @@ where
                                 limits.body_read_timeout
                             ),
                         );
-                        let _ = write_response(&mut io, &mut out, late.into_response(), false).await;
+                        let answer = late.into_response();
+                        let _ = write_response(&mut io, &mut buf, &mut out, answer, false).await;
                         return close(io).await;
                     }
                 };
@@ -123,6 +149,9 @@ where
                 }
             }
         }
+        first = false;
+        // A large body grew the buffer; it is let go once the body is (below).
+        let grew = buf.capacity() > 2 * READ_SIZE;
         let body = buf.split_to(head.body_len).freeze();
         let mut request = Request::new(RequestBody::whole(body));
         *request.method_mut() = head.method;
@@ -140,7 +169,7 @@ where
             }
         };
         let keep_alive = head.keep_alive && !open.is_closing() && !asks_to_close(&response);
-        if write_response(&mut io, &mut out, response, keep_alive)
+        if write_response(&mut io, &mut buf, &mut out, response, keep_alive)
             .await
             .is_err()
         {
@@ -150,7 +179,7 @@ where
             return close(io).await;
         }
         // An idle connection keeps small buffers, whatever its last request needed.
-        if buf.is_empty() && buf.capacity() > 2 * READ_SIZE {
+        if buf.is_empty() && (grew || buf.capacity() > 2 * READ_SIZE) {
             buf = BytesMut::with_capacity(READ_SIZE);
         }
         if out.capacity() > 2 * READ_SIZE {
@@ -222,9 +251,22 @@ struct Place {
 
 /// Parses the head at the start of `buf`, and takes it off if it is this server's.
 fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
-    let mut slots = [const { MaybeUninit::uninit() }; SLOTS];
-    let slots = &mut slots[..limits.max_headers.min(SLOTS)];
-    let mut places = [Place::default(); SLOTS];
+    // On the stack up to SLOTS headers; a gateway configured for more takes them from the
+    // heap, so the limit is applied here as hyper applies it (not handed over at slot 129).
+    let max = limits.max_headers;
+    let (mut inline_slots, mut inline_places) = (
+        [const { MaybeUninit::uninit() }; SLOTS],
+        [Place::default(); SLOTS],
+    );
+    let (mut heap_slots, mut heap_places);
+    let (slots, places): (&mut [MaybeUninit<httparse::Header<'_>>], &mut [Place]) = if max <= SLOTS
+    {
+        (&mut inline_slots[..max], &mut inline_places[..max])
+    } else {
+        heap_slots = vec![MaybeUninit::uninit(); max];
+        heap_places = vec![Place::default(); max];
+        (&mut heap_slots, &mut heap_places)
+    };
     let mut request = httparse::Request::new(&mut []);
     let config = httparse::ParserConfig::default();
     let len = match config.parse_request_with_uninit_headers(&mut request, buf, slots) {
@@ -259,6 +301,8 @@ fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
     let target = span(target.as_bytes());
     let mut body_len = None;
     let mut keep_alive = true;
+    // As many places as slots: every header parsed is looked at below.
+    debug_assert!(request.headers.len() <= places.len());
     for (header, place) in request.headers.iter().zip(places.iter_mut()) {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -349,9 +393,11 @@ fn content_length(value: &[u8]) -> Option<usize> {
 }
 
 /// Writes `response` with its framing: its length when known, else chunked. The head and
-/// what the body has ready go out in one write; the rest as it comes.
-async fn write_response<IO: AsyncWrite + Unpin>(
+/// what the body has ready go out in one write; the rest as it comes. A caller that closes
+/// while the body is awaited ends the answer (and the body, which may hold an upstream).
+async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     response: Response<Body>,
     keep_alive: bool,
@@ -402,7 +448,13 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     loop {
         // What the body has ready joins what waits to be written; a wait writes it first.
         let frame = if out.is_empty() {
-            http_body_util::BodyExt::frame(&mut body).await
+            tokio::select! {
+                biased;
+                frame = http_body_util::BodyExt::frame(&mut body) => frame,
+                () = caller_gone(io, buf) => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "caller gone"));
+                }
+            }
         } else {
             match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
                 Poll::Ready(frame) => frame,
@@ -626,6 +678,27 @@ mod tests {
             matches!(parsed, Parsed::NotMine),
             "an incomplete head at the limit"
         );
+    }
+
+    #[test]
+    fn a_limit_above_the_stack_slots_is_applied_here_with_every_header_checked() {
+        let limits = Limits {
+            max_headers: 200,
+            ..limits()
+        };
+        let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+        let Parsed::Head(head) = parse(&mut buf, &limits) else {
+            panic!("150 headers under a limit of 200 are taken by hand")
+        };
+        assert_eq!(head.headers.len(), 150);
+        // A framing header past the stack's slots is still seen.
+        let text = format!("POST / HTTP/1.1\r\n{many}Transfer-Encoding: chunked\r\n\r\n");
+        let mut buf = BytesMut::from(text.as_bytes());
+        assert!(matches!(parse(&mut buf, &limits), Parsed::NotMine));
+        let over: String = (0..201).map(|i| format!("X-{i}: v\r\n")).collect();
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\n{over}\r\n").as_bytes());
+        assert!(matches!(parse(&mut buf, &limits), Parsed::NotMine));
     }
 
     #[test]
