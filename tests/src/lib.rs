@@ -2,6 +2,9 @@
 //! PKI and data directory, clients with certificates of any identity, a reference Nexus HTTP
 //! handler, and bounded request helpers. Every wait here is bounded.
 
+mod h1_caller;
+pub use h1_caller::{H1Answer, H1Caller};
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,9 +5,6 @@
 use std::time::Duration;
 
 use nexus_e2e::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 const ECHO: &str = "/nexus/endpoints/quotes/services/svc/echo";
 const READ_TIMEOUT: Duration = Duration::from_millis(700);
@@ -23,123 +20,6 @@ async fn gateway() -> (TestGateway, tokio_util::sync::CancellationToken) {
     (gw, stop)
 }
 
-/// A caller's connection, spoken to byte by byte.
-struct Caller {
-    tls: TlsStream<TcpStream>,
-    buf: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-impl Caller {
-    async fn connect(gw: &TestGateway) -> Caller {
-        let material = gw.pki.client_material(&ns("orders"));
-        let config = nexus_certs::client_config(&material, &[b"http/1.1"]).unwrap();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-        let tcp = TcpStream::connect(gw.data_addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio::time::timeout(REQUEST_BOUND, connector.connect(name, tcp))
-            .await
-            .expect("handshake in time")
-            .unwrap();
-        Caller {
-            tls,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        self.tls.write_all(bytes).await.unwrap();
-        self.tls.flush().await.unwrap();
-    }
-
-    /// Reads more; false at the end of the stream.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        let read = tokio::time::timeout(REQUEST_BOUND, self.tls.read(&mut chunk))
-            .await
-            .expect("bytes or the end in time");
-        match read {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// The next answer: its head, then a body framed by its length or chunked.
-    async fn answer(&mut self) -> Answer {
-        let end = loop {
-            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            assert!(
-                self.fill().await,
-                "the connection ended before an answer's head"
-            );
-        };
-        let head = String::from_utf8(self.buf.drain(..end).collect()).unwrap();
-        let status = head[9..12].parse().expect("a status code");
-        let mut answer = Answer {
-            status,
-            head,
-            body: Vec::new(),
-        };
-        if let Some(length) = answer.header("content-length") {
-            let length: usize = length.parse().unwrap();
-            while self.buf.len() < length {
-                assert!(self.fill().await, "the connection ended inside a body");
-            }
-            answer.body = self.buf.drain(..length).collect();
-        } else if answer.header("transfer-encoding") == Some("chunked") {
-            loop {
-                let line_end = loop {
-                    if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                        break at;
-                    }
-                    assert!(
-                        self.fill().await,
-                        "the connection ended inside a chunk size"
-                    );
-                };
-                let size = std::str::from_utf8(&self.buf[..line_end]).unwrap();
-                let size = usize::from_str_radix(size, 16).unwrap();
-                while self.buf.len() < line_end + 2 + size + 2 {
-                    assert!(self.fill().await, "the connection ended inside a chunk");
-                }
-                let chunk: Vec<u8> = self.buf.drain(..line_end + 2 + size + 2).collect();
-                if size == 0 {
-                    break;
-                }
-                answer
-                    .body
-                    .extend_from_slice(&chunk[line_end + 2..line_end + 2 + size]);
-            }
-        }
-        answer
-    }
-
-    /// Whether the gateway closes the connection with nothing more to say.
-    async fn closed(&mut self) -> bool {
-        !self.fill().await && self.buf.is_empty()
-    }
-}
-
 fn post(path: &str, body: &str, extra: &str) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
@@ -150,7 +30,7 @@ fn post(path: &str, body: &str, extra: &str) -> String {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_each_with_its_length_and_date() {
     let (gw, _stop) = gateway().await;
-    let mut caller = Caller::connect(&gw).await;
+    let mut caller = H1Caller::connect(&gw).await;
     let both = post(ECHO, "\"one\"", "") + &post(ECHO, "\"two\"", "");
     caller.write(both.as_bytes()).await;
     for expected in ["\"one\"", "\"two\""] {
@@ -175,7 +55,7 @@ fn httpdate_like(text: &str) -> bool {
 #[tokio::test]
 async fn a_request_cut_anywhere_is_read_whole() {
     let (gw, _stop) = gateway().await;
-    let mut caller = Caller::connect(&gw).await;
+    let mut caller = H1Caller::connect(&gw).await;
     let request = post(ECHO, "\"cut into pieces\"", "x-trace: abc\r\n");
     let bytes = request.as_bytes();
     // Inside the request line, inside a header name, between head and body, inside the body.
@@ -200,7 +80,7 @@ async fn a_request_cut_anywhere_is_read_whole() {
 #[tokio::test]
 async fn what_the_hand_written_server_does_not_take_hyper_serves_on_the_same_connection() {
     let (gw, _stop) = gateway().await;
-    let mut caller = Caller::connect(&gw).await;
+    let mut caller = H1Caller::connect(&gw).await;
     caller.write(post(ECHO, "\"by hand\"", "").as_bytes()).await;
     let first = caller.answer().await;
     assert_eq!((first.status, &first.body[..]), (200, &b"\"by hand\""[..]));
@@ -227,7 +107,7 @@ async fn what_the_hand_written_server_does_not_take_hyper_serves_on_the_same_con
 #[tokio::test]
 async fn a_malformed_request_after_one_served_by_hand_gets_hyper_s_answer() {
     let (gw, _stop) = gateway().await;
-    let mut caller = Caller::connect(&gw).await;
+    let mut caller = H1Caller::connect(&gw).await;
     caller.write(post(ECHO, "\"fine\"", "").as_bytes()).await;
     assert_eq!(caller.answer().await.status, 200);
     // Two different lengths: a smuggling attempt, refused.
@@ -246,7 +126,7 @@ async fn a_malformed_request_after_one_served_by_hand_gets_hyper_s_answer() {
 #[tokio::test]
 async fn bodies_either_side_of_the_by_hand_limit_are_echoed_whole() {
     let (gw, _stop) = gateway().await;
-    let mut caller = Caller::connect(&gw).await;
+    let mut caller = H1Caller::connect(&gw).await;
     // Taken by hand up to 64 KiB; one byte more and the body streams through hyper.
     for size in [64 * 1024, 64 * 1024 + 1] {
         let body = format!("\"{}\"", "x".repeat(size - 2));
@@ -261,7 +141,7 @@ async fn bodies_either_side_of_the_by_hand_limit_are_echoed_whole() {
 #[tokio::test]
 async fn connection_close_is_answered_then_the_connection_ends() {
     let (gw, _stop) = gateway().await;
-    let mut caller = Caller::connect(&gw).await;
+    let mut caller = H1Caller::connect(&gw).await;
     caller
         .write(post(ECHO, "\"last\"", "connection: close\r\n").as_bytes())
         .await;
@@ -274,7 +154,7 @@ async fn connection_close_is_answered_then_the_connection_ends() {
 #[tokio::test]
 async fn a_body_that_stops_coming_gets_408_and_the_connection_ends() {
     let (gw, _stop) = gateway().await;
-    let mut caller = Caller::connect(&gw).await;
+    let mut caller = H1Caller::connect(&gw).await;
     let head = format!("POST {ECHO} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 20\r\n\r\n");
     caller.write(head.as_bytes()).await;
     caller.write(b"\"only part").await;
@@ -293,17 +173,17 @@ async fn a_body_that_stops_coming_gets_408_and_the_connection_ends() {
 #[tokio::test]
 async fn an_idle_connection_or_a_head_that_stops_coming_is_closed_without_an_answer() {
     let (gw, _stop) = gateway().await;
-    let mut idle = Caller::connect(&gw).await;
+    let mut idle = H1Caller::connect(&gw).await;
     assert!(idle.closed().await, "idle past the header read timeout");
 
-    let mut partial = Caller::connect(&gw).await;
+    let mut partial = H1Caller::connect(&gw).await;
     partial
         .write(format!("POST {ECHO} HTTP/1.1\r\nhost: loc").as_bytes())
         .await;
     assert!(partial.closed().await, "a head cut short past the timeout");
 
     // Between requests too: the timeout starts again after each answer.
-    let mut served = Caller::connect(&gw).await;
+    let mut served = H1Caller::connect(&gw).await;
     served.write(post(ECHO, "\"x\"", "").as_bytes()).await;
     assert_eq!(served.answer().await.status, 200);
     assert!(served.closed().await, "idle after an answer");
@@ -312,7 +192,7 @@ async fn an_idle_connection_or_a_head_that_stops_coming_is_closed_without_an_ans
 #[tokio::test]
 async fn an_http_1_0_request_is_served() {
     let (gw, _stop) = gateway().await;
-    let mut caller = Caller::connect(&gw).await;
+    let mut caller = H1Caller::connect(&gw).await;
     let request = format!(
         "POST {ECHO} HTTP/1.0\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n\"10\""
     );
