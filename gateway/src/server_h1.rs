@@ -87,69 +87,36 @@ where
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut first = true;
     loop {
-        let mut waiting = false;
-        let head = loop {
-            // Only a connection's first bytes may switch it to h2, once the preface is whole
-            // (a part of it waits, under the header read timeout).
-            if first && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(24)]) {
-                if buf.len() >= H2_PREFACE.len() {
-                    return Ended::HandOver(Rewound::new(io, buf.freeze()), Protocol::Http2);
-                }
-            } else {
-                match parse(&mut buf, limits) {
-                    Parsed::Head(head) => break head,
-                    Parsed::NotMine => {
-                        return Ended::HandOver(Rewound::new(io, buf.freeze()), Protocol::Http1);
-                    }
-                    Parsed::Partial => {}
-                }
-            }
-            // The deadline starts at the first wait for this head, as hyper's does.
-            if !waiting {
-                waiting = true;
-                let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-                timer.as_mut().reset(deadline);
-            }
-            let read = tokio::select! {
-                biased;
-                read = read_more(&mut io, &mut buf) => read,
-                // Between requests, even with part of the next head in: as hyper does.
-                () = closing.as_mut() => return close(io).await,
-                // Dropped without an answer or close_notify, as hyper does.
-                () = timer.as_mut() => return Ended::Closed,
-            };
-            if !matches!(read, Ok(n) if n > 0) {
-                return Ended::Closed;
-            }
+        let waits = Waits {
+            limits,
+            timer: timer.as_mut(),
+            closing: closing.as_mut(),
         };
-
-        if buf.len() < head.body_len {
-            let deadline = tokio::time::Instant::now() + limits.body_read_timeout;
-            timer.as_mut().reset(deadline);
-            buf.reserve(head.body_len - buf.len());
-            while buf.len() < head.body_len {
-                let read = tokio::select! {
-                    biased;
-                    read = read_more(&mut io, &mut buf) => read,
-                    () = timer.as_mut() => {
-                        let late = GatewayError::new(
-                            ErrorType::RequestTimeout,
-                            format!(
-                                "request body not received within {:?}",
-                                limits.body_read_timeout
-                            ),
-                        );
-                        let answer = late.into_response();
-                        let _ = write_response(&mut io, &mut buf, &mut out, answer, false).await;
-                        return close(io).await;
-                    }
-                };
-                if !matches!(read, Ok(n) if n > 0) {
-                    return Ended::Closed;
-                }
+        let head = match next_head(&mut io, &mut buf, first, waits).await {
+            Next::Head(head) => head,
+            Next::HandOver(protocol) => {
+                return Ended::HandOver(Rewound::new(io, buf.freeze()), protocol);
+            }
+            Next::Gone => return Ended::Closed,
+            Next::Closing => return close(io).await,
+        };
+        first = false;
+        match read_body(&mut io, &mut buf, head.body_len, limits, timer.as_mut()).await {
+            Ok(()) => {}
+            Err(BodyStop::Gone) => return Ended::Closed,
+            Err(BodyStop::Late) => {
+                let late = GatewayError::new(
+                    ErrorType::RequestTimeout,
+                    format!(
+                        "request body not received within {:?}",
+                        limits.body_read_timeout
+                    ),
+                );
+                let answer = late.into_response();
+                let _ = write_response(&mut io, &mut buf, &mut out, answer, false).await;
+                return close(io).await;
             }
         }
-        first = false;
         // A large body grew the buffer; it is let go once the body is (below).
         let grew = buf.capacity() > 2 * READ_SIZE;
         let body = buf.split_to(head.body_len).freeze();
@@ -159,14 +126,10 @@ where
         *request.headers_mut() = head.headers;
 
         // As hyper: a caller that closes while its request is handled cancels the handling.
-        let response = {
-            let handling = handle(request);
-            let gone = caller_gone(&mut io, &mut buf);
-            tokio::select! {
-                biased;
-                response = handling => response,
-                () = gone => return Ended::Closed,
-            }
+        let response = tokio::select! {
+            biased;
+            response = handle(request) => response,
+            () = caller_gone(&mut io, &mut buf) => return Ended::Closed,
         };
         let keep_alive = head.keep_alive && !open.is_closing() && !asks_to_close(&response);
         if write_response(&mut io, &mut buf, &mut out, response, keep_alive)
@@ -186,6 +149,107 @@ where
             out = Vec::with_capacity(READ_SIZE);
         }
     }
+}
+
+/// What a wait for a head may end on besides bytes: the header read timeout (`timer`, reset
+/// here) and the gateway closing its connections.
+struct Waits<'a, C> {
+    limits: &'a Limits,
+    timer: Pin<&'a mut tokio::time::Sleep>,
+    closing: Pin<&'a mut C>,
+}
+
+/// What comes next on a connection between requests. Moved once, to the loop: boxing the
+/// head would cost an allocation a request.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Head(Head),
+    HandOver(Protocol),
+    /// Closed by the caller, broken, or silent past the header read timeout: dropped
+    /// without an answer or close_notify, as hyper drops it.
+    Gone,
+    /// The gateway is closing its connections: between requests, even with part of the
+    /// next head in, as hyper does.
+    Closing,
+}
+
+/// Reads until a whole head is in `buf` (taken off it), or says why not.
+async fn next_head<IO, C>(io: &mut IO, buf: &mut BytesMut, first: bool, waits: Waits<'_, C>) -> Next
+where
+    IO: AsyncRead + Unpin,
+    C: Future<Output = ()>,
+{
+    let Waits {
+        limits,
+        mut timer,
+        mut closing,
+    } = waits;
+    let mut waiting = false;
+    loop {
+        // Only a connection's first bytes may switch it to h2, once the preface is whole
+        // (a part of it waits, under the header read timeout).
+        if first && !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(24)]) {
+            if buf.len() >= H2_PREFACE.len() {
+                return Next::HandOver(Protocol::Http2);
+            }
+        } else {
+            match parse(buf, limits) {
+                Parsed::Head(head) => return Next::Head(head),
+                Parsed::NotMine => return Next::HandOver(Protocol::Http1),
+                Parsed::Partial => {}
+            }
+        }
+        // The deadline starts at the first wait for this head, as hyper's does.
+        if !waiting {
+            waiting = true;
+            let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+            timer.as_mut().reset(deadline);
+        }
+        let read = tokio::select! {
+            biased;
+            read = read_more(io, buf) => read,
+            () = closing.as_mut() => return Next::Closing,
+            () = timer.as_mut() => return Next::Gone,
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return Next::Gone;
+        }
+    }
+}
+
+/// Why a body did not arrive whole.
+enum BodyStop {
+    Gone,
+    /// Not within `body_read_timeout` of its head.
+    Late,
+}
+
+/// Reads until `buf` holds the body (`len` bytes), within `body_read_timeout`.
+async fn read_body<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    len: usize,
+    limits: &Limits,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) -> Result<(), BodyStop> {
+    if buf.len() >= len {
+        return Ok(());
+    }
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::now() + limits.body_read_timeout);
+    buf.reserve(len - buf.len());
+    while buf.len() < len {
+        let read = tokio::select! {
+            biased;
+            read = read_more(io, buf) => read,
+            () = timer.as_mut() => return Err(BodyStop::Late),
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return Err(BodyStop::Gone);
+        }
+    }
+    Ok(())
 }
 
 /// Ends the connection with TLS's close_notify, without waiting long for a caller that
