@@ -1,6 +1,7 @@
-//! Header names of Nexus RPC and of the gateway's worker API.
+//! Header names of Nexus RPC and of the gateway's worker API, and what HTTP/1.1's own
+//! headers say.
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("nexus-request-id");
 pub const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("request-timeout");
@@ -18,3 +19,13 @@ pub const TASK_KIND: HeaderName = HeaderName::from_static("nexus-task-kind");
 pub const TASK_ENDPOINT: HeaderName = HeaderName::from_static("nexus-task-endpoint");
 pub const TASK_ENDPOINT_ID: HeaderName = HeaderName::from_static("nexus-task-endpoint-id");
 pub const TASK_STATUS: HeaderName = HeaderName::from_static("nexus-task-status");
+
+/// Whether a comma-separated `Connection` header lists `token` (`close`, say).
+pub fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}

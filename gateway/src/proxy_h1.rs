@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -203,7 +203,8 @@ pub async fn read_head(mut conn: Conn, is_head: bool) -> Result<Response<H1Body>
             continue;
         }
         let framing = framing(&head, is_head)?;
-        let keep_alive = head.version == Version::HTTP_11 && !has_token(&head.headers, "close");
+        let keep_alive = head.version == Version::HTTP_11
+            && !crate::headers::connection_lists(&head.headers, "close");
         let mut response = Response::new(());
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
@@ -273,16 +274,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         version,
         headers,
     }))
-}
-
-/// Whether a comma-separated `Connection` header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// How the answer's body is delimited (RFC 9112, section 6.3).

@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::body::{Body, RequestBody};
 use crate::closing::Open;
 use crate::error::{ErrorType, GatewayError};
+use crate::headers::connection_lists;
 
 /// The largest request body taken by hand; it is read whole before the request is handled.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -87,12 +88,15 @@ where
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut first = true;
     loop {
-        let waits = Waits {
+        let waiting = next_head(
+            &mut io,
+            &mut buf,
+            first,
             limits,
-            timer: timer.as_mut(),
-            closing: closing.as_mut(),
-        };
-        let head = match next_head(&mut io, &mut buf, first, waits).await {
+            timer.as_mut(),
+            closing.as_mut(),
+        );
+        let head = match waiting.await {
             Next::Head(head) => head,
             Next::HandOver(protocol) => {
                 return Ended::HandOver(Rewound::new(io, buf.freeze()), protocol);
@@ -131,7 +135,8 @@ where
             response = handle(request) => response,
             () = caller_gone(&mut io, &mut buf) => return Ended::Closed,
         };
-        let keep_alive = head.keep_alive && !open.is_closing() && !asks_to_close(&response);
+        let keep_alive =
+            head.keep_alive && !open.is_closing() && !connection_lists(response.headers(), "close");
         if write_response(&mut io, &mut buf, &mut out, response, keep_alive)
             .await
             .is_err()
@@ -151,14 +156,6 @@ where
     }
 }
 
-/// What a wait for a head may end on besides bytes: the header read timeout (`timer`, reset
-/// here) and the gateway closing its connections.
-struct Waits<'a, C> {
-    limits: &'a Limits,
-    timer: Pin<&'a mut tokio::time::Sleep>,
-    closing: Pin<&'a mut C>,
-}
-
 /// What comes next on a connection between requests. Moved once, to the loop: boxing the
 /// head would cost an allocation a request.
 #[allow(clippy::large_enum_variant)]
@@ -173,17 +170,20 @@ enum Next {
     Closing,
 }
 
-/// Reads until a whole head is in `buf` (taken off it), or says why not.
-async fn next_head<IO, C>(io: &mut IO, buf: &mut BytesMut, first: bool, waits: Waits<'_, C>) -> Next
+/// Reads until a whole head is in `buf` (taken off it), or says why not: the header read
+/// timeout (`timer`, reset here), the caller, or the gateway closing its connections.
+async fn next_head<IO, C>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    first: bool,
+    limits: &Limits,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    mut closing: Pin<&mut C>,
+) -> Next
 where
     IO: AsyncRead + Unpin,
     C: Future<Output = ()>,
 {
-    let Waits {
-        limits,
-        mut timer,
-        mut closing,
-    } = waits;
     let mut waiting = false;
     loop {
         // Only a connection's first bytes may switch it to h2, once the preface is whole
@@ -271,21 +271,6 @@ async fn caller_gone<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut BytesMut) {
         return;
     }
     std::future::pending().await
-}
-
-/// Whether the handler asked for the connection to close after its answer.
-fn asks_to_close(response: &Response<Body>) -> bool {
-    has_token(response.headers(), "close")
-}
-
-/// Whether a comma-separated `Connection` header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// A request's head, taken off the buffer.

@@ -7,7 +7,37 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::{REQUEST_BOUND, TestGateway, ns};
+use tokio_util::sync::CancellationToken;
+
+use crate::{REQUEST_BOUND, TestGateway, ns, serve_reference_handler};
+
+/// Both read timeouts of [`echo_gateway`]: short, so tests of slow callers end quickly.
+pub const H1_READ_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// A gateway whose header and body read timeouts are [`H1_READ_TIMEOUT`] (then `tweak`), with
+/// endpoint `quotes` served by the reference handler and callable by namespace `orders`.
+pub async fn echo_gateway(
+    tweak: impl FnOnce(&mut nexus_gateway::Config),
+) -> (TestGateway, CancellationToken) {
+    let gw = TestGateway::start_with(|c| {
+        c.limits.header_read_timeout = H1_READ_TIMEOUT;
+        c.limits.body_read_timeout = H1_READ_TIMEOUT;
+        tweak(c);
+    })
+    .await;
+    let (handler, stop) = serve_reference_handler().await;
+    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
+    (gw, stop)
+}
+
+/// A JSON POST of `body` framed by its length, with `extra` header lines (each ending in
+/// CRLF) before the length.
+pub fn raw_post(path: &str, body: &str, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
 
 /// A caller's HTTP/1.1 connection to the data port (namespace `orders`, mTLS), spoken to
 /// byte by byte.

@@ -3,7 +3,7 @@
 //! handler, and bounded request helpers. Every wait here is bounded.
 
 mod h1_caller;
-pub use h1_caller::{H1Answer, H1Caller};
+pub use h1_caller::{H1_READ_TIMEOUT, H1Answer, H1Caller, echo_gateway, raw_post};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

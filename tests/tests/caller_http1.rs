@@ -7,31 +7,11 @@ use std::time::Duration;
 use nexus_e2e::*;
 
 const ECHO: &str = "/nexus/endpoints/quotes/services/svc/echo";
-const READ_TIMEOUT: Duration = Duration::from_millis(700);
-
-async fn gateway() -> (TestGateway, tokio_util::sync::CancellationToken) {
-    let gw = TestGateway::start_with(|c| {
-        c.limits.header_read_timeout = READ_TIMEOUT;
-        c.limits.body_read_timeout = READ_TIMEOUT;
-    })
-    .await;
-    let (handler, stop) = serve_reference_handler().await;
-    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
-    (gw, stop)
-}
-
-fn post(path: &str, body: &str, extra: &str) -> String {
-    format!(
-        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_each_with_its_length_and_date() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
-    let both = post(ECHO, "\"one\"", "") + &post(ECHO, "\"two\"", "");
+    let both = raw_post(ECHO, "\"one\"", "") + &raw_post(ECHO, "\"two\"", "");
     caller.write(both.as_bytes()).await;
     for expected in ["\"one\"", "\"two\""] {
         let answer = caller.answer().await;
@@ -54,9 +34,9 @@ fn httpdate_like(text: &str) -> bool {
 
 #[tokio::test]
 async fn a_request_cut_anywhere_is_read_whole() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
-    let request = post(ECHO, "\"cut into pieces\"", "x-trace: abc\r\n");
+    let request = raw_post(ECHO, "\"cut into pieces\"", "x-trace: abc\r\n");
     let bytes = request.as_bytes();
     // Inside the request line, inside a header name, between head and body, inside the body.
     let cuts = [
@@ -79,9 +59,11 @@ async fn a_request_cut_anywhere_is_read_whole() {
 
 #[tokio::test]
 async fn what_the_hand_written_server_does_not_take_hyper_serves_on_the_same_connection() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
-    caller.write(post(ECHO, "\"by hand\"", "").as_bytes()).await;
+    caller
+        .write(raw_post(ECHO, "\"by hand\"", "").as_bytes())
+        .await;
     let first = caller.answer().await;
     assert_eq!((first.status, &first.body[..]), (200, &b"\"by hand\""[..]));
 
@@ -94,7 +76,9 @@ async fn what_the_hand_written_server_does_not_take_hyper_serves_on_the_same_con
     assert_eq!(second.status, 200, "{second:?}");
     assert_eq!(second.body, b"\"chunked\"");
 
-    caller.write(post(ECHO, "\"after\"", "").as_bytes()).await;
+    caller
+        .write(raw_post(ECHO, "\"after\"", "").as_bytes())
+        .await;
     let third = caller.answer().await;
     assert_eq!((third.status, &third.body[..]), (200, &b"\"after\""[..]));
 
@@ -106,9 +90,11 @@ async fn what_the_hand_written_server_does_not_take_hyper_serves_on_the_same_con
 
 #[tokio::test]
 async fn a_malformed_request_after_one_served_by_hand_gets_hyper_s_answer() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
-    caller.write(post(ECHO, "\"fine\"", "").as_bytes()).await;
+    caller
+        .write(raw_post(ECHO, "\"fine\"", "").as_bytes())
+        .await;
     assert_eq!(caller.answer().await.status, 200);
     // Two different lengths: a smuggling attempt, refused.
     let request = format!(
@@ -125,12 +111,12 @@ async fn a_malformed_request_after_one_served_by_hand_gets_hyper_s_answer() {
 
 #[tokio::test]
 async fn bodies_either_side_of_the_by_hand_limit_are_echoed_whole() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     // Taken by hand up to 64 KiB; one byte more and the body streams through hyper.
     for size in [64 * 1024, 64 * 1024 + 1] {
         let body = format!("\"{}\"", "x".repeat(size - 2));
-        caller.write(post(ECHO, &body, "").as_bytes()).await;
+        caller.write(raw_post(ECHO, &body, "").as_bytes()).await;
         let answer = caller.answer().await;
         assert_eq!(answer.status, 200, "{size}: {}", answer.head);
         assert_eq!(answer.body.len(), size);
@@ -140,10 +126,10 @@ async fn bodies_either_side_of_the_by_hand_limit_are_echoed_whole() {
 
 #[tokio::test]
 async fn connection_close_is_answered_then_the_connection_ends() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     caller
-        .write(post(ECHO, "\"last\"", "connection: close\r\n").as_bytes())
+        .write(raw_post(ECHO, "\"last\"", "connection: close\r\n").as_bytes())
         .await;
     let answer = caller.answer().await;
     assert_eq!((answer.status, &answer.body[..]), (200, &b"\"last\""[..]));
@@ -153,7 +139,7 @@ async fn connection_close_is_answered_then_the_connection_ends() {
 
 #[tokio::test]
 async fn a_body_that_stops_coming_gets_408_and_the_connection_ends() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     let head = format!("POST {ECHO} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 20\r\n\r\n");
     caller.write(head.as_bytes()).await;
@@ -172,7 +158,7 @@ async fn a_body_that_stops_coming_gets_408_and_the_connection_ends() {
 
 #[tokio::test]
 async fn an_idle_connection_or_a_head_that_stops_coming_is_closed_without_an_answer() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut idle = H1Caller::connect(&gw).await;
     assert!(idle.closed().await, "idle past the header read timeout");
 
@@ -184,14 +170,14 @@ async fn an_idle_connection_or_a_head_that_stops_coming_is_closed_without_an_ans
 
     // Between requests too: the timeout starts again after each answer.
     let mut served = H1Caller::connect(&gw).await;
-    served.write(post(ECHO, "\"x\"", "").as_bytes()).await;
+    served.write(raw_post(ECHO, "\"x\"", "").as_bytes()).await;
     assert_eq!(served.answer().await.status, 200);
     assert!(served.closed().await, "idle after an answer");
 }
 
 #[tokio::test]
 async fn an_http_1_0_request_is_served() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     let request = format!(
         "POST {ECHO} HTTP/1.0\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n\"10\""

@@ -17,34 +17,9 @@ use tokio_util::sync::CancellationToken;
 const ECHO: &str = "/nexus/endpoints/quotes/services/svc/echo";
 /// An operation of the endpoint `scripted`, whose upstream is a [`Scripted`] server.
 const SCRIPTED: &str = "/nexus/endpoints/scripted/services/svc/op";
-const READ_TIMEOUT: Duration = Duration::from_millis(700);
+const READ_TIMEOUT: Duration = H1_READ_TIMEOUT;
 /// How long a connection may take to be closed when it should be closed "at once".
 const PROMPTLY: Duration = Duration::from_secs(3);
-
-async fn gateway() -> (TestGateway, CancellationToken) {
-    gateway_with(|_| {}).await
-}
-
-async fn gateway_with(
-    tweak: impl FnOnce(&mut nexus_gateway::Config),
-) -> (TestGateway, CancellationToken) {
-    let gw = TestGateway::start_with(|c| {
-        c.limits.header_read_timeout = READ_TIMEOUT;
-        c.limits.body_read_timeout = READ_TIMEOUT;
-        tweak(c);
-    })
-    .await;
-    let (handler, stop) = serve_reference_handler().await;
-    gw.external_endpoint("quotes", &format!("http://{handler}"), &["orders"]);
-    (gw, stop)
-}
-
-fn post(path: &str, body: &str, extra: &str) -> String {
-    format!(
-        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
 
 /// The same request with a chunked body: not taken by hand, so hyper serves it (and the
 /// rest of the connection).
@@ -182,10 +157,10 @@ const STALLED_CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/js
 /// stalled upstream. hyper's server does the same (next test).
 #[tokio::test]
 async fn a_caller_gone_mid_streamed_answer_releases_the_upstream() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut upstream = Scripted::start(&gw, vec![Step::Write(STALLED_CHUNKED), Step::Hold]).await;
     let mut caller = H1Caller::connect(&gw).await;
-    caller.write(post(SCRIPTED, "{}", "").as_bytes()).await;
+    caller.write(raw_post(SCRIPTED, "{}", "").as_bytes()).await;
     assert_eq!(
         upstream.next_within(REQUEST_BOUND).await,
         Some(Seen::Request)
@@ -208,7 +183,7 @@ async fn a_caller_gone_mid_streamed_answer_releases_the_upstream() {
 /// The same answer relayed on a connection hyper serves.
 #[tokio::test]
 async fn a_caller_gone_mid_answer_on_hyper_s_path_releases_the_upstream() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut upstream = Scripted::start(&gw, vec![Step::Write(STALLED_CHUNKED), Step::Hold]).await;
     let mut caller = H1Caller::connect(&gw).await;
     caller.write(post_chunked(SCRIPTED, "{}").as_bytes()).await;
@@ -239,9 +214,11 @@ fn stop_in_background(mut gw: TestGateway) -> tokio::task::JoinHandle<TestGatewa
 #[tokio::test]
 async fn at_shutdown_a_kept_alive_connection_with_a_partial_head_closes_at_once() {
     let (gw, _stop) =
-        gateway_with(|c| c.limits.header_read_timeout = Duration::from_secs(20)).await;
+        echo_gateway(|c| c.limits.header_read_timeout = Duration::from_secs(20)).await;
     let mut caller = H1Caller::connect(&gw).await;
-    caller.write(post(ECHO, "\"by hand\"", "").as_bytes()).await;
+    caller
+        .write(raw_post(ECHO, "\"by hand\"", "").as_bytes())
+        .await;
     assert_eq!(caller.answer().await.status, 200);
     caller
         .write(b"GET /nexus/endpoints/quotes HTTP/1.1\r\nhost: lo")
@@ -262,7 +239,7 @@ async fn at_shutdown_a_kept_alive_connection_with_a_partial_head_closes_at_once(
 #[tokio::test]
 async fn at_shutdown_hyper_closes_a_kept_alive_connection_with_a_partial_head_at_once() {
     let (gw, _stop) =
-        gateway_with(|c| c.limits.header_read_timeout = Duration::from_secs(20)).await;
+        echo_gateway(|c| c.limits.header_read_timeout = Duration::from_secs(20)).await;
     let mut caller = H1Caller::connect(&gw).await;
     caller
         .write(post_chunked(ECHO, "\"hyper\"").as_bytes())
@@ -283,9 +260,11 @@ async fn at_shutdown_hyper_closes_a_kept_alive_connection_with_a_partial_head_at
 /// preface's 24 bytes with no timeout, is never asked once a connection is HTTP/1.)
 #[tokio::test]
 async fn a_partial_h2_preface_after_a_request_is_cut_off_at_the_header_timeout() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
-    caller.write(post(ECHO, "\"by hand\"", "").as_bytes()).await;
+    caller
+        .write(raw_post(ECHO, "\"by hand\"", "").as_bytes())
+        .await;
     assert_eq!(caller.answer().await.status, 200);
     caller.write(b"PRI * HTTP/2.0\r\n").await;
     let bound = READ_TIMEOUT + PROMPTLY;
@@ -300,7 +279,7 @@ async fn a_partial_h2_preface_after_a_request_is_cut_off_at_the_header_timeout()
 /// header read timeout, not forever.
 #[tokio::test]
 async fn a_partial_h2_preface_as_first_bytes_is_cut_off_at_the_header_timeout() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     caller.write(b"PRI * HTTP/2.0\r\n").await;
     let bound = READ_TIMEOUT + PROMPTLY;
@@ -314,9 +293,11 @@ async fn a_partial_h2_preface_as_first_bytes_is_cut_off_at_the_header_timeout() 
 /// h2 preface is a malformed HTTP/1 request (hyper's error, or the end), never h2.
 #[tokio::test]
 async fn the_h2_preface_after_a_request_served_by_hand_does_not_switch_to_h2() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
-    caller.write(post(ECHO, "\"by hand\"", "").as_bytes()).await;
+    caller
+        .write(raw_post(ECHO, "\"by hand\"", "").as_bytes())
+        .await;
     assert_eq!(caller.answer().await.status, 200);
     // The preface, then an empty SETTINGS frame.
     caller
@@ -341,12 +322,14 @@ async fn the_h2_preface_after_a_request_served_by_hand_does_not_switch_to_h2() {
 /// and the end of the connection: nothing of it is taken as a request by hand.
 async fn refused_after_one_by_hand(gw: &TestGateway, request: &[u8]) {
     let mut caller = H1Caller::connect(gw).await;
-    caller.write(post(ECHO, "\"first\"", "").as_bytes()).await;
+    caller
+        .write(raw_post(ECHO, "\"first\"", "").as_bytes())
+        .await;
     let first = caller.answer().await;
     assert_eq!((first.status, &first.body[..]), (200, &b"\"first\""[..]));
     // A request that would be answered if anything were taken from what follows.
     let mut bytes = request.to_vec();
-    bytes.extend_from_slice(post(ECHO, "\"smuggled\"", "").as_bytes());
+    bytes.extend_from_slice(raw_post(ECHO, "\"smuggled\"", "").as_bytes());
     caller.write(&bytes).await;
     let answer = caller.answer().await;
     assert_eq!(
@@ -365,7 +348,7 @@ async fn refused_after_one_by_hand(gw: &TestGateway, request: &[u8]) {
 
 #[tokio::test]
 async fn malformed_framing_is_refused_by_hyper_and_nothing_behind_it_is_answered() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let head =
         format!("POST {ECHO} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n");
     let cases: Vec<String> = vec![
@@ -405,16 +388,18 @@ async fn malformed_framing_is_refused_by_hyper_and_nothing_behind_it_is_answered
 /// length would have made of the bytes nor what follows is ever taken as a request.
 #[tokio::test]
 async fn length_and_chunked_together_are_read_as_chunked_and_end_the_connection() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     for (te_first, name) in [
         (false, "transfer-encoding"),
         (true, "Transfer-Encoding"),
         (false, "TrAnSfEr-EnCoDiNg"),
     ] {
         let mut caller = H1Caller::connect(&gw).await;
-        caller.write(post(ECHO, "\"first\"", "").as_bytes()).await;
+        caller
+            .write(raw_post(ECHO, "\"first\"", "").as_bytes())
+            .await;
         assert_eq!(caller.answer().await.status, 200);
-        let smuggled = post(ECHO, "\"smuggled\"", "");
+        let smuggled = raw_post(ECHO, "\"smuggled\"", "");
         let chunked_body = "4\r\n\"ab\"\r\n0\r\n\r\n";
         let (a, b) = (
             format!("{name}: chunked\r\n"),
@@ -443,11 +428,11 @@ async fn length_and_chunked_together_are_read_as_chunked_and_end_the_connection(
 /// trailing spaces are read as hyper reads them; two equal lengths are hyper's and accepted.
 #[tokio::test]
 async fn bodies_and_lengths_that_look_odd_are_framed_as_hyper_frames_them() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
-    let inner = post(ECHO, "\"inner\"", "");
+    let inner = raw_post(ECHO, "\"inner\"", "");
     let body = serde_json::to_string(&inner).unwrap();
-    caller.write(post(ECHO, &body, "").as_bytes()).await;
+    caller.write(raw_post(ECHO, &body, "").as_bytes()).await;
     let answer = caller.answer().await;
     assert_eq!((answer.status, answer.body), (200, body.into_bytes()));
     for length in ["0004", "\t4", "4 ", "4\t"] {
@@ -455,7 +440,7 @@ async fn bodies_and_lengths_that_look_odd_are_framed_as_hyper_frames_them() {
             "POST {ECHO} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n\"ab\""
         );
         caller
-            .write(format!("{request}{}", post(ECHO, "\"next\"", "")).as_bytes())
+            .write(format!("{request}{}", raw_post(ECHO, "\"next\"", "")).as_bytes())
             .await;
         let answer = caller.answer().await;
         assert_eq!(
@@ -474,7 +459,7 @@ async fn bodies_and_lengths_that_look_odd_are_framed_as_hyper_frames_them() {
         "POST {ECHO} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 4\r\ncontent-length: 4\r\n\r\n\"ab\""
     );
     caller
-        .write(format!("{twice}{}", post(ECHO, "\"next\"", "")).as_bytes())
+        .write(format!("{twice}{}", raw_post(ECHO, "\"next\"", "")).as_bytes())
         .await;
     let answer = caller.answer().await;
     assert_eq!((answer.status, &answer.body[..]), (200, &b"\"ab\""[..]));
@@ -486,14 +471,14 @@ async fn bodies_and_lengths_that_look_odd_are_framed_as_hyper_frames_them() {
 /// and framing stays right for what follows.
 #[tokio::test]
 async fn bare_lf_and_leading_empty_lines_keep_the_framing() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     let lf = format!(
         "POST {ECHO} HTTP/1.1\nhost: localhost\ncontent-type: application/json\ncontent-length: 4\n\n\"lf\""
     );
-    let leading = format!("\r\n\r\n\n{}", post(ECHO, "\"after blank lines\"", ""));
+    let leading = format!("\r\n\r\n\n{}", raw_post(ECHO, "\"after blank lines\"", ""));
     caller
-        .write(format!("{lf}{leading}{}", post(ECHO, "\"last\"", "")).as_bytes())
+        .write(format!("{lf}{leading}{}", raw_post(ECHO, "\"last\"", "")).as_bytes())
         .await;
     for expected in ["\"lf\"", "\"after blank lines\"", "\"last\""] {
         let answer = caller.answer().await;
@@ -508,15 +493,15 @@ async fn bare_lf_and_leading_empty_lines_keep_the_framing() {
 /// the hand-over takes with it.
 #[tokio::test]
 async fn one_write_of_requests_for_both_servers_is_answered_in_order() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     let all = [
-        post(ECHO, "\"1\"", ""),
-        post(ECHO, "\"2\"", ""),
+        raw_post(ECHO, "\"1\"", ""),
+        raw_post(ECHO, "\"2\"", ""),
         post_chunked(ECHO, "\"3\""),
-        post(ECHO, "\"4\"", ""),
-        post(ECHO, "\"5\"", "connection: close\r\n"),
-        post(ECHO, "\"never\"", ""),
+        raw_post(ECHO, "\"4\"", ""),
+        raw_post(ECHO, "\"5\"", "connection: close\r\n"),
+        raw_post(ECHO, "\"never\"", ""),
     ]
     .concat();
     caller.write(all.as_bytes()).await;
@@ -537,7 +522,7 @@ async fn one_write_of_requests_for_both_servers_is_answered_in_order() {
 /// coming do not extend it.
 #[tokio::test]
 async fn a_head_trickled_byte_by_byte_is_cut_off_at_the_header_timeout() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     let head = format!(
         "POST {ECHO} HTTP/1.1\r\nhost: localhost\r\nx-slow: {}",
@@ -565,7 +550,7 @@ async fn a_head_trickled_byte_by_byte_is_cut_off_at_the_header_timeout() {
 /// Leading empty lines without end: the connection is refused or cut off, never held.
 #[tokio::test]
 async fn endless_empty_lines_are_not_a_way_to_hold_a_connection() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut caller = H1Caller::connect(&gw).await;
     let mut refused = false;
     for _ in 0..32 {
@@ -589,7 +574,7 @@ async fn endless_empty_lines_are_not_a_way_to_hold_a_connection() {
 /// A body trickled in a byte at a time gets its 408 at the body read timeout.
 #[tokio::test]
 async fn a_body_trickled_byte_by_byte_gets_408_at_the_body_timeout() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let caller = H1Caller::connect(&gw).await;
     let (mut read, mut write) = tokio::io::split(caller.tls);
     let head = format!("POST {ECHO} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 200\r\n\r\n");
@@ -626,10 +611,10 @@ async fn a_body_trickled_byte_by_byte_gets_408_at_the_body_timeout() {
 /// sent upstream is dropped.
 #[tokio::test]
 async fn a_caller_gone_while_its_request_is_handled_cancels_it_upstream() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut upstream = Scripted::start(&gw, vec![Step::Hold]).await;
     let mut caller = H1Caller::connect(&gw).await;
-    caller.write(post(SCRIPTED, "{}", "").as_bytes()).await;
+    caller.write(raw_post(SCRIPTED, "{}", "").as_bytes()).await;
     assert_eq!(
         upstream.next_within(REQUEST_BOUND).await,
         Some(Seen::Request)
@@ -646,7 +631,7 @@ async fn a_caller_gone_while_its_request_is_handled_cancels_it_upstream() {
 /// with a length; all on one kept-alive connection.
 #[tokio::test]
 async fn relayed_answers_are_framed_right_and_the_connection_goes_on() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let _upstream = Scripted::start(
         &gw,
         vec![Step::Write(
@@ -655,7 +640,7 @@ async fn relayed_answers_are_framed_right_and_the_connection_goes_on() {
     )
     .await;
     let mut caller = H1Caller::connect(&gw).await;
-    caller.write(post(SCRIPTED, "{}", "").as_bytes()).await;
+    caller.write(raw_post(SCRIPTED, "{}", "").as_bytes()).await;
     let answer = caller.answer().await;
     assert_eq!(
         (answer.status, &answer.body[..]),
@@ -666,7 +651,9 @@ async fn relayed_answers_are_framed_right_and_the_connection_goes_on() {
     assert_eq!(answer.header("content-length"), None);
     assert!(!answer.head.contains("x-sum"), "{answer:?}");
     // The connection goes on, and nothing of the trailers is left on it.
-    caller.write(post(ECHO, "\"after\"", "").as_bytes()).await;
+    caller
+        .write(raw_post(ECHO, "\"after\"", "").as_bytes())
+        .await;
     let next = caller.answer().await;
     assert_eq!(
         (next.status, &next.body[..]),
@@ -677,7 +664,7 @@ async fn relayed_answers_are_framed_right_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn a_relayed_204_has_no_body_and_no_length() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let _upstream = Scripted::start(
         &gw,
         vec![Step::Write(
@@ -690,8 +677,8 @@ async fn a_relayed_204_has_no_body_and_no_length() {
         .write(
             format!(
                 "{}{}",
-                post(SCRIPTED, "{}", ""),
-                post(ECHO, "\"after\"", "")
+                raw_post(SCRIPTED, "{}", ""),
+                raw_post(ECHO, "\"after\"", "")
             )
             .as_bytes(),
         )
@@ -722,10 +709,10 @@ async fn an_answer_broken_off_upstream_never_looks_complete_to_the_caller() {
             false,
         ),
     ] {
-        let (gw, _stop) = gateway().await;
+        let (gw, _stop) = echo_gateway(|_| {}).await;
         let _upstream = Scripted::start(&gw, vec![Step::Write(script), Step::Close]).await;
         let mut caller = H1Caller::connect(&gw).await;
-        caller.write(post(SCRIPTED, "{}", "").as_bytes()).await;
+        caller.write(raw_post(SCRIPTED, "{}", "").as_bytes()).await;
         assert!(caller.ends_within(REQUEST_BOUND).await, "the connection ends");
         let said = String::from_utf8_lossy(&caller.buf).into_owned();
         if let Some(end) = said.find("\r\n\r\n") {
@@ -743,13 +730,13 @@ async fn an_answer_broken_off_upstream_never_looks_complete_to_the_caller() {
 /// answered whole before its connection closes.
 #[tokio::test]
 async fn at_shutdown_idle_connections_close_and_busy_ones_after_their_answer() {
-    let (gw, _stop) = gateway().await;
+    let (gw, _stop) = echo_gateway(|_| {}).await;
     let mut idle = H1Caller::connect(&gw).await;
-    idle.write(post(ECHO, "\"x\"", "").as_bytes()).await;
+    idle.write(raw_post(ECHO, "\"x\"", "").as_bytes()).await;
     assert_eq!(idle.answer().await.status, 200);
     let mut busy = H1Caller::connect(&gw).await;
     busy.write(
-        post(
+        raw_post(
             "/nexus/endpoints/quotes/services/svc/slow",
             "{}",
             "x-delay-ms: 1000\r\n",
