@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt;
 use nexus_outbound_queue::{
-    DurableSpool, EntryState, LaneKey, OutboundQueue, Outcome, Spool, SpoolEntry,
+    DurableSpool, EntryState, LaneRef, OutboundQueue, Outcome, Spool, SpoolEntry,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -641,10 +641,10 @@ async fn attempt(
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_default();
-    let lane = LaneKey {
+    let lane = LaneRef {
         kind: "callback",
-        source: delivery.handler_namespace.clone(),
-        destination: host.clone(),
+        source: &delivery.handler_namespace,
+        destination: &host,
     };
     let mut request = Request::post(uri).body(full(body)).expect("valid request");
     for (name, value) in &delivery.headers {
@@ -667,7 +667,7 @@ async fn attempt(
     let deadline = tokio::time::Instant::now() + timeout;
     let sent = upstream::send(
         &callbacks.outbound,
-        &lane,
+        lane,
         deadline,
         callbacks.client.request(request),
         &PolicyRefusal,

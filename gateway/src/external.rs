@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::BodyExt;
-use nexus_outbound_queue::{LaneKey, Rejection};
+use nexus_outbound_queue::{LaneRef, Rejection};
 use tokio::time::Instant;
 
 use crate::body::{Body, BodyFault, BodyWatch};
@@ -88,10 +88,10 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
             f.endpoint_name
         )));
     }
-    let lane = LaneKey {
+    let lane = LaneRef {
         kind: f.kind,
-        source: f.caller.to_owned(),
-        destination: host.clone(),
+        source: f.caller,
+        destination: &host,
     };
     let mut request = Request::post(uri).body(f.body).expect("valid request");
     *request.headers_mut() = f.headers;
@@ -99,14 +99,13 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
         .deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    request.headers_mut().insert(
-        headers::REQUEST_TIMEOUT,
-        HeaderValue::from_str(&nexus::format_timeout(left)).expect("ascii"),
-    );
+    request
+        .headers_mut()
+        .insert(headers::REQUEST_TIMEOUT, nexus::timeout_header(left));
     let watch = &f.watch;
     let sent = upstream::send(
         &state.outbound,
-        &lane,
+        lane,
         f.deadline,
         state.proxy.request(request),
         &CallerBody(watch),
@@ -156,7 +155,8 @@ pub async fn forward(state: &State, f: Forward<'_>) -> Result<Response<Body>, Ga
     let (parts, body) = response.into_parts();
     let mut out = Response::new(body.map_err(Into::into).boxed());
     *out.status_mut() = status;
-    nexus::copy_relayed(&parts.headers, out.headers_mut());
+    *out.headers_mut() = parts.headers;
+    nexus::keep_relayed(out.headers_mut());
     Ok(out)
 }
 

@@ -10,7 +10,9 @@
 //! (at least 1 s) never notices. Once the slots are taken, refusals are answered at once, so
 //! held requests stay bounded.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,45 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::GatewayError;
+
+/// A caller and endpoint pair, owned as the pairs' map key or borrowed to search it, so a
+/// known pair is found without copying both names (two allocations a request).
+trait Pair {
+    fn names(&self) -> (&str, &str);
+}
+
+impl Pair for (String, String) {
+    fn names(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl Pair for (&str, &str) {
+    fn names(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+// The owned key hashes as its two strings in order, as a tuple of `&str` does.
+impl Hash for dyn Pair + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.names().hash(state);
+    }
+}
+
+impl PartialEq for dyn Pair + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.names() == other.names()
+    }
+}
+
+impl Eq for dyn Pair + '_ {}
+
+impl<'a> Borrow<dyn Pair + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn Pair + 'a) {
+        self
+    }
+}
 
 /// A rate: `per_second` sustained, `burst` at once. `per_second = 0` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,12 +262,12 @@ impl InboundLimits {
             .unwrap_or(&s.per_endpoint);
         let caller_limiter = self.limiter_for(&self.callers, caller, caller_rate);
         let endpoint_limiter = self.limiter_for(&self.endpoints, endpoint, endpoint_rate);
-        let pair_key = (caller.to_owned(), endpoint.to_owned());
-        let pair_limiter = match self.pairs.get(&pair_key) {
+        let pair_key: &dyn Pair = &(caller, endpoint);
+        let pair_limiter = match self.pairs.get(pair_key) {
             Some(l) => l.clone(),
             None => self
                 .pairs
-                .entry(pair_key)
+                .entry((caller.to_owned(), endpoint.to_owned()))
                 .or_insert_with(|| limiter(s.per_caller_endpoint))
                 .clone(),
         };
@@ -370,6 +411,19 @@ mod tests {
                 .contains("on endpoint \"cold\"")
         );
         assert!(limits.admit("a", "other").is_ok());
+    }
+
+    #[test]
+    fn a_known_pair_is_found_by_its_borrowed_names() {
+        let limits = InboundLimits::new(InboundSettings::default());
+        let _a = limits.admit("orders", "payments").unwrap();
+        let _b = limits.admit("orders", "payments").unwrap();
+        let _c = limits.admit("orders", "shipping").unwrap();
+        assert_eq!(limits.pairs.len(), 2, "one limiter per caller and endpoint");
+        let known: &dyn Pair = &("orders", "payments");
+        assert!(limits.pairs.get(known).is_some());
+        let unknown: &dyn Pair = &("orderspay", "ments");
+        assert!(limits.pairs.get(unknown).is_none());
     }
 
     #[tokio::test(start_paused = true)]

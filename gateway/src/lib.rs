@@ -35,6 +35,7 @@ pub(crate) mod admin;
 pub mod attribution;
 pub(crate) mod authz;
 pub mod body;
+pub(crate) mod buffers;
 pub mod callback_policy;
 pub(crate) mod callback_token;
 pub(crate) mod callbacks;

@@ -1,6 +1,8 @@
 //! Counters and gauges rendered as Prometheus text on the ops port.
 
+use std::borrow::Borrow;
 use std::fmt::Write;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -120,7 +122,7 @@ const BUCKETS: [f64; 14] = [
 pub const UNKNOWN_ENDPOINT: &str = "_unknown";
 
 /// Labels of one Nexus operation series.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct OperationKey {
     kind: Kind,
     caller: String,
@@ -128,6 +130,76 @@ struct OperationKey {
     target: String,
     outcome: Outcome,
 }
+
+/// A series' labels as borrowed text, so a known series is counted without copying its
+/// labels into a key (four allocations an operation): the maps are searched by `dyn Labels`.
+trait Labels {
+    fn labels(&self) -> (Kind, &str, &str, &str, Option<&Outcome>);
+}
+
+/// Labels of one request's series, borrowed from its attribution record.
+struct LabelsOf<'a>(Kind, &'a str, &'a str, &'a str, Option<&'a Outcome>);
+
+impl Labels for LabelsOf<'_> {
+    fn labels(&self) -> (Kind, &str, &str, &str, Option<&Outcome>) {
+        (self.0, self.1, self.2, self.3, self.4)
+    }
+}
+
+impl Labels for OperationKey {
+    fn labels(&self) -> (Kind, &str, &str, &str, Option<&Outcome>) {
+        let k = self;
+        (k.kind, &k.caller, &k.endpoint, &k.target, Some(&k.outcome))
+    }
+}
+
+/// Labels of one latency histogram: kind and endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct LatencyKey {
+    kind: Kind,
+    endpoint: String,
+}
+
+impl Labels for LatencyKey {
+    fn labels(&self) -> (Kind, &str, &str, &str, Option<&Outcome>) {
+        (self.kind, "", &self.endpoint, "", None)
+    }
+}
+
+// Both the owned keys and the borrowed labels hash and compare by `labels()`, as `Borrow`
+// requires.
+impl Hash for dyn Labels + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.labels().hash(state);
+    }
+}
+
+impl PartialEq for dyn Labels + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.labels() == other.labels()
+    }
+}
+
+impl Eq for dyn Labels + '_ {}
+
+macro_rules! keyed_by_labels {
+    ($key:ty) => {
+        impl Hash for $key {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                self.labels().hash(state);
+            }
+        }
+
+        impl<'a> Borrow<dyn Labels + 'a> for $key {
+            fn borrow(&self) -> &(dyn Labels + 'a) {
+                self
+            }
+        }
+    };
+}
+
+keyed_by_labels!(OperationKey);
+keyed_by_labels!(LatencyKey);
 
 #[derive(Default)]
 struct Histogram {
@@ -142,7 +214,7 @@ struct Histogram {
 pub struct Metrics {
     requests: DashMap<(&'static str, u16), (AtomicU64, AtomicU64)>,
     operations: DashMap<OperationKey, AtomicU64>,
-    latency: DashMap<(Kind, String), Histogram>,
+    latency: DashMap<LatencyKey, Histogram>,
     /// Refused TLS handshakes by reason.
     pub handshakes: crate::handshakes::HandshakeFailures,
     /// The last five minutes of traffic, for the console.
@@ -152,31 +224,48 @@ pub struct Metrics {
 impl Metrics {
     /// Counts one start, cancel or completion from its attribution record.
     pub fn record_operation(&self, r: &crate::attribution::Record) {
-        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let caller = r.caller_namespace.as_deref().unwrap_or_default();
         let target = r
             .target_namespace
-            .clone()
-            .or_else(|| r.target_url.clone())
+            .as_deref()
+            .or(r.target_url.as_deref())
             .unwrap_or_default();
         // Only registered endpoints name a series: whatever a caller typed counts under one
         // label, so callers cannot grow the series without bound.
         let endpoint = match (&r.endpoint, &r.endpoint_id) {
-            (Some(name), Some(_)) => name.clone(),
-            (Some(_), None) => UNKNOWN_ENDPOINT.to_owned(),
-            (None, _) => String::new(),
+            (Some(name), Some(_)) => name.as_str(),
+            (Some(_), None) => UNKNOWN_ENDPOINT,
+            (None, _) => "",
         };
-        let key = OperationKey {
-            kind: r.kind,
-            caller: text(&r.caller_namespace),
-            endpoint: endpoint.clone(),
-            target,
-            outcome: r.outcome.clone(),
+        let labels = LabelsOf(r.kind, caller, endpoint, target, Some(&r.outcome));
+        let key: &dyn Labels = &labels;
+        match self.operations.get(key) {
+            Some(count) => count.fetch_add(1, Ordering::Relaxed),
+            None => self
+                .operations
+                .entry(OperationKey {
+                    kind: r.kind,
+                    caller: caller.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                    target: target.to_owned(),
+                    outcome: r.outcome.clone(),
+                })
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed),
         };
-        self.operations
-            .entry(key)
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
-        let histogram = self.latency.entry((r.kind, endpoint)).or_default();
+        let labels = LabelsOf(r.kind, "", endpoint, "", None);
+        let key: &dyn Labels = &labels;
+        let histogram = match self.latency.get(key) {
+            Some(histogram) => histogram,
+            None => self
+                .latency
+                .entry(LatencyKey {
+                    kind: r.kind,
+                    endpoint: endpoint.to_owned(),
+                })
+                .or_default()
+                .downgrade(),
+        };
         let seconds = r.latency_us as f64 / 1e6;
         for (bound, bucket) in BUCKETS.iter().zip(&histogram.buckets) {
             if seconds <= *bound {
@@ -195,7 +284,7 @@ impl Metrics {
             endpoint.is_empty() || endpoint == UNKNOWN_ENDPOINT || registered(endpoint)
         };
         self.operations.retain(|k, _| keep(&k.endpoint));
-        self.latency.retain(|(_, endpoint), _| keep(endpoint));
+        self.latency.retain(|k, _| keep(&k.endpoint));
     }
 
     pub fn record(&self, route: &'static str, status: u16, latency: Duration) {
@@ -359,8 +448,8 @@ fn render_operations(metrics: &Metrics, out: &mut String) {
         };
         let labels = format!(
             "kind=\"{}\",endpoint=\"{}\"",
-            key.0.as_str(),
-            escape(&key.1)
+            key.kind.as_str(),
+            escape(&key.endpoint)
         );
         for (bound, bucket) in BUCKETS.iter().zip(&h.buckets) {
             let _ = writeln!(
@@ -520,4 +609,53 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::Record;
+
+    fn start(caller: &str, endpoint: &str, latency_us: u64) -> Record {
+        Record {
+            kind: Kind::Start,
+            caller_namespace: Some(caller.to_owned()),
+            endpoint: Some(endpoint.to_owned()),
+            endpoint_id: Some("id-1".to_owned()),
+            target_namespace: Some("billing".to_owned()),
+            outcome: Outcome::Succeeded,
+            latency_us,
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn a_known_series_is_found_by_its_borrowed_labels() {
+        let metrics = Metrics::default();
+        metrics.record_operation(&start("orders", "payments", 2_000));
+        let series = LabelsOf(
+            Kind::Start,
+            "orders",
+            "payments",
+            "billing",
+            Some(&Outcome::Succeeded),
+        );
+        let histogram = LabelsOf(Kind::Start, "", "payments", "", None);
+        assert!(metrics.operations.get(&series as &dyn Labels).is_some());
+        assert!(metrics.latency.get(&histogram as &dyn Labels).is_some());
+
+        metrics.record_operation(&start("orders", "payments", 3_000));
+        metrics.record_operation(&start("shipping", "payments", 1_000));
+        assert_eq!(metrics.operations.len(), 2, "one series per caller");
+        assert_eq!(
+            metrics.latency.len(),
+            1,
+            "one histogram per kind and endpoint"
+        );
+        let count = metrics.operations.get(&series as &dyn Labels).unwrap();
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+        let h = metrics.latency.get(&histogram as &dyn Labels).unwrap();
+        assert_eq!(h.count.load(Ordering::Relaxed), 3);
+        assert_eq!(h.sum_micros.load(Ordering::Relaxed), 6_000);
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::GatewayError;
 
@@ -55,8 +55,16 @@ pub fn parse_operation_path(
     let rest = path
         .strip_prefix(ENDPOINTS_PREFIX)
         .ok_or_else(|| GatewayError::not_found(format!("no route for path {path:?}")))?;
-    let segments: Vec<&str> = rest.split('/').collect();
-    if segments.len() < 4 || segments[1] != "services" {
+    // At most six segments route (endpoint, `services`, service, operation, token,
+    // `cancel`); a seventh is kept only to refuse the path below.
+    let mut split = [""; 7];
+    let mut count = 0;
+    for (slot, segment) in split.iter_mut().zip(rest.split('/')) {
+        *slot = segment;
+        count += 1;
+    }
+    let segments = &split[..count];
+    if count < 4 || segments[1] != "services" {
         return Err(GatewayError::not_found(format!(
             "no route for path {path:?}: expected /nexus/endpoints/{{endpoint}}/services/{{service}}/{{operation}}"
         )));
@@ -98,6 +106,15 @@ pub fn decode_segment(segment: &str, what: &str) -> Result<String, GatewayError>
         return Err(GatewayError::bad_request(format!("{what} name is empty")));
     }
     let bytes = segment.as_bytes();
+    // The common case, a plain name: nothing to decode, and no byte to check further.
+    if bytes.iter().all(|&b| b.is_ascii_graphic() && b != b'%') {
+        if segment.len() > MAX_NAME_LEN {
+            return Err(GatewayError::bad_request(format!(
+                "{what} name is longer than {MAX_NAME_LEN} bytes"
+            )));
+        }
+        return Ok(segment.to_owned());
+    }
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
@@ -178,10 +195,20 @@ pub fn request_timeout(headers: &HeaderMap) -> Result<Option<Duration>, GatewayE
         })
 }
 
+/// A remaining time as a header value, formatted as [`format_timeout`] does; the text becomes
+/// the value without a copy.
+pub fn timeout_header(d: Duration) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(format_timeout(d)))
+        .expect("digits and \"ms\"")
+}
+
 /// Formats a remaining time the way Temporal's callers send it: whole milliseconds.
 pub fn format_timeout(d: Duration) -> String {
     // Not `format!`: this runs on every proxied request.
-    let mut text = String::from(itoa::Buffer::new().format(d.as_millis().max(1)));
+    // As u64: formatting a u128 divides in software, ten times the cost.
+    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut text = String::with_capacity(22);
+    text.push_str(itoa::Buffer::new().format(millis));
     text.push_str("ms");
     text
 }
@@ -221,18 +248,47 @@ pub fn is_framing_or_hop(name: &str) -> bool {
 
 /// Copies the headers that may cross the gateway from `from` to `to`.
 pub fn copy_relayed(from: &HeaderMap, to: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = from
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    let listed = connection_listed(from);
     for (name, value) in from {
         if is_relayed(name, &listed) {
             to.append(name.clone(), value.clone());
         }
     }
+}
+
+/// Leaves in `headers` only those that may cross the gateway: `copy_relayed` in place, for
+/// a map passed on whole, which spares a second map and hashing each header into it.
+pub fn keep_relayed(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    // Each name is judged once; those to drop are gathered, then removed, a few at a time.
+    let mut dropped: [Option<HeaderName>; 8] = Default::default();
+    loop {
+        let mut count = 0;
+        for name in headers.keys().filter(|n| !is_relayed(n, &listed)) {
+            dropped[count] = Some(name.clone());
+            count += 1;
+            if count == dropped.len() {
+                break;
+            }
+        }
+        for name in dropped[..count].iter_mut().filter_map(Option::take) {
+            headers.remove(name);
+        }
+        if count < dropped.len() {
+            return;
+        }
+    }
+}
+
+/// The headers a `Connection` header names: hop-by-hop, so not relayed.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -306,6 +362,46 @@ mod tests {
     }
 
     #[test]
+    fn plain_and_encoded_names_meet_the_same_limits() {
+        // A plain name and its encoded spelling decode alike, up to the same length.
+        let long = "n".repeat(MAX_NAME_LEN);
+        for name in [long.clone(), long.replace('n', "%6E")] {
+            let path = format!("/nexus/endpoints/e/services/{name}/o");
+            assert_eq!(parse_operation_path(&path, None).unwrap().service, long);
+            let path = format!("/nexus/endpoints/e/services/{name}n/o");
+            let e = parse_operation_path(&path, None).unwrap_err();
+            assert_eq!(
+                (e.kind.status().as_u16(), e.message.as_str()),
+                (400, "service name is longer than 1000 bytes")
+            );
+        }
+        // Raw bytes outside printable ASCII take the checked path: UTF-8, no control character.
+        let p = parse_operation_path("/nexus/endpoints/e/services/caf\u{e9}/o", None).unwrap();
+        assert_eq!(p.service, "caf\u{e9}");
+        let e = parse_operation_path("/nexus/endpoints/e/services/s\u{85}/o", None).unwrap_err();
+        assert_eq!(e.kind.status(), 400);
+        // Seven segments or more never route, however the rest looks.
+        for extra in ["t/cancel/x", "t/u/v/w/cancel"] {
+            let path = format!("/nexus/endpoints/e/services/s/o/{extra}");
+            let e = parse_operation_path(&path, None).unwrap_err();
+            assert_eq!(e.kind.status(), 404, "{path}");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_sent_in_whole_milliseconds() {
+        for (d, text) in [
+            (Duration::from_micros(1), "1ms"),
+            (Duration::from_millis(9_998), "9998ms"),
+            (Duration::from_secs(3_600), "3600000ms"),
+            (Duration::MAX, "18446744073709551615ms"),
+        ] {
+            assert_eq!(format_timeout(d), text);
+            assert_eq!(timeout_header(d), text);
+        }
+    }
+
+    #[test]
     fn durations_follow_the_grammar() {
         assert_eq!(parse_duration("9998ms"), Some(Duration::from_millis(9998)));
         assert_eq!(parse_duration("2.5s"), Some(Duration::from_millis(2500)));
@@ -350,9 +446,31 @@ mod tests {
         ] {
             from.append(HeaderName::from_static(k), v.parse().unwrap());
         }
+        from.append("nexus-link", "<b>; type=\"y\"".parse().unwrap());
         let mut to = HeaderMap::new();
         copy_relayed(&from, &mut to);
         let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "nexus-link"]);
+
+        // In place, the same headers are left, each name's values in their order.
+        let mut kept = from.clone();
+        keep_relayed(&mut kept);
+        let mut names: Vec<_> = kept.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "nexus-link"]);
+        assert_eq!(kept.len(), 3);
+        let links: Vec<_> = kept.get_all("nexus-link").iter().collect();
+        assert_eq!(links, ["<a>; type=\"x\"", "<b>; type=\"y\""]);
+
+        // More to drop than are gathered at once.
+        let mut many = HeaderMap::new();
+        for i in 0..20 {
+            let name = HeaderName::try_from(format!("proxy-x{i}")).unwrap();
+            many.append(name, "1".parse().unwrap());
+        }
+        many.append("content-type", "application/json".parse().unwrap());
+        keep_relayed(&mut many);
+        let names: Vec<_> = many.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
     }
 }

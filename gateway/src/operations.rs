@@ -121,18 +121,22 @@ fn describe(trace: &mut Trace, record: &Record, status: StatusCode) {
 struct CallFacts {
     /// The namespace the call is made for (`ns@cluster` for a cluster's), and how the caller
     /// proved itself, once known.
-    caller: Option<(String, String)>,
+    caller: Option<(Namespace, String)>,
     request_id: Option<String>,
     operation_token: Option<String>,
-    /// Service, operation and endpoint as the path named them, once it parsed.
-    path: Option<(String, String, String)>,
+    /// The path, once it parsed: the call is served from here, and the record takes its
+    /// service, operation and endpoint name without copies.
+    path: Option<OperationPath>,
     endpoint: Option<Arc<Endpoint>>,
     request_bytes: u64,
 }
 
 impl CallFacts {
     fn into_record(self, kind: Kind, peer: &Peer, outcome: Outcome) -> Record {
-        let (service, operation, named) = self.path.unzip3();
+        let (service, operation, named) = match self.path {
+            Some(p) => (Some(p.service), Some(p.operation), Some(p.endpoint)),
+            None => (None, None, None),
+        };
         let mut record = Record {
             kind,
             request_id: self.request_id,
@@ -150,7 +154,7 @@ impl CallFacts {
             ..Record::default()
         };
         if let Some((namespace, credential)) = self.caller {
-            record.caller_namespace = Some(namespace);
+            record.caller_namespace = Some(namespace.into_string());
             record.caller_identity = Some(credential);
         } else if let Ok(p) = peer {
             record.caller_identity = Some(p.uri.clone());
@@ -159,7 +163,10 @@ impl CallFacts {
             }
         }
         if let Some(endpoint) = self.endpoint {
-            record.endpoint = Some(endpoint.spec.name.clone());
+            // Named by id in the path, the endpoint is attributed by its name.
+            if record.endpoint.as_deref() != Some(&endpoint.spec.name) {
+                record.endpoint = Some(endpoint.spec.name.clone());
+            }
             record.endpoint_id = Some(endpoint.id.clone());
             if let Some((namespace, task_queue)) = endpoint.spec.target.namespace_and_queue() {
                 record.target_namespace = Some(namespace.to_owned());
@@ -170,20 +177,6 @@ impl CallFacts {
             }
         }
         record
-    }
-}
-
-/// `Option<(A, B, C)>` into a triple of options.
-trait Unzip3<A, B, C> {
-    fn unzip3(self) -> (Option<A>, Option<B>, Option<C>);
-}
-
-impl<A, B, C> Unzip3<A, B, C> for Option<(A, B, C)> {
-    fn unzip3(self) -> (Option<A>, Option<B>, Option<C>) {
-        match self {
-            Some((a, b, c)) => (Some(a), Some(b), Some(c)),
-            None => (None, None, None),
-        }
     }
 }
 
@@ -209,12 +202,7 @@ async fn serve(
         .with_retry_after(Duration::from_secs(1)));
     }
     request::require_method(&request, &[Method::POST])?;
-    let path = path?;
-    facts.path = Some((
-        path.service.clone(),
-        path.operation.clone(),
-        path.endpoint.clone(),
-    ));
+    let path = &*facts.path.insert(path?);
     let cancel_token = match &path.kind {
         OperationKind::Start => None,
         OperationKind::Cancel { path_token } => Some(cancel_token(
@@ -224,20 +212,20 @@ async fn serve(
         )?),
     };
     let credential = credential(&who, peer);
-    let (caller, cluster, cancel_token) = acting_namespace(state, who, &path, cancel_token)?;
-    facts.caller = Some((caller.to_string(), credential));
+    let (caller, cluster, cancel_token) = acting_namespace(state, who, path, cancel_token)?;
+    let caller = &facts.caller.insert((caller, credential)).0;
     let Some(endpoint) = state.registry.resolve(&path.endpoint) else {
-        state.inbound.charge_caller(&caller)?;
+        state.inbound.charge_caller(caller)?;
         return Err(GatewayError::not_found(format!(
             "endpoint {:?} not found",
             path.endpoint
         )));
     };
     facts.endpoint = Some(endpoint.clone());
-    authz::authorize_call(&caller, &endpoint)?;
+    authz::authorize_call(caller, &endpoint)?;
     let _admitted = state
         .inbound
-        .admit_or_push_back(&caller, &endpoint.spec.name)
+        .admit_or_push_back(caller, &endpoint.spec.name)
         .await?;
     let timeout = nexus::request_timeout(request.headers())?;
     let max = state.limits.max_body_bytes;
@@ -249,8 +237,8 @@ async fn serve(
     }
     let received = Instant::now();
     let (parts, body) = request.into_parts();
-    let mut forwarded = HeaderMap::new();
-    nexus::copy_relayed(&parts.headers, &mut forwarded);
+    let mut forwarded = parts.headers;
+    nexus::keep_relayed(&mut forwarded);
     if let Some(token) = cancel_token {
         facts.operation_token = Some(token.clone());
         forwarded.insert(
@@ -262,9 +250,9 @@ async fn serve(
     if path.kind == OperationKind::Start {
         seal_callback(
             state,
-            &caller,
+            caller,
             &endpoint,
-            &path,
+            path,
             &mut below_prefix,
             &mut forwarded,
             trace,
@@ -283,7 +271,7 @@ async fn serve(
                 namespace: Namespace::new(namespace.clone()),
                 task_queue: TaskQueue::new(task_queue.clone()),
             };
-            let token = add_task_headers(&mut forwarded, &caller, &endpoint, &path, &below_prefix)?;
+            let token = add_task_headers(&mut forwarded, caller, &endpoint, path, &below_prefix)?;
             trace.routed();
             // From the task queued to the worker's answer; the worker's spans sit below it.
             let mut worker = trace.child("nexus.worker", SpanKind::Client);
@@ -318,13 +306,14 @@ async fn serve(
             let answer = answer?;
             let mut response = Response::new(full(answer.body));
             *response.status_mut() = answer.status;
-            nexus::copy_relayed(&answer.headers, response.headers_mut());
+            *response.headers_mut() = answer.headers;
+            nexus::keep_relayed(response.headers_mut());
             response
         }
         Target::External { url } => {
             forwarded.insert(
                 headers::CALLER_NAMESPACE,
-                header_value(&caller, "caller namespace")?,
+                header_value(caller, "caller namespace")?,
             );
             let (body, watch) = CappedBody::new(body, state.limits.max_body_bytes);
             trace.routed();
@@ -342,7 +331,7 @@ async fn serve(
                 state,
                 external::Forward {
                     kind: path.kind.as_str(),
-                    caller: &caller,
+                    caller,
                     endpoint_name: &endpoint.spec.name,
                     base_url: url,
                     below_prefix: &below_prefix,
@@ -366,7 +355,7 @@ async fn serve(
     match &cluster {
         Some(cluster) if response.status() == StatusCode::CREATED => {
             let key = state.callbacks.token_key();
-            wrap_started(response, key, &cluster.name, &caller).await
+            wrap_started(response, key, &cluster.name, caller).await
         }
         _ => Ok(response),
     }

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
+use crate::buffers::{take_all, take_front};
 
 /// The largest request body sent by hand; larger or unknown lengths go through hyper.
 pub const MAX_BODY: u64 = 64 * 1024;
@@ -260,7 +261,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         .iter()
         .map(|h| (span(h.name.as_bytes()), span(h.value)))
         .collect();
-    let head = buf.split_to(len).freeze();
+    let head = take_front(buf, len);
     let mut headers = HeaderMap::with_capacity(places.len());
     for (name, value) in places {
         let name =
@@ -380,7 +381,7 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Erro
                     return Ok(Decoded::NeedMore);
                 }
                 let n = left.min(buf.len() as u64);
-                let data = buf.split_to(n as usize).freeze();
+                let data = take_front(buf, n as usize);
                 *state = if n == left {
                     Chunk::DataEnd
                 } else {
@@ -412,10 +413,10 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Erro
 }
 
 /// The next CRLF-ended line of `buf`, taken off it without its CRLF.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, Error> {
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
     match buf.windows(2).position(|w| w == b"\r\n") {
         Some(end) => {
-            let line = buf.split_to(end);
+            let line = take_front(buf, end);
             buf.advance(2);
             Ok(Some(line))
         }
@@ -456,7 +457,7 @@ impl H1Body {
             && conn.buf.len() as u64 >= n
         {
             if n > 0 {
-                body.ready = Some(conn.buf.split_to(n as usize).freeze());
+                body.ready = Some(take_front(&mut conn.buf, n as usize));
             }
             body.framing = Framing::Length(0);
             body.done = true;
@@ -527,9 +528,9 @@ impl http_body::Body for H1Body {
                 Framing::Length(left) if !conn.buf.is_empty() => {
                     let n = (*left).min(conn.buf.len() as u64);
                     *left -= n;
-                    Some(conn.buf.split_to(n as usize).freeze())
+                    Some(take_front(&mut conn.buf, n as usize))
                 }
-                Framing::Close if !conn.buf.is_empty() => Some(conn.buf.split().freeze()),
+                Framing::Close if !conn.buf.is_empty() => Some(take_all(&mut conn.buf)),
                 Framing::Chunked(state) => match decode_chunked(state, &mut conn.buf) {
                     Ok(Decoded::Data(data)) => Some(data),
                     Ok(Decoded::End) => {

@@ -28,6 +28,7 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::{Body, RequestBody};
+use crate::buffers::take_front;
 use crate::closing::Open;
 use crate::error::{ErrorType, GatewayError};
 use crate::headers::connection_lists;
@@ -123,7 +124,7 @@ where
         }
         // A large body grew the buffer; it is let go once the body is (below).
         let grew = buf.capacity() > 2 * READ_SIZE;
-        let body = buf.split_to(head.body_len).freeze();
+        let body = take_front(&mut buf, head.body_len);
         let mut request = Request::new(RequestBody::whole(body));
         *request.method_mut() = head.method;
         *request.uri_mut() = head.uri;
@@ -408,7 +409,7 @@ fn build(
     places: &[Place],
 ) -> Option<(Uri, HeaderMap)> {
     let range = |(from, to): (u32, u32)| from as usize..to as usize;
-    let head = buf.split_to(len).freeze();
+    let head = take_front(buf, len);
     let Ok(uri) = Uri::from_maybe_shared(head.slice(range(target))) else {
         return restore(buf, head);
     };

@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use http::Response;
-use nexus_outbound_queue::{LaneKey, OutboundQueue, Outcome, Rejection};
+use nexus_outbound_queue::{LaneRef, OutboundQueue, Outcome, Rejection};
 use tokio::time::Instant;
 
 use crate::body::BoxError;
@@ -39,7 +39,7 @@ pub trait Fault {
 /// send is traced) ends when the slot is there.
 pub async fn send<B, E>(
     queue: &OutboundQueue,
-    lane: &LaneKey,
+    lane: LaneRef<'_>,
     deadline: Instant,
     request: impl Future<Output = Result<Response<B>, E>>,
     fault: &impl Fault,

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use crate::authz::{self, Action, Peer};
@@ -80,10 +80,9 @@ async fn poll_queue(
         .deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    response.headers_mut().insert(
-        headers::REQUEST_TIMEOUT,
-        HeaderValue::from_str(&nexus::format_timeout(left)).expect("ascii"),
-    );
+    response
+        .headers_mut()
+        .insert(headers::REQUEST_TIMEOUT, nexus::timeout_header(left));
     Ok(response)
 }
 
@@ -105,8 +104,8 @@ pub async fn respond(
     let wait = poll_wait(api, request.headers())?;
     let (parts, body) = request.into_parts();
     let body = request::read_body(body, api.limits).await?;
-    let mut relayed = HeaderMap::new();
-    nexus::copy_relayed(&parts.headers, &mut relayed);
+    let mut relayed = parts.headers;
+    nexus::keep_relayed(&mut relayed);
     api.matching.complete(
         &token,
         |owner| authz::authorize(peer, Action::AnswerTask { owner }).map(drop),
@@ -183,6 +182,7 @@ pub async fn forwarded(
     let answer = api.matching.dispatch(&key, task).await?;
     let mut response = Response::new(crate::body::full(answer.body));
     *response.status_mut() = answer.status;
-    nexus::copy_relayed(&answer.headers, response.headers_mut());
+    *response.headers_mut() = answer.headers;
+    nexus::keep_relayed(response.headers_mut());
     Ok(response)
 }

@@ -47,7 +47,7 @@ pub use spool::{EntryState, Spool, SpoolEntry, SpoolError};
 use lane::{Admission, Lane};
 
 /// Identifies a lane: one per kind of call, calling namespace and destination.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaneKey {
     /// `"start"`, `"cancel"` or `"callback"`: a flood of one kind must not
     /// starve the others (e.g. cancels behind stuck starts).
@@ -56,6 +56,86 @@ pub struct LaneKey {
     pub source: String,
     /// Destination host (authority); also the key of per-destination settings.
     pub destination: String,
+}
+
+impl LaneKey {
+    /// The key, borrowed.
+    pub fn as_ref(&self) -> LaneRef<'_> {
+        LaneRef {
+            kind: self.kind,
+            source: &self.source,
+            destination: &self.destination,
+        }
+    }
+}
+
+/// A [`LaneKey`] made of borrowed names: a lane that exists is found from it without
+/// copying the names into a key (two allocations a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneRef<'a> {
+    pub kind: &'static str,
+    pub source: &'a str,
+    pub destination: &'a str,
+}
+
+impl<'a> From<&'a LaneKey> for LaneRef<'a> {
+    fn from(key: &'a LaneKey) -> Self {
+        key.as_ref()
+    }
+}
+
+impl LaneRef<'_> {
+    pub fn to_key(self) -> LaneKey {
+        LaneKey {
+            kind: self.kind,
+            source: self.source.to_owned(),
+            destination: self.destination.to_owned(),
+        }
+    }
+}
+
+/// What both key forms hash and compare by, so the lanes map, keyed by [`LaneKey`], is
+/// searched with a [`LaneRef`] (`Borrow` requires both to hash alike).
+trait LaneNames {
+    fn names(&self) -> (&'static str, &str, &str);
+}
+
+impl LaneNames for LaneKey {
+    fn names(&self) -> (&'static str, &str, &str) {
+        (self.kind, &self.source, &self.destination)
+    }
+}
+
+impl LaneNames for LaneRef<'_> {
+    fn names(&self) -> (&'static str, &str, &str) {
+        (self.kind, self.source, self.destination)
+    }
+}
+
+impl std::hash::Hash for dyn LaneNames + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.names().hash(state);
+    }
+}
+
+impl PartialEq for dyn LaneNames + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.names() == other.names()
+    }
+}
+
+impl Eq for dyn LaneNames + '_ {}
+
+impl std::hash::Hash for LaneKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.names().hash(state);
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn LaneNames + 'a> for LaneKey {
+    fn borrow(&self) -> &(dyn LaneNames + 'a) {
+        self
+    }
 }
 
 /// Circuit-breaker settings.
@@ -214,21 +294,23 @@ impl OutboundQueue {
     /// bounds the wait with its own deadline (`tokio::time::timeout`); a
     /// cancelled wait frees its buffer place (and the probe slot, if it was
     /// the half-open probe).
-    pub async fn acquire(&self, key: &LaneKey) -> Result<Permit, Rejection> {
+    pub async fn acquire<'k>(&self, key: impl Into<LaneRef<'k>>) -> Result<Permit, Rejection> {
+        let key = key.into();
         let now = Instant::now();
         // Admission runs under the shard lock (see `Lane::admit`); the guard
         // is released before any await.
-        let admission = if let Some(lane) = self.lanes.get(key) {
+        let admission = if let Some(lane) = self.lanes.get(&key as &dyn LaneNames) {
             lane.admit(now)
         } else {
             let settings = self
                 .settings
                 .per_destination
-                .get(&key.destination)
+                .get(key.destination)
                 .unwrap_or(&self.settings.defaults);
+            let key = key.to_key();
             self.lanes
                 .entry(key.clone())
-                .or_insert_with(|| Arc::new(Lane::new(key.clone(), settings)))
+                .or_insert_with(|| Arc::new(Lane::new(key, settings)))
                 .admit(now)
         };
         match admission? {

@@ -388,3 +388,35 @@ async fn acquire_n(q: &OutboundQueue, k: &LaneKey, n: usize) -> Vec<Permit> {
     }
     permits
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lane_is_the_same_whether_named_by_key_or_by_borrowed_names() {
+    let q = queue_with(LaneSettings {
+        concurrency: 1,
+        ..LaneSettings::default()
+    });
+    let k = key("h:443");
+    let held = q.acquire(&k).await.unwrap();
+    let borrowed = LaneRef {
+        kind: "start",
+        source: "ns-a",
+        destination: "h:443",
+    };
+    // The one slot is held through the key: the borrowed names wait for it.
+    assert!(
+        timeout(Duration::from_secs(1), q.acquire(borrowed))
+            .await
+            .is_err()
+    );
+    assert_eq!(q.len(), 1, "one lane for both forms");
+    held.finish(Outcome::Success);
+    q.acquire(borrowed).await.unwrap().finish(Outcome::Success);
+    assert_eq!(stats(&q, &k).successes, 2);
+    let other = LaneRef {
+        source: "ns-b",
+        ..borrowed
+    };
+    drop(q.acquire(other).await.unwrap());
+    assert_eq!(q.len(), 2);
+    assert!(q.stats().iter().any(|s| s.key == other.to_key()));
+}

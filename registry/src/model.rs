@@ -81,12 +81,13 @@ impl Target {
                 task_queue,
             } => Some((namespace, task_queue)),
             Target::External { url } => {
-                let path = url.split_once("://")?.1.split_once('/')?.1;
-                match path
-                    .trim_end_matches('/')
-                    .rsplitn(5, '/')
-                    .collect::<Vec<_>>()[..]
-                {
+                // Searched by characters, not by the "://" substring: this runs on every
+                // proxied call, and a substring search costs more to set up than the URL.
+                let (_scheme, rest) = url.split_once(':')?;
+                let path = rest.strip_prefix("//")?.split_once('/')?.1;
+                let mut segments = path.trim_end_matches('/').rsplitn(5, '/');
+                let mut next = || segments.next();
+                match [next()?, next()?, next()?, next()?, next()?] {
                     ["nexus-services", tq, "task-queues", ns, rest]
                         if rest == "namespaces" || rest.ends_with("/namespaces") =>
                     {
@@ -287,10 +288,17 @@ mod tests {
             external("https://t/api/namespaces/billing/task-queues/q/nexus-services/").namespace(),
             Some("billing")
         );
+        assert_eq!(
+            external("https://t/a/b/namespaces/ns/task-queues/q/nexus-services").namespace(),
+            Some("ns")
+        );
         for url in [
             "https://h/nexus",
             "https://h/namespaces/b/task-queues/q",
+            "https://h/task-queues/q/nexus-services",
+            "https://h/xnamespaces/b/task-queues/q/nexus-services",
             "https://h",
+            "h/namespaces/b/task-queues/q/nexus-services",
         ] {
             assert_eq!(external(url).namespace(), None, "{url}");
         }

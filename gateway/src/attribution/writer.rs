@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, watch};
 
@@ -234,7 +234,7 @@ impl AttributionLog {
             q.next_seq += 1;
             record.seq = seq;
             if record.time.is_empty() {
-                record.time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+                record.time = rfc3339_millis(SystemTime::now());
             }
             let wait =
                 self.inner.durability != Durability::Async || q.records.len() >= ASYNC_MAX_QUEUED;
@@ -685,9 +685,59 @@ impl Files {
     }
 }
 
+/// `now` in RFC 3339, UTC, with milliseconds, exactly as `humantime` writes it; the date and
+/// time of day are formatted once a second per thread, since every record asks.
+fn rfc3339_millis(now: SystemTime) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    }
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let second = since.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let whole = UNIX_EPOCH + Duration::from_secs(second);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            // `YYYY-MM-DDTHH:MM:SSZ`: anything else (a year past 9999) is written whole.
+            let Some(Ok(day_and_time)) = text.as_bytes().get(..19).map(<[u8; 19]>::try_from) else {
+                return humantime::format_rfc3339_millis(now).to_string();
+            };
+            *cached = (second, day_and_time);
+        }
+        let millis = since.subsec_millis();
+        let mut out = String::with_capacity(24);
+        out.push_str(std::str::from_utf8(&cached.1).unwrap_or_default());
+        out.push('.');
+        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+            out.push(char::from(b'0' + digit as u8));
+        }
+        out.push('Z');
+        out
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_times_read_as_humantime_writes_them() {
+        let mut times = vec![UNIX_EPOCH, SystemTime::now()];
+        for secs in [951_782_400, 1_709_164_799, 1_798_761_599, 4_102_444_800] {
+            for millis in [0, 1, 9, 10, 99, 100, 500, 999] {
+                times.push(UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis));
+            }
+        }
+        // Times in one second follow each other: the cached second is checked too.
+        for time in &times {
+            let expected = humantime::format_rfc3339_millis(*time).to_string();
+            assert_eq!(rfc3339_millis(*time), expected);
+        }
+        // Sub-millisecond parts are cut, as humantime cuts them.
+        let time = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_999_999);
+        assert_eq!(rfc3339_millis(time), "2023-11-14T22:13:20.123Z");
+    }
 
     fn tail(content: &[u8]) -> (u64, Option<u64>) {
         let tmp = tempfile::tempdir().unwrap();
