@@ -3,8 +3,8 @@
 //! `BytesMut::split_to(..).freeze()` shares the buffer's allocation with what it hands out,
 //! so the next read cannot reuse the buffer: it allocates a new one (8 KiB) while the old one
 //! lives on in a request's header values. Small pieces are copied out instead, which keeps
-//! the buffer its connection's own for the next read: one small allocation instead of a
-//! shared header, a large allocation and the old buffer's free.
+//! the buffer its connection's own: once drained, it is read into again in place. One small
+//! allocation instead of a shared header, a large allocation and the old buffer's free.
 
 use bytes::{Buf, Bytes, BytesMut};
 

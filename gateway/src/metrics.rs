@@ -255,7 +255,9 @@ impl Metrics {
         };
         let labels = LabelsOf(r.kind, "", endpoint, "", None);
         let key: &dyn Labels = &labels;
-        let histogram = match self.latency.get(key) {
+        // Updated under the shard's write lock, so a scrape (read lock) never sees a bucket
+        // counted before `count` is.
+        let histogram = match self.latency.get_mut(key) {
             Some(histogram) => histogram,
             None => self
                 .latency
@@ -263,8 +265,7 @@ impl Metrics {
                     kind: r.kind,
                     endpoint: endpoint.to_owned(),
                 })
-                .or_default()
-                .downgrade(),
+                .or_default(),
         };
         let seconds = r.latency_us as f64 / 1e6;
         for (bound, bucket) in BUCKETS.iter().zip(&histogram.buckets) {
