@@ -24,42 +24,31 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::GatewayError;
+use crate::str_key::StrKey;
 
-/// A caller and endpoint pair, owned as the pairs' map key or borrowed to search it, so a
-/// known pair is found without copying both names (two allocations a request).
-trait Pair {
-    fn names(&self) -> (&str, &str);
+/// A caller and endpoint pair, the key of its limiter. The map is searched with the borrowed
+/// names (`crate::str_key`), so a known pair is found without copying both (two allocations
+/// a request).
+#[derive(PartialEq, Eq)]
+struct PairKey {
+    caller: String,
+    endpoint: String,
 }
 
-impl Pair for (String, String) {
-    fn names(&self) -> (&str, &str) {
-        (&self.0, &self.1)
+impl StrKey<2> for PairKey {
+    fn parts(&self) -> [&str; 2] {
+        [&self.caller, &self.endpoint]
     }
 }
 
-impl Pair for (&str, &str) {
-    fn names(&self) -> (&str, &str) {
-        *self
-    }
-}
-
-// The owned key hashes as its two strings in order, as a tuple of `&str` does.
-impl Hash for dyn Pair + '_ {
+impl Hash for PairKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.names().hash(state);
+        self.parts().hash(state);
     }
 }
 
-impl PartialEq for dyn Pair + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.names() == other.names()
-    }
-}
-
-impl Eq for dyn Pair + '_ {}
-
-impl<'a> Borrow<dyn Pair + 'a> for (String, String) {
-    fn borrow(&self) -> &(dyn Pair + 'a) {
+impl<'a> Borrow<dyn StrKey<2> + 'a> for PairKey {
+    fn borrow(&self) -> &(dyn StrKey<2> + 'a) {
         self
     }
 }
@@ -137,7 +126,7 @@ pub struct InboundLimits {
     settings: InboundSettings,
     callers: DashMap<String, Option<Arc<Limiter>>>,
     endpoints: DashMap<String, Option<Arc<Limiter>>>,
-    pairs: DashMap<(String, String), Option<Arc<Limiter>>>,
+    pairs: DashMap<PairKey, Option<Arc<Limiter>>>,
     concurrency: DashMap<String, Arc<Semaphore>>,
     clock: DefaultClock,
 }
@@ -262,12 +251,15 @@ impl InboundLimits {
             .unwrap_or(&s.per_endpoint);
         let caller_limiter = self.limiter_for(&self.callers, caller, caller_rate);
         let endpoint_limiter = self.limiter_for(&self.endpoints, endpoint, endpoint_rate);
-        let pair_key: &dyn Pair = &(caller, endpoint);
+        let pair_key: &dyn StrKey<2> = &[caller, endpoint];
         let pair_limiter = match self.pairs.get(pair_key) {
             Some(l) => l.clone(),
             None => self
                 .pairs
-                .entry((caller.to_owned(), endpoint.to_owned()))
+                .entry(PairKey {
+                    caller: caller.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                })
                 .or_insert_with(|| limiter(s.per_caller_endpoint))
                 .clone(),
         };
@@ -420,9 +412,9 @@ mod tests {
         let _b = limits.admit("orders", "payments").unwrap();
         let _c = limits.admit("orders", "shipping").unwrap();
         assert_eq!(limits.pairs.len(), 2, "one limiter per caller and endpoint");
-        let known: &dyn Pair = &("orders", "payments");
+        let known: &dyn StrKey<2> = &["orders", "payments"];
         assert!(limits.pairs.get(known).is_some());
-        let unknown: &dyn Pair = &("orderspay", "ments");
+        let unknown: &dyn StrKey<2> = &["orderspay", "ments"];
         assert!(limits.pairs.get(unknown).is_none());
     }
 

@@ -71,6 +71,7 @@ pub(crate) mod routes;
 pub mod server;
 pub(crate) mod server_h1;
 pub(crate) mod state;
+pub(crate) mod str_key;
 pub mod telemetry;
 pub(crate) mod traffic;
 pub(crate) mod upstream;

@@ -16,6 +16,7 @@ type DashMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 use serde::Serialize;
 
 use crate::attribution::{Kind, Record};
+use crate::str_key::StrKey;
 
 /// Width of one slot.
 pub const SLOT: Duration = Duration::from_secs(10);
@@ -72,7 +73,7 @@ impl Traffic {
         if r.kind == Kind::Completion {
             return;
         }
-        let key = (
+        let key = [
             r.caller_namespace.as_deref().unwrap_or_default(),
             match (&r.endpoint, &r.endpoint_id) {
                 (Some(name), Some(_)) => name.as_str(),
@@ -83,10 +84,10 @@ impl Traffic {
                 .as_deref()
                 .or(r.target_url.as_deref())
                 .unwrap_or_default(),
-        );
+        ];
         let error = r.status >= 400 && r.status != 424;
         let epoch = self.epoch(now);
-        let view: &dyn KeyView = &key;
+        let view: &dyn StrKey<3> = &key;
         if let Some(ring) = self.series.get(view) {
             lock(&ring).add(epoch, error, r.latency_us);
             return;
@@ -260,8 +261,8 @@ struct Key {
     target: Box<str>,
 }
 
-impl From<(&str, &str, &str)> for Key {
-    fn from((caller, endpoint, target): (&str, &str, &str)) -> Key {
+impl From<[&str; 3]> for Key {
+    fn from([caller, endpoint, target]: [&str; 3]) -> Key {
         Key {
             caller: caller.into(),
             endpoint: endpoint.into(),
@@ -270,43 +271,17 @@ impl From<(&str, &str, &str)> for Key {
     }
 }
 
-/// Lets the map be searched with borrowed strings: both the owned key and a tuple of `&str`
-/// hash and compare as the same three strings.
-trait KeyView {
-    fn parts(&self) -> (&str, &str, &str);
-}
-
-impl KeyView for Key {
-    fn parts(&self) -> (&str, &str, &str) {
-        (&self.caller, &self.endpoint, &self.target)
+impl StrKey<3> for Key {
+    fn parts(&self) -> [&str; 3] {
+        [&self.caller, &self.endpoint, &self.target]
     }
 }
 
-impl KeyView for (&str, &str, &str) {
-    fn parts(&self) -> (&str, &str, &str) {
-        *self
-    }
-}
-
-impl<'a> Borrow<dyn KeyView + 'a> for Key {
-    fn borrow(&self) -> &(dyn KeyView + 'a) {
+impl<'a> Borrow<dyn StrKey<3> + 'a> for Key {
+    fn borrow(&self) -> &(dyn StrKey<3> + 'a) {
         self
     }
 }
-
-impl Hash for dyn KeyView + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
-    }
-}
-
-impl PartialEq for dyn KeyView + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn KeyView + '_ {}
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
